@@ -1,0 +1,12 @@
+// Each subcommand of the `runway` CLI registers itself on the app and sets the
+// exit code it wants through the returned callback result.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace runway::apps {
+
+// Adds `runway gradcheck`; on run, stores the process exit code in *exit_code.
+void add_gradcheck_command(CLI::App& app, int* exit_code);
+
+}  // namespace runway::apps

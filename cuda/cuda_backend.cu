@@ -1,0 +1,1031 @@
+// The CUDA backend: kernels and their launches. See cuda/cuda_backend.h.
+//
+// Kernel conventions:
+//  * elementwise kernels use one thread per element in a grid-stride loop;
+//  * row kernels ("rows x cols", the last dimension) use one block of kThreads
+//    threads per row (grid-stride over rows), with shared-memory tree reductions;
+//  * all indices are int64; every buffer is contiguous unless a Layout says otherwise.
+// Every kernel is templated on the element type T (float or double).
+
+#include "cuda/cuda_backend.h"
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <type_traits>
+
+#include "cuda/cuda_allocator.h"
+#include "cuda/cuda_check.h"
+
+namespace runway {
+namespace {
+
+constexpr int kThreads = 256;                  // threads per block (a power of two)
+constexpr int64_t kMaxGrid = int64_t{1} << 20;  // cap on blocks for grid-stride loops
+constexpr int64_t kMaxRowGrid = 65535;          // cap on blocks for row kernels
+constexpr int kMaxDims = CudaBackend::kMaxDims;
+
+// ============================================================================
+// Device helpers
+// ============================================================================
+
+__device__ inline float dev_exp(float x) { return expf(x); }
+__device__ inline double dev_exp(double x) { return exp(x); }
+__device__ inline float dev_log(float x) { return logf(x); }
+__device__ inline double dev_log(double x) { return log(x); }
+__device__ inline float dev_sqrt(float x) { return sqrtf(x); }
+__device__ inline double dev_sqrt(double x) { return sqrt(x); }
+__device__ inline float dev_tanh(float x) { return tanhf(x); }
+__device__ inline double dev_tanh(double x) { return tanh(x); }
+__device__ inline float dev_pow(float x, float p) { return powf(x, p); }
+__device__ inline double dev_pow(double x, double p) { return pow(x, p); }
+__device__ inline float dev_abs(float x) { return fabsf(x); }
+__device__ inline double dev_abs(double x) { return fabs(x); }
+
+// atomicAdd for double needs sm_60 or newer (the default build targets sm_90).
+__device__ inline void dev_atomic_add(float* p, float v) { atomicAdd(p, v); }
+__device__ inline void dev_atomic_add(double* p, double v) { atomicAdd(p, v); }
+
+template <typename T>
+__device__ inline T neg_infinity() {
+  return static_cast<T>(-INFINITY);
+}
+
+struct SumOp {
+  template <typename T>
+  __device__ T operator()(T a, T b) const { return a + b; }
+};
+
+struct MaxOp {
+  template <typename T>
+  __device__ T operator()(T a, T b) const { return b > a ? b : a; }
+};
+
+// Reduces one value per thread over the whole block (blockDim.x == kThreads) and
+// returns the result to every thread. `buf` is kThreads elements of shared memory;
+// it may be reused right after the call returns.
+template <typename T, typename Op>
+__device__ T block_reduce(T value, T* buf, Op op) {
+  const int tid = static_cast<int>(threadIdx.x);
+  buf[tid] = value;
+  __syncthreads();
+  for (int half = kThreads / 2; half > 0; half >>= 1) {
+    if (tid < half) buf[tid] = op(buf[tid], buf[tid + half]);
+    __syncthreads();
+  }
+  const T result = buf[0];
+  __syncthreads();
+  return result;
+}
+
+// First element and step of a grid-stride loop over elements.
+__device__ inline int64_t grid_start() {
+  return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+}
+__device__ inline int64_t grid_step() { return static_cast<int64_t>(gridDim.x) * blockDim.x; }
+
+// Shape and up to two sets of strides, passed to kernels by value.
+struct Layout {
+  int ndim = 0;
+  int64_t shape[kMaxDims] = {};
+  int64_t stride_a[kMaxDims] = {};
+  int64_t stride_b[kMaxDims] = {};
+};
+
+// Element offsets, under stride_a and stride_b, of the row-major linear index i.
+__device__ inline void layout_offsets(const Layout& L, int64_t i, int64_t* off_a,
+                                      int64_t* off_b) {
+  int64_t a = 0, b = 0;
+  for (int d = L.ndim - 1; d >= 0; --d) {
+    const int64_t idx = i % L.shape[d];
+    i /= L.shape[d];
+    a += idx * L.stride_a[d];
+    b += idx * L.stride_b[d];
+  }
+  *off_a = a;
+  *off_b = b;
+}
+
+// ============================================================================
+// Layout kernels
+// ============================================================================
+
+// dst: (n) = value.
+template <typename T>
+__global__ void fill_kernel(T* dst, int64_t n, T value) {
+  for (int64_t i = grid_start(); i < n; i += grid_step()) dst[i] = value;
+}
+
+// dst: contiguous, shape L.shape; element i comes from src[offset of i under L.stride_a].
+// T is an unsigned integer of the element's size: this is a bit copy.
+template <typename T>
+__global__ void strided_copy_kernel(const T* src, T* dst, Layout L, int64_t n) {
+  for (int64_t i = grid_start(); i < n; i += grid_step()) {
+    int64_t off = 0, unused = 0;
+    layout_offsets(L, i, &off, &unused);
+    dst[i] = src[off];
+  }
+}
+
+// dst: (n) = To(src: (n)).
+template <typename From, typename To>
+__global__ void cast_kernel(const From* src, To* dst, int64_t n) {
+  for (int64_t i = grid_start(); i < n; i += grid_step()) dst[i] = static_cast<To>(src[i]);
+}
+
+// ============================================================================
+// Elementwise kernels
+// ============================================================================
+
+template <typename T>
+__device__ inline T unary_value(UnaryOp op, T x, T p) {
+  const T kGeluC = static_cast<T>(0.7978845608028654);  // sqrt(2 / pi)
+  const T kGeluA = static_cast<T>(0.044715);
+  switch (op) {
+    case UnaryOp::Neg: return -x;
+    case UnaryOp::Exp: return dev_exp(x);
+    case UnaryOp::Log: return dev_log(x);
+    case UnaryOp::Sqrt: return dev_sqrt(x);
+    case UnaryOp::Tanh: return dev_tanh(x);
+    case UnaryOp::Sigmoid: return T(1) / (T(1) + dev_exp(-x));
+    case UnaryOp::Relu: return x > T(0) ? x : T(0);
+    case UnaryOp::Gelu: {
+      const T t = dev_tanh(kGeluC * (x + kGeluA * x * x * x));
+      return T(0.5) * x * (T(1) + t);
+    }
+    case UnaryOp::ReluGrad: return x > T(0) ? T(1) : T(0);
+    case UnaryOp::GeluGrad: {
+      // d/dx [0.5 x (1 + tanh(u))], u = c (x + a x^3):
+      //   0.5 (1 + tanh(u)) + 0.5 x (1 - tanh(u)^2) c (1 + 3 a x^2)
+      const T t = dev_tanh(kGeluC * (x + kGeluA * x * x * x));
+      return T(0.5) * (T(1) + t) +
+             T(0.5) * x * (T(1) - t * t) * kGeluC * (T(1) + T(3) * kGeluA * x * x);
+    }
+    case UnaryOp::AddScalar: return x + p;
+    case UnaryOp::MulScalar: return x * p;
+    case UnaryOp::PowScalar: return dev_pow(x, p);
+    case UnaryOp::Abs: return dev_abs(x);
+  }
+  return x;  // unreachable: every op is handled above
+}
+
+template <typename T>
+__device__ inline T binary_value(BinaryOp op, T a, T b) {
+  switch (op) {
+    case BinaryOp::Add: return a + b;
+    case BinaryOp::Sub: return a - b;
+    case BinaryOp::Mul: return a * b;
+    case BinaryOp::Div: return a / b;
+    case BinaryOp::Pow: return dev_pow(a, b);
+    case BinaryOp::Equal: return a == b ? T(1) : T(0);
+    case BinaryOp::Greater: return a > b ? T(1) : T(0);
+  }
+  return a;  // unreachable
+}
+
+// y: (n) = op(x: (n), param). y may alias x.
+template <typename T>
+__global__ void unary_kernel(UnaryOp op, const T* x, T* y, int64_t n, T param) {
+  for (int64_t i = grid_start(); i < n; i += grid_step()) y[i] = unary_value(op, x[i], param);
+}
+
+// out: (n) = op(a: (n), b: (n)), all contiguous with the same shape.
+template <typename T>
+__global__ void binary_contiguous_kernel(BinaryOp op, const T* a, const T* b, T* out,
+                                         int64_t n) {
+  for (int64_t i = grid_start(); i < n; i += grid_step()) out[i] = binary_value(op, a[i], b[i]);
+}
+
+// out: contiguous, shape L.shape; a and b read through L.stride_a / L.stride_b
+// (0 on broadcast dims).
+template <typename T>
+__global__ void binary_broadcast_kernel(BinaryOp op, const T* a, const T* b, T* out, Layout L,
+                                        int64_t n) {
+  for (int64_t i = grid_start(); i < n; i += grid_step()) {
+    int64_t oa = 0, ob = 0;
+    layout_offsets(L, i, &oa, &ob);
+    out[i] = binary_value(op, a[oa], b[ob]);
+  }
+}
+
+// c: `batch` matrices (m x n, row stride ldc, batch stride stride_c) = beta * c
+// (0 when beta == 0, so NaNs in c do not propagate). Used for gemm with k == 0.
+template <typename T>
+__global__ void scale_matrices_kernel(T* c, int64_t batch, int64_t m, int64_t n, int64_t ldc,
+                                      int64_t stride_c, T beta) {
+  const int64_t total = batch * m * n;
+  for (int64_t i = grid_start(); i < total; i += grid_step()) {
+    const int64_t bi = i / (m * n);
+    const int64_t r = (i / n) % m;
+    const int64_t col = i % n;
+    T* p = c + bi * stride_c + r * ldc + col;
+    *p = beta == T(0) ? T(0) : beta * *p;
+  }
+}
+
+// ============================================================================
+// Row kernels: x is (rows, cols); one block per row.
+// ============================================================================
+
+// y: (rows) = sum of x: (rows, cols) over cols.
+template <typename T>
+__global__ void sum_rows_kernel(const T* x, T* y, int64_t rows, int64_t cols) {
+  __shared__ T buf[kThreads];
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* xr = x + r * cols;
+    T acc = T(0);
+    for (int64_t c = threadIdx.x; c < cols; c += kThreads) acc += xr[c];
+    acc = block_reduce(acc, buf, SumOp());
+    if (threadIdx.x == 0) y[r] = acc;
+  }
+}
+
+// y: (rows) = max of x: (rows, cols) over cols (-inf for cols == 0).
+template <typename T>
+__global__ void max_rows_kernel(const T* x, T* y, int64_t rows, int64_t cols) {
+  __shared__ T buf[kThreads];
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* xr = x + r * cols;
+    T acc = neg_infinity<T>();
+    for (int64_t c = threadIdx.x; c < cols; c += kThreads) acc = MaxOp()(acc, xr[c]);
+    acc = block_reduce(acc, buf, MaxOp());
+    if (threadIdx.x == 0) y[r] = acc;
+  }
+}
+
+// y: (rows, cols) = softmax (or log_softmax) of x: (rows, cols) over cols, computed
+// with the row max subtracted. y may alias x.
+template <typename T>
+__global__ void softmax_rows_kernel(const T* x, T* y, int64_t rows, int64_t cols, bool log) {
+  __shared__ T buf[kThreads];
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* xr = x + r * cols;
+    T* yr = y + r * cols;
+    T mx = neg_infinity<T>();
+    for (int64_t c = threadIdx.x; c < cols; c += kThreads) mx = MaxOp()(mx, xr[c]);
+    mx = block_reduce(mx, buf, MaxOp());
+    T sum = T(0);
+    for (int64_t c = threadIdx.x; c < cols; c += kThreads) sum += dev_exp(xr[c] - mx);
+    sum = block_reduce(sum, buf, SumOp());
+    if (log) {
+      const T log_sum = dev_log(sum);
+      for (int64_t c = threadIdx.x; c < cols; c += kThreads) yr[c] = xr[c] - mx - log_sum;
+    } else {
+      for (int64_t c = threadIdx.x; c < cols; c += kThreads) yr[c] = dev_exp(xr[c] - mx) / sum;
+    }
+  }
+}
+
+// y, dy, dx: (rows, cols), y the forward output.
+//   softmax:      dx = y * (dy - sum(dy * y))
+//   log_softmax:  dx = dy - exp(y) * sum(dy)
+template <typename T>
+__global__ void softmax_backward_rows_kernel(const T* y, const T* dy, T* dx, int64_t rows,
+                                             int64_t cols, bool log) {
+  __shared__ T buf[kThreads];
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* yr = y + r * cols;
+    const T* dyr = dy + r * cols;
+    T* dxr = dx + r * cols;
+    T acc = T(0);
+    for (int64_t c = threadIdx.x; c < cols; c += kThreads) acc += log ? dyr[c] : dyr[c] * yr[c];
+    acc = block_reduce(acc, buf, SumOp());
+    for (int64_t c = threadIdx.x; c < cols; c += kThreads) {
+      dxr[c] = log ? dyr[c] - dev_exp(yr[c]) * acc : yr[c] * (dyr[c] - acc);
+    }
+  }
+}
+
+// y: (rows, cols) = cumulative sum of x: (rows, cols) along cols; `reverse` scans from
+// the last column, `exclusive` leaves out the element itself. Each row is scanned in
+// chunks of kThreads elements (Hillis-Steele scan in shared memory) plus a running
+// carry from the earlier chunks. y may alias x.
+template <typename T>
+__global__ void cumsum_rows_kernel(const T* x, T* y, int64_t rows, int64_t cols, bool exclusive,
+                                   bool reverse) {
+  __shared__ T buf[kThreads];
+  const int tid = static_cast<int>(threadIdx.x);
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* xr = x + r * cols;
+    T* yr = y + r * cols;
+    T carry = T(0);
+    for (int64_t start = 0; start < cols; start += kThreads) {
+      const int64_t k = start + tid;                    // position in scan order
+      const int64_t col = reverse ? cols - 1 - k : k;  // column it maps to
+      buf[tid] = k < cols ? xr[col] : T(0);
+      __syncthreads();
+      for (int offset = 1; offset < kThreads; offset <<= 1) {
+        const T add = tid >= offset ? buf[tid - offset] : T(0);
+        __syncthreads();
+        buf[tid] += add;
+        __syncthreads();
+      }
+      // buf now holds the inclusive scan of the chunk.
+      const T within = exclusive ? (tid > 0 ? buf[tid - 1] : T(0)) : buf[tid];
+      if (k < cols) yr[col] = carry + within;
+      carry += buf[kThreads - 1];
+      __syncthreads();  // buf is rewritten by the next chunk
+    }
+  }
+}
+
+// x, y: (batch, t_q, t_k). y[b, i, j] = value where j > i + (t_k - t_q), else x[b, i, j].
+// y may alias x.
+template <typename T>
+__global__ void causal_mask_kernel(const T* x, T* y, int64_t batch, int64_t t_q, int64_t t_k,
+                                   T value) {
+  const int64_t n = batch * t_q * t_k;
+  for (int64_t idx = grid_start(); idx < n; idx += grid_step()) {
+    const int64_t j = idx % t_k;
+    const int64_t i = (idx / t_k) % t_q;
+    y[idx] = j > i + (t_k - t_q) ? value : x[idx];
+  }
+}
+
+// ============================================================================
+// Fused layers
+// ============================================================================
+
+// x, y: (rows, cols); weight, bias: (cols) (null = 1 / 0); mean, rstd: (rows).
+// mean = sum(x) / cols, var = sum((x - mean)^2) / cols (two-pass),
+// rstd = 1 / sqrt(var + eps), y = (x - mean) * rstd * weight + bias.
+template <typename T>
+__global__ void layernorm_forward_kernel(const T* x, const T* weight, const T* bias, T* y,
+                                         T* mean_out, T* rstd_out, int64_t rows, int64_t cols,
+                                         T eps) {
+  __shared__ T buf[kThreads];
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* xr = x + r * cols;
+    T* yr = y + r * cols;
+    T sum = T(0);
+    for (int64_t c = threadIdx.x; c < cols; c += kThreads) sum += xr[c];
+    const T mean = block_reduce(sum, buf, SumOp()) / static_cast<T>(cols);
+    T sq = T(0);
+    for (int64_t c = threadIdx.x; c < cols; c += kThreads) {
+      const T d = xr[c] - mean;
+      sq += d * d;
+    }
+    const T var = block_reduce(sq, buf, SumOp()) / static_cast<T>(cols);
+    const T rstd = T(1) / dev_sqrt(var + eps);
+    for (int64_t c = threadIdx.x; c < cols; c += kThreads) {
+      const T w = weight != nullptr ? weight[c] : T(1);
+      const T b = bias != nullptr ? bias[c] : T(0);
+      yr[c] = (xr[c] - mean) * rstd * w + b;
+    }
+    if (threadIdx.x == 0) {
+      mean_out[r] = mean;
+      rstd_out[r] = rstd;
+    }
+  }
+}
+
+// dy, x, dx: (rows, cols); weight: (cols) (null = 1); mean, rstd: (rows).
+// With xhat = (x - mean) * rstd and g = dy * weight:
+//   dx = rstd * (g - sum(g) / cols - xhat * sum(g * xhat) / cols)
+template <typename T>
+__global__ void layernorm_backward_dx_kernel(const T* dy, const T* x, const T* weight,
+                                             const T* mean, const T* rstd, T* dx, int64_t rows,
+                                             int64_t cols) {
+  __shared__ T buf[kThreads];
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* dyr = dy + r * cols;
+    const T* xr = x + r * cols;
+    T* dxr = dx + r * cols;
+    const T m = mean[r];
+    const T rs = rstd[r];
+    T sum_g = T(0), sum_gx = T(0);
+    for (int64_t c = threadIdx.x; c < cols; c += kThreads) {
+      const T g = dyr[c] * (weight != nullptr ? weight[c] : T(1));
+      sum_g += g;
+      sum_gx += g * ((xr[c] - m) * rs);
+    }
+    sum_g = block_reduce(sum_g, buf, SumOp());
+    sum_gx = block_reduce(sum_gx, buf, SumOp());
+    const T mean_g = sum_g / static_cast<T>(cols);
+    const T mean_gx = sum_gx / static_cast<T>(cols);
+    for (int64_t c = threadIdx.x; c < cols; c += kThreads) {
+      const T g = dyr[c] * (weight != nullptr ? weight[c] : T(1));
+      const T xhat = (xr[c] - m) * rs;
+      dxr[c] = rs * (g - mean_g - xhat * mean_gx);
+    }
+  }
+}
+
+constexpr int kColWidth = 32;  // columns per block in the column reduction
+constexpr int kColRows = 8;    // thread rows per block in the column reduction
+
+// dy, x: (rows, cols); mean, rstd: (rows); dweight, dbias: (cols) (either may be null).
+//   dweight[c] += sum_r dy[r, c] * xhat[r, c],  dbias[c] += sum_r dy[r, c]
+// A block of kColWidth x kColRows threads owns kColWidth columns: each thread row
+// strides over the rows (coalesced along columns), then the kColRows partial sums are
+// added in shared memory. Deterministic; no atomics.
+template <typename T>
+__global__ void layernorm_backward_params_kernel(const T* dy, const T* x, const T* mean,
+                                                 const T* rstd, T* dweight, T* dbias,
+                                                 int64_t rows, int64_t cols) {
+  __shared__ T part_w[kColRows][kColWidth + 1];
+  __shared__ T part_b[kColRows][kColWidth + 1];
+  const int tx = static_cast<int>(threadIdx.x);
+  const int ty = static_cast<int>(threadIdx.y);
+  for (int64_t c0 = static_cast<int64_t>(blockIdx.x) * kColWidth; c0 < cols;
+       c0 += static_cast<int64_t>(gridDim.x) * kColWidth) {
+    const int64_t c = c0 + tx;
+    T acc_w = T(0), acc_b = T(0);
+    if (c < cols) {
+      for (int64_t r = ty; r < rows; r += kColRows) {
+        const T g = dy[r * cols + c];
+        acc_w += g * ((x[r * cols + c] - mean[r]) * rstd[r]);
+        acc_b += g;
+      }
+    }
+    part_w[ty][tx] = acc_w;
+    part_b[ty][tx] = acc_b;
+    __syncthreads();
+    if (ty == 0 && c < cols) {
+      T total_w = T(0), total_b = T(0);
+      for (int k = 0; k < kColRows; ++k) {
+        total_w += part_w[k][tx];
+        total_b += part_b[k][tx];
+      }
+      if (dweight != nullptr) dweight[c] += total_w;
+      if (dbias != nullptr) dbias[c] += total_b;
+    }
+    __syncthreads();  // part_* are rewritten by the next column block
+  }
+}
+
+// weight: (V, dim); ids: (n) int64; out: (n, dim). out[r, :] = weight[ids[r], :].
+template <typename T>
+__global__ void embedding_forward_kernel(const T* weight, const int64_t* ids, T* out, int64_t n,
+                                         int64_t dim) {
+  const int64_t total = n * dim;
+  for (int64_t i = grid_start(); i < total; i += grid_step()) {
+    const int64_t r = i / dim;
+    const int64_t c = i % dim;
+    out[i] = weight[ids[r] * dim + c];
+  }
+}
+
+// dout: (n, dim); ids: (n) int64; dweight: (V, dim). dweight[ids[r], :] += dout[r, :]
+// (atomic, since ids may repeat).
+template <typename T>
+__global__ void embedding_backward_kernel(const T* dout, const int64_t* ids, T* dweight,
+                                          int64_t n, int64_t dim) {
+  const int64_t total = n * dim;
+  for (int64_t i = grid_start(); i < total; i += grid_step()) {
+    const int64_t r = i / dim;
+    const int64_t c = i % dim;
+    dev_atomic_add(&dweight[ids[r] * dim + c], dout[i]);
+  }
+}
+
+// logits: (rows, cols); targets: (rows) int64; loss, lse: (rows).
+// lse[r] = logsumexp(logits[r]) (row max subtracted); loss[r] = lse[r] - logits[r, t]
+// with t = targets[r], 0 when t == ignore_index, NaN when t is out of range.
+template <typename T>
+__global__ void cross_entropy_forward_kernel(const T* logits, const int64_t* targets, T* loss,
+                                             T* lse, int64_t rows, int64_t cols,
+                                             int64_t ignore_index) {
+  __shared__ T buf[kThreads];
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* xr = logits + r * cols;
+    T mx = neg_infinity<T>();
+    for (int64_t c = threadIdx.x; c < cols; c += kThreads) mx = MaxOp()(mx, xr[c]);
+    mx = block_reduce(mx, buf, MaxOp());
+    T sum = T(0);
+    for (int64_t c = threadIdx.x; c < cols; c += kThreads) sum += dev_exp(xr[c] - mx);
+    sum = block_reduce(sum, buf, SumOp());
+    if (threadIdx.x == 0) {
+      const T row_lse = mx + dev_log(sum);
+      lse[r] = row_lse;
+      const int64_t t = targets[r];
+      if (t == ignore_index) {
+        loss[r] = T(0);
+      } else if (t < 0 || t >= cols) {
+        loss[r] = static_cast<T>(NAN);
+      } else {
+        loss[r] = row_lse - xr[t];
+      }
+    }
+  }
+}
+
+// logits, dlogits: (rows, cols); targets: (rows) int64; lse: (rows) from the forward.
+// dlogits[r, c] = scale * (exp(logits[r, c] - lse[r]) - (c == targets[r])), and 0 for
+// the whole row when targets[r] == ignore_index.
+template <typename T>
+__global__ void cross_entropy_backward_kernel(const T* logits, const int64_t* targets,
+                                              const T* lse, T* dlogits, int64_t rows,
+                                              int64_t cols, int64_t ignore_index, T scale) {
+  const int64_t total = rows * cols;
+  for (int64_t i = grid_start(); i < total; i += grid_step()) {
+    const int64_t r = i / cols;
+    const int64_t c = i % cols;
+    const int64_t t = targets[r];
+    if (t == ignore_index) {
+      dlogits[i] = T(0);
+    } else {
+      const T onehot = c == t ? T(1) : T(0);
+      dlogits[i] = scale * (dev_exp(logits[i] - lse[r]) - onehot);
+    }
+  }
+}
+
+// ============================================================================
+// Host-side helpers
+// ============================================================================
+
+unsigned elementwise_grid(int64_t n) {
+  return static_cast<unsigned>(std::min<int64_t>((n + kThreads - 1) / kThreads, kMaxGrid));
+}
+
+unsigned row_grid(int64_t rows) { return static_cast<unsigned>(std::min(rows, kMaxRowGrid)); }
+
+// Calls f(T{}) with T = float or double for a floating dtype; throws otherwise.
+template <typename F>
+void dispatch_float(DType dt, const char* op, F&& f) {
+  switch (dt) {
+    case DType::Float32: f(float{}); return;
+    case DType::Float64: f(double{}); return;
+    case DType::Int64: break;
+  }
+  throw Error(std::string("cuda ") + op + ": dtype " + dtype_name(dt) +
+              " is not supported (float32 and float64 only)");
+}
+
+// Calls f(T{}) with the C++ type of any dtype.
+template <typename F>
+void dispatch_any(DType dt, F&& f) {
+  switch (dt) {
+    case DType::Float32: f(float{}); return;
+    case DType::Float64: f(double{}); return;
+    case DType::Int64: f(int64_t{}); return;
+  }
+  throw Error("cuda: unknown dtype");
+}
+
+void check_nonnegative(const char* op, const char* what, int64_t v) {
+  if (v < 0) {
+    throw Error(std::string("cuda ") + op + ": " + what + " must be >= 0, got " +
+                std::to_string(v));
+  }
+}
+
+int to_cublas_int(const char* what, int64_t v) {
+  if (v < 0 || v > INT_MAX) {
+    throw Error(std::string("cuda gemm: ") + what + " = " + std::to_string(v) +
+                " is out of the range cuBLAS accepts (0..INT_MAX)");
+  }
+  return static_cast<int>(v);
+}
+
+std::string shape_string(const Shape& s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (i > 0) out += ", ";
+    out += std::to_string(s[i]);
+  }
+  return out + "]";
+}
+
+int64_t numel_of(const Shape& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+// Builds a Layout; throws naming `op` for more than kMaxDims dims or mismatched ranks.
+Layout make_layout(const char* op, const Shape& shape, const Shape& stride_a,
+                   const Shape* stride_b) {
+  if (shape.size() > static_cast<size_t>(kMaxDims)) {
+    throw Error(std::string("cuda ") + op + ": " + std::to_string(shape.size()) +
+                " dims (shape " + shape_string(shape) + ") exceed the CUDA backend's limit of " +
+                std::to_string(kMaxDims));
+  }
+  if (stride_a.size() != shape.size() || (stride_b != nullptr && stride_b->size() != shape.size())) {
+    throw Error(std::string("cuda ") + op + ": strides do not match the rank of shape " +
+                shape_string(shape));
+  }
+  Layout L;
+  L.ndim = static_cast<int>(shape.size());
+  for (size_t d = 0; d < shape.size(); ++d) {
+    L.shape[d] = shape[d];
+    L.stride_a[d] = stride_a[d];
+    L.stride_b[d] = stride_b != nullptr ? (*stride_b)[d] : 0;
+  }
+  return L;
+}
+
+bool is_contiguous_strides(const Shape& shape, const Shape& strides) {
+  int64_t expected = 1;
+  for (size_t i = shape.size(); i-- > 0;) {
+    if (shape[i] != 1 && strides[i] != expected) return false;
+    expected *= shape[i];
+  }
+  return true;
+}
+
+}  // namespace
+
+// ============================================================================
+// CudaBackend: setup and memory
+// ============================================================================
+
+CudaBackend::CudaBackend() : allocator_(new cuda_detail::CachingAllocator()) {
+  RUNWAY_CUDA_CHECK(cudaGetDevice(&device_index_));
+  cudaDeviceProp prop{};
+  RUNWAY_CUDA_CHECK(cudaGetDeviceProperties(&prop, device_index_));
+  device_description_ = std::string(prop.name) + " (sm_" + std::to_string(prop.major) +
+                        std::to_string(prop.minor) + ")";
+  RUNWAY_CUDA_CHECK(cudaStreamCreate(&stream_));
+  try {
+    RUNWAY_CUBLAS_CHECK(cublasCreate(&cublas_));
+    RUNWAY_CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
+    RUNWAY_CUBLAS_CHECK(cublasSetPointerMode(cublas_, CUBLAS_POINTER_MODE_HOST));
+    // Plain FP32/FP64 arithmetic (no TF32 tensor-op shortcuts).
+    RUNWAY_CUBLAS_CHECK(cublasSetMathMode(cublas_, CUBLAS_DEFAULT_MATH));
+  } catch (...) {
+    if (cublas_ != nullptr) (void)cublasDestroy(cublas_);
+    (void)cudaStreamDestroy(stream_);
+    throw;
+  }
+}
+
+CudaBackend::~CudaBackend() {
+  // Best effort, errors ignored: a destructor must not throw.
+  (void)cudaStreamSynchronize(stream_);
+  allocator_.reset();
+  if (cublas_ != nullptr) (void)cublasDestroy(cublas_);
+  if (stream_ != nullptr) (void)cudaStreamDestroy(stream_);
+  (void)cudaGetLastError();
+}
+
+void* CudaBackend::allocate(size_t nbytes) { return allocator_->allocate(nbytes); }
+
+void CudaBackend::deallocate(void* ptr) { allocator_->deallocate(ptr); }
+
+size_t CudaBackend::cached_bytes() const { return allocator_->cached_bytes(); }
+size_t CudaBackend::live_bytes() const { return allocator_->live_bytes(); }
+
+void CudaBackend::empty_cache() {
+  synchronize();
+  allocator_->empty_cache();
+}
+
+void CudaBackend::copy_from_host(void* dst, const void* host_src, size_t nbytes) {
+  if (nbytes == 0) return;
+  RUNWAY_CUDA_CHECK(cudaMemcpyAsync(dst, host_src, nbytes, cudaMemcpyHostToDevice, stream_));
+  // The host buffer is pageable and the caller may reuse it as soon as we return.
+  RUNWAY_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+void CudaBackend::copy_to_host(void* host_dst, const void* src, size_t nbytes) {
+  if (nbytes == 0) return;
+  RUNWAY_CUDA_CHECK(cudaMemcpyAsync(host_dst, src, nbytes, cudaMemcpyDeviceToHost, stream_));
+  RUNWAY_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+void CudaBackend::copy_within(void* dst, const void* src, size_t nbytes) {
+  if (nbytes == 0 || dst == src) return;
+  RUNWAY_CUDA_CHECK(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyDeviceToDevice, stream_));
+}
+
+void CudaBackend::synchronize() { RUNWAY_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+
+// ============================================================================
+// Layout
+// ============================================================================
+
+void CudaBackend::fill(DType dt, void* dst, int64_t n, double value) {
+  check_nonnegative("fill", "n", n);
+  if (n == 0) return;
+  dispatch_any(dt, [&](auto tag) {
+    using T = decltype(tag);
+    fill_kernel<T><<<elementwise_grid(n), kThreads, 0, stream_>>>(static_cast<T*>(dst), n,
+                                                                  static_cast<T>(value));
+    RUNWAY_CUDA_LAUNCH_CHECK("fill_kernel");
+  });
+}
+
+void CudaBackend::strided_copy(DType dt, const StridedView& src, void* dst) {
+  const Layout L = make_layout("strided_copy", src.shape, src.strides, nullptr);
+  const int64_t n = numel_of(src.shape);
+  if (n == 0) return;
+  const unsigned grid = elementwise_grid(n);
+  if (dtype_size(dt) == 4) {
+    const uint32_t* base = static_cast<const uint32_t*>(src.base) + src.offset;
+    strided_copy_kernel<uint32_t><<<grid, kThreads, 0, stream_>>>(
+        base, static_cast<uint32_t*>(dst), L, n);
+  } else {
+    const uint64_t* base = static_cast<const uint64_t*>(src.base) + src.offset;
+    strided_copy_kernel<uint64_t><<<grid, kThreads, 0, stream_>>>(
+        base, static_cast<uint64_t*>(dst), L, n);
+  }
+  RUNWAY_CUDA_LAUNCH_CHECK("strided_copy_kernel");
+}
+
+void CudaBackend::cast(DType from, const void* src, DType to, void* dst, int64_t n) {
+  check_nonnegative("cast", "n", n);
+  if (n == 0) return;
+  if (from == to) {
+    copy_within(dst, src, static_cast<size_t>(n) * dtype_size(from));
+    return;
+  }
+  dispatch_any(from, [&](auto from_tag) {
+    using From = decltype(from_tag);
+    dispatch_any(to, [&](auto to_tag) {
+      using To = decltype(to_tag);
+      cast_kernel<From, To><<<elementwise_grid(n), kThreads, 0, stream_>>>(
+          static_cast<const From*>(src), static_cast<To*>(dst), n);
+      RUNWAY_CUDA_LAUNCH_CHECK("cast_kernel");
+    });
+  });
+}
+
+// ============================================================================
+// Elementwise
+// ============================================================================
+
+void CudaBackend::unary(UnaryOp op, DType dt, const void* x, void* y, int64_t n, double param) {
+  check_nonnegative("unary", "n", n);
+  dispatch_float(dt, "unary", [&](auto tag) {
+    using T = decltype(tag);
+    if (n == 0) return;
+    unary_kernel<T><<<elementwise_grid(n), kThreads, 0, stream_>>>(
+        op, static_cast<const T*>(x), static_cast<T*>(y), n, static_cast<T>(param));
+    RUNWAY_CUDA_LAUNCH_CHECK("unary_kernel");
+  });
+}
+
+void CudaBackend::binary(BinaryOp op, DType dt, const BroadcastPlan& plan, const void* a,
+                         const void* b, void* out) {
+  const Layout L = make_layout("binary", plan.out_shape, plan.a_strides, &plan.b_strides);
+  const int64_t n = numel_of(plan.out_shape);
+  const bool contiguous = is_contiguous_strides(plan.out_shape, plan.a_strides) &&
+                          is_contiguous_strides(plan.out_shape, plan.b_strides);
+  dispatch_float(dt, "binary", [&](auto tag) {
+    using T = decltype(tag);
+    if (n == 0) return;
+    const T* pa = static_cast<const T*>(a);
+    const T* pb = static_cast<const T*>(b);
+    T* po = static_cast<T*>(out);
+    if (contiguous) {
+      binary_contiguous_kernel<T><<<elementwise_grid(n), kThreads, 0, stream_>>>(op, pa, pb, po, n);
+    } else {
+      binary_broadcast_kernel<T><<<elementwise_grid(n), kThreads, 0, stream_>>>(op, pa, pb, po, L, n);
+    }
+    RUNWAY_CUDA_LAUNCH_CHECK("binary_kernel");
+  });
+}
+
+// ============================================================================
+// GEMM
+// ============================================================================
+//
+// GemmArgs is row-major: C (m x n, row stride ldc) = alpha op(A) op(B) + beta C.
+// cuBLAS is column-major. A row-major matrix with leading dimension ld, read as
+// column-major with the same ld, is its transpose. So the row-major C buffer *is* the
+// column-major C^T (n x m, ld ldc), and we ask cuBLAS for
+//     C^T = alpha op(B)^T op(A)^T + beta C^T,
+// i.e. swap the operands (B first, A second) and swap m and n:
+//   * op(B)^T: if !trans_b, B is stored k x n row-major = column-major B^T (n x k),
+//     which is already op(B)^T -> CUBLAS_OP_N; if trans_b, B is stored n x k
+//     row-major = column-major B^T (k x n) and op(B)^T = B -> CUBLAS_OP_T.
+//   * op(A)^T likewise: CUBLAS_OP_N if !trans_a, CUBLAS_OP_T if trans_a.
+//   * cuBLAS dims (m', n', k') = (n, m, k); leading dims stay ldb, lda, ldc.
+// Batch strides carry over unchanged (0 = the same matrix for every batch item).
+
+void CudaBackend::gemm(DType dt, const GemmArgs& g, const void* a, const void* b, void* c) {
+  check_nonnegative("gemm", "m", g.m);
+  check_nonnegative("gemm", "n", g.n);
+  check_nonnegative("gemm", "k", g.k);
+  check_nonnegative("gemm", "batch", g.batch);
+  dispatch_float(dt, "gemm", [&](auto tag) {
+    using T = decltype(tag);
+    if (g.m == 0 || g.n == 0 || g.batch == 0) return;
+    if (g.k == 0) {  // op(A) op(B) is all zeros: C = beta C
+      const int64_t total = g.batch * g.m * g.n;
+      scale_matrices_kernel<T><<<elementwise_grid(total), kThreads, 0, stream_>>>(
+          static_cast<T*>(c), g.batch, g.m, g.n, g.ldc, g.stride_c, static_cast<T>(g.beta));
+      RUNWAY_CUDA_LAUNCH_CHECK("scale_matrices_kernel");
+      return;
+    }
+    const cublasOperation_t op_b = g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+    const cublasOperation_t op_a = g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+    const int m = to_cublas_int("m", g.m);
+    const int n = to_cublas_int("n", g.n);
+    const int k = to_cublas_int("k", g.k);
+    const int lda = to_cublas_int("lda", g.lda);
+    const int ldb = to_cublas_int("ldb", g.ldb);
+    const int ldc = to_cublas_int("ldc", g.ldc);
+    const int batch = to_cublas_int("batch", g.batch);
+    const T alpha = static_cast<T>(g.alpha);
+    const T beta = static_cast<T>(g.beta);
+    const T* pa = static_cast<const T*>(a);
+    const T* pb = static_cast<const T*>(b);
+    T* pc = static_cast<T*>(c);
+    if constexpr (std::is_same<T, float>::value) {
+      RUNWAY_CUBLAS_CHECK(cublasSgemmStridedBatched(
+          cublas_, op_b, op_a, n, m, k, &alpha, pb, ldb, g.stride_b, pa, lda, g.stride_a, &beta,
+          pc, ldc, g.stride_c, batch));
+    } else {
+      RUNWAY_CUBLAS_CHECK(cublasDgemmStridedBatched(
+          cublas_, op_b, op_a, n, m, k, &alpha, pb, ldb, g.stride_b, pa, lda, g.stride_a, &beta,
+          pc, ldc, g.stride_c, batch));
+    }
+  });
+}
+
+// ============================================================================
+// Row kernels
+// ============================================================================
+
+void CudaBackend::sum_rows(DType dt, const void* x, void* y, int64_t rows, int64_t cols) {
+  check_nonnegative("sum_rows", "rows", rows);
+  check_nonnegative("sum_rows", "cols", cols);
+  dispatch_float(dt, "sum_rows", [&](auto tag) {
+    using T = decltype(tag);
+    if (rows == 0) return;
+    sum_rows_kernel<T><<<row_grid(rows), kThreads, 0, stream_>>>(
+        static_cast<const T*>(x), static_cast<T*>(y), rows, cols);
+    RUNWAY_CUDA_LAUNCH_CHECK("sum_rows_kernel");
+  });
+}
+
+void CudaBackend::max_rows(DType dt, const void* x, void* y, int64_t rows, int64_t cols) {
+  check_nonnegative("max_rows", "rows", rows);
+  check_nonnegative("max_rows", "cols", cols);
+  dispatch_float(dt, "max_rows", [&](auto tag) {
+    using T = decltype(tag);
+    if (rows == 0) return;
+    max_rows_kernel<T><<<row_grid(rows), kThreads, 0, stream_>>>(
+        static_cast<const T*>(x), static_cast<T*>(y), rows, cols);
+    RUNWAY_CUDA_LAUNCH_CHECK("max_rows_kernel");
+  });
+}
+
+void CudaBackend::softmax_rows(DType dt, const void* x, void* y, int64_t rows, int64_t cols,
+                               bool log) {
+  check_nonnegative("softmax_rows", "rows", rows);
+  check_nonnegative("softmax_rows", "cols", cols);
+  dispatch_float(dt, "softmax_rows", [&](auto tag) {
+    using T = decltype(tag);
+    if (rows == 0 || cols == 0) return;
+    softmax_rows_kernel<T><<<row_grid(rows), kThreads, 0, stream_>>>(
+        static_cast<const T*>(x), static_cast<T*>(y), rows, cols, log);
+    RUNWAY_CUDA_LAUNCH_CHECK("softmax_rows_kernel");
+  });
+}
+
+void CudaBackend::softmax_backward_rows(DType dt, const void* y, const void* dy, void* dx,
+                                        int64_t rows, int64_t cols, bool log) {
+  check_nonnegative("softmax_backward_rows", "rows", rows);
+  check_nonnegative("softmax_backward_rows", "cols", cols);
+  dispatch_float(dt, "softmax_backward_rows", [&](auto tag) {
+    using T = decltype(tag);
+    if (rows == 0 || cols == 0) return;
+    softmax_backward_rows_kernel<T><<<row_grid(rows), kThreads, 0, stream_>>>(
+        static_cast<const T*>(y), static_cast<const T*>(dy), static_cast<T*>(dx), rows, cols,
+        log);
+    RUNWAY_CUDA_LAUNCH_CHECK("softmax_backward_rows_kernel");
+  });
+}
+
+void CudaBackend::cumsum_rows(DType dt, const void* x, void* y, int64_t rows, int64_t cols,
+                              bool exclusive, bool reverse) {
+  check_nonnegative("cumsum_rows", "rows", rows);
+  check_nonnegative("cumsum_rows", "cols", cols);
+  dispatch_float(dt, "cumsum_rows", [&](auto tag) {
+    using T = decltype(tag);
+    if (rows == 0 || cols == 0) return;
+    cumsum_rows_kernel<T><<<row_grid(rows), kThreads, 0, stream_>>>(
+        static_cast<const T*>(x), static_cast<T*>(y), rows, cols, exclusive, reverse);
+    RUNWAY_CUDA_LAUNCH_CHECK("cumsum_rows_kernel");
+  });
+}
+
+void CudaBackend::causal_mask(DType dt, const void* x, void* y, int64_t batch, int64_t t_q,
+                              int64_t t_k, double value) {
+  check_nonnegative("causal_mask", "batch", batch);
+  check_nonnegative("causal_mask", "t_q", t_q);
+  check_nonnegative("causal_mask", "t_k", t_k);
+  dispatch_float(dt, "causal_mask", [&](auto tag) {
+    using T = decltype(tag);
+    const int64_t n = batch * t_q * t_k;
+    if (n == 0) return;
+    causal_mask_kernel<T><<<elementwise_grid(n), kThreads, 0, stream_>>>(
+        static_cast<const T*>(x), static_cast<T*>(y), batch, t_q, t_k, static_cast<T>(value));
+    RUNWAY_CUDA_LAUNCH_CHECK("causal_mask_kernel");
+  });
+}
+
+// ============================================================================
+// Fused layers
+// ============================================================================
+
+void CudaBackend::layernorm_forward(DType dt, const void* x, const void* weight,
+                                    const void* bias, void* y, void* mean, void* rstd,
+                                    int64_t rows, int64_t cols, double eps) {
+  check_nonnegative("layernorm_forward", "rows", rows);
+  check_nonnegative("layernorm_forward", "cols", cols);
+  dispatch_float(dt, "layernorm_forward", [&](auto tag) {
+    using T = decltype(tag);
+    if (rows == 0) return;
+    layernorm_forward_kernel<T><<<row_grid(rows), kThreads, 0, stream_>>>(
+        static_cast<const T*>(x), static_cast<const T*>(weight), static_cast<const T*>(bias),
+        static_cast<T*>(y), static_cast<T*>(mean), static_cast<T*>(rstd), rows, cols,
+        static_cast<T>(eps));
+    RUNWAY_CUDA_LAUNCH_CHECK("layernorm_forward_kernel");
+  });
+}
+
+void CudaBackend::layernorm_backward(DType dt, const void* dy, const void* x, const void* weight,
+                                     const void* mean, const void* rstd, void* dx, void* dweight,
+                                     void* dbias, int64_t rows, int64_t cols) {
+  check_nonnegative("layernorm_backward", "rows", rows);
+  check_nonnegative("layernorm_backward", "cols", cols);
+  dispatch_float(dt, "layernorm_backward", [&](auto tag) {
+    using T = decltype(tag);
+    if (rows == 0 || cols == 0) return;
+    const T* pdy = static_cast<const T*>(dy);
+    const T* px = static_cast<const T*>(x);
+    const T* pmean = static_cast<const T*>(mean);
+    const T* prstd = static_cast<const T*>(rstd);
+    if (dx != nullptr) {
+      layernorm_backward_dx_kernel<T><<<row_grid(rows), kThreads, 0, stream_>>>(
+          pdy, px, static_cast<const T*>(weight), pmean, prstd, static_cast<T*>(dx), rows, cols);
+      RUNWAY_CUDA_LAUNCH_CHECK("layernorm_backward_dx_kernel");
+    }
+    if (dweight != nullptr || dbias != nullptr) {
+      const unsigned grid = static_cast<unsigned>(
+          std::min<int64_t>((cols + kColWidth - 1) / kColWidth, kMaxRowGrid));
+      const dim3 block(kColWidth, kColRows);
+      layernorm_backward_params_kernel<T><<<grid, block, 0, stream_>>>(
+          pdy, px, pmean, prstd, static_cast<T*>(dweight), static_cast<T*>(dbias), rows, cols);
+      RUNWAY_CUDA_LAUNCH_CHECK("layernorm_backward_params_kernel");
+    }
+  });
+}
+
+void CudaBackend::embedding_forward(DType dt, const void* weight, const int64_t* ids, void* out,
+                                    int64_t n, int64_t dim) {
+  check_nonnegative("embedding_forward", "n", n);
+  check_nonnegative("embedding_forward", "dim", dim);
+  dispatch_float(dt, "embedding_forward", [&](auto tag) {
+    using T = decltype(tag);
+    if (n == 0 || dim == 0) return;
+    embedding_forward_kernel<T><<<elementwise_grid(n * dim), kThreads, 0, stream_>>>(
+        static_cast<const T*>(weight), ids, static_cast<T*>(out), n, dim);
+    RUNWAY_CUDA_LAUNCH_CHECK("embedding_forward_kernel");
+  });
+}
+
+void CudaBackend::embedding_backward(DType dt, const void* dout, const int64_t* ids,
+                                     void* dweight, int64_t n, int64_t dim) {
+  check_nonnegative("embedding_backward", "n", n);
+  check_nonnegative("embedding_backward", "dim", dim);
+  dispatch_float(dt, "embedding_backward", [&](auto tag) {
+    using T = decltype(tag);
+    if (n == 0 || dim == 0) return;
+    embedding_backward_kernel<T><<<elementwise_grid(n * dim), kThreads, 0, stream_>>>(
+        static_cast<const T*>(dout), ids, static_cast<T*>(dweight), n, dim);
+    RUNWAY_CUDA_LAUNCH_CHECK("embedding_backward_kernel");
+  });
+}
+
+void CudaBackend::cross_entropy_forward(DType dt, const void* logits, const int64_t* targets,
+                                        void* loss, void* lse, int64_t rows, int64_t cols,
+                                        int64_t ignore_index) {
+  check_nonnegative("cross_entropy_forward", "rows", rows);
+  check_nonnegative("cross_entropy_forward", "cols", cols);
+  dispatch_float(dt, "cross_entropy_forward", [&](auto tag) {
+    using T = decltype(tag);
+    if (rows == 0) return;
+    cross_entropy_forward_kernel<T><<<row_grid(rows), kThreads, 0, stream_>>>(
+        static_cast<const T*>(logits), targets, static_cast<T*>(loss), static_cast<T*>(lse),
+        rows, cols, ignore_index);
+    RUNWAY_CUDA_LAUNCH_CHECK("cross_entropy_forward_kernel");
+  });
+}
+
+void CudaBackend::cross_entropy_backward(DType dt, const void* logits, const int64_t* targets,
+                                         const void* lse, void* dlogits, int64_t rows,
+                                         int64_t cols, int64_t ignore_index, double scale) {
+  check_nonnegative("cross_entropy_backward", "rows", rows);
+  check_nonnegative("cross_entropy_backward", "cols", cols);
+  dispatch_float(dt, "cross_entropy_backward", [&](auto tag) {
+    using T = decltype(tag);
+    if (rows == 0 || cols == 0) return;
+    cross_entropy_backward_kernel<T><<<elementwise_grid(rows * cols), kThreads, 0, stream_>>>(
+        static_cast<const T*>(logits), targets, static_cast<const T*>(lse),
+        static_cast<T*>(dlogits), rows, cols, ignore_index, static_cast<T>(scale));
+    RUNWAY_CUDA_LAUNCH_CHECK("cross_entropy_backward_kernel");
+  });
+}
+
+}  // namespace runway

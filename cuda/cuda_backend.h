@@ -1,0 +1,108 @@
+// The CUDA implementation of runway::Backend (engine/backend.h).
+//
+// One backend drives one device (the current device when it is constructed). It owns
+// one CUDA stream on which every copy, kernel and cuBLAS call is queued, a cuBLAS
+// handle bound to that stream, and a caching allocator (cuda/cuda_allocator.h).
+// Calls return once the work is queued; copy_to_host, copy_from_host and
+// synchronize() wait for the stream. Every CUDA / cuBLAS failure throws
+// runway::Error with the library's error string, file and line.
+//
+// Compute kernels support Float32 and Float64; fill, strided_copy, cast and the
+// memory calls also take Int64. Broadcast and strided views support up to
+// kMaxDims dimensions.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <memory>
+#include <string>
+
+#include "engine/backend.h"
+
+namespace runway {
+
+namespace cuda_detail {
+class CachingAllocator;
+}
+
+class CudaBackend : public Backend {
+ public:
+  static constexpr int kMaxDims = 8;
+
+  CudaBackend();
+  ~CudaBackend() override;
+  CudaBackend(const CudaBackend&) = delete;
+  CudaBackend& operator=(const CudaBackend&) = delete;
+
+  Device device() const override { return Device::CUDA; }
+  std::string name() const override { return "cuda"; }
+
+  // ---- memory ---------------------------------------------------------------
+  void* allocate(size_t nbytes) override;
+  void deallocate(void* ptr) override;
+  void copy_from_host(void* dst, const void* host_src, size_t nbytes) override;
+  void copy_to_host(void* host_dst, const void* src, size_t nbytes) override;
+  void copy_within(void* dst, const void* src, size_t nbytes) override;
+  void synchronize() override;
+
+  // ---- layout -----------------------------------------------------------------
+  void fill(DType dt, void* dst, int64_t n, double value) override;
+  void strided_copy(DType dt, const StridedView& src, void* dst) override;
+  void cast(DType from, const void* src, DType to, void* dst, int64_t n) override;
+
+  // ---- elementwise ------------------------------------------------------------
+  void unary(UnaryOp op, DType dt, const void* x, void* y, int64_t n, double param) override;
+  void binary(BinaryOp op, DType dt, const BroadcastPlan& plan, const void* a, const void* b,
+              void* out) override;
+
+  // ---- linear algebra -----------------------------------------------------------
+  void gemm(DType dt, const GemmArgs& args, const void* a, const void* b, void* c) override;
+
+  // ---- row kernels ----------------------------------------------------------------
+  void sum_rows(DType dt, const void* x, void* y, int64_t rows, int64_t cols) override;
+  void max_rows(DType dt, const void* x, void* y, int64_t rows, int64_t cols) override;
+  void softmax_rows(DType dt, const void* x, void* y, int64_t rows, int64_t cols,
+                    bool log) override;
+  void softmax_backward_rows(DType dt, const void* y, const void* dy, void* dx, int64_t rows,
+                             int64_t cols, bool log) override;
+  void cumsum_rows(DType dt, const void* x, void* y, int64_t rows, int64_t cols, bool exclusive,
+                   bool reverse) override;
+  void causal_mask(DType dt, const void* x, void* y, int64_t batch, int64_t t_q, int64_t t_k,
+                   double value) override;
+
+  // ---- fused layers ---------------------------------------------------------------
+  void layernorm_forward(DType dt, const void* x, const void* weight, const void* bias, void* y,
+                         void* mean, void* rstd, int64_t rows, int64_t cols,
+                         double eps) override;
+  void layernorm_backward(DType dt, const void* dy, const void* x, const void* weight,
+                          const void* mean, const void* rstd, void* dx, void* dweight,
+                          void* dbias, int64_t rows, int64_t cols) override;
+  void embedding_forward(DType dt, const void* weight, const int64_t* ids, void* out, int64_t n,
+                         int64_t dim) override;
+  void embedding_backward(DType dt, const void* dout, const int64_t* ids, void* dweight,
+                          int64_t n, int64_t dim) override;
+  void cross_entropy_forward(DType dt, const void* logits, const int64_t* targets, void* loss,
+                             void* lse, int64_t rows, int64_t cols,
+                             int64_t ignore_index) override;
+  void cross_entropy_backward(DType dt, const void* logits, const int64_t* targets,
+                              const void* lse, void* dlogits, int64_t rows, int64_t cols,
+                              int64_t ignore_index, double scale) override;
+
+  // ---- CUDA specifics ---------------------------------------------------------------
+  int device_index() const { return device_index_; }
+  const std::string& device_description() const { return device_description_; }
+  cudaStream_t stream() const { return stream_; }
+  size_t cached_bytes() const;  // free blocks held by the allocator
+  size_t live_bytes() const;    // blocks handed out and not yet deallocated
+  void empty_cache();           // returns the cached free blocks to the driver
+
+ private:
+  int device_index_ = 0;
+  std::string device_description_;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+  std::unique_ptr<cuda_detail::CachingAllocator> allocator_;
+};
+
+}  // namespace runway

@@ -1,0 +1,55 @@
+// runway::load_backends for builds with CUDA: registers a CudaBackend when a device
+// is visible, otherwise records why CUDA is unavailable. Never throws or aborts:
+// without a driver or device, cudaGetDeviceCount returns an error code, which is
+// noted as the reason.
+#include <cuda_runtime.h>
+
+#include <exception>
+#include <mutex>
+#include <string>
+
+#include "cuda/cuda_backend.h"
+#include "engine/backend.h"
+
+namespace runway {
+
+namespace {
+
+void load_cuda_backend() {
+  int count = 0;
+  const cudaError_t status = cudaGetDeviceCount(&count);
+  if (status != cudaSuccess) {
+    (void)cudaGetLastError();  // clear the error so it is not reported by a later call
+    note_backend_unavailable(Device::CUDA, std::string("no usable CUDA driver or device: ") +
+                                               cudaGetErrorName(status) + " (" +
+                                               cudaGetErrorString(status) + ")");
+    return;
+  }
+  if (count < 1) {
+    note_backend_unavailable(Device::CUDA, "no CUDA device is visible (cudaGetDeviceCount = 0)");
+    return;
+  }
+  try {
+    // Created once and intentionally never destroyed: tensors may still hold device
+    // memory during static destruction, and tearing down cuBLAS or the stream while
+    // the CUDA runtime unloads at exit is unsafe. The driver reclaims everything.
+    static CudaBackend* backend = new CudaBackend();
+    register_backend(backend);
+  } catch (const std::exception& e) {
+    note_backend_unavailable(Device::CUDA,
+                             std::string("CUDA backend failed to initialize: ") + e.what());
+  }
+}
+
+}  // namespace
+
+void load_backends() {
+  static std::once_flag once;
+  try {
+    std::call_once(once, load_cuda_backend);
+  } catch (...) {
+    // load_cuda_backend catches everything it expects; never let anything escape.
+  }
+}
+
+}  // namespace runway

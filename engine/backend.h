@@ -1,0 +1,142 @@
+// The backend interface: memory and raw kernels for one device.
+//
+// The differentiable ops (engine/ops.cpp) decide *what* to compute and how the
+// gradient flows; a Backend only computes, on contiguous buffers whose element type
+// is given by a DType. The CPU backend lives in engine/cpu_backend.cpp; cuda/
+// implements the same interface. Every kernel is written for row-major data.
+//
+// Conventions: `rows x cols` kernels work on the last dimension (cols) of a
+// contiguous buffer with `rows` = numel / cols. Pointers are device pointers of the
+// backend's device. Index buffers (targets, embedding ids) are int64.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "engine/dtype.h"
+
+namespace runway {
+
+enum class UnaryOp {
+  Neg, Exp, Log, Sqrt, Tanh, Sigmoid, Relu, Gelu,
+  ReluGrad,   // 1 where x > 0, else 0: relu'(x)
+  GeluGrad,   // d/dx gelu_tanh(x)
+  AddScalar,  // x + param
+  MulScalar,  // x * param
+  PowScalar,  // x ^ param
+  Abs,
+};
+
+enum class BinaryOp { Add, Sub, Mul, Div, Pow, Equal, Greater };
+
+// Describes an elementwise op between two broadcast inputs, already expressed as
+// strides into contiguous buffers (stride 0 on broadcast dims).
+struct BroadcastPlan {
+  Shape out_shape;
+  Shape a_strides;
+  Shape b_strides;
+};
+
+// A strided read of a buffer: element [i0,...,in] is at base[offset + sum ik*strides[k]].
+struct StridedView {
+  const void* base = nullptr;
+  Shape shape;
+  Shape strides;
+  int64_t offset = 0;
+};
+
+struct GemmArgs {
+  bool trans_a = false, trans_b = false;
+  int64_t m = 0, n = 0, k = 0;       // C (m x n) = op(A) (m x k) * op(B) (k x n)
+  int64_t lda = 0, ldb = 0, ldc = 0;  // leading dims of the stored matrices
+  int64_t stride_a = 0, stride_b = 0, stride_c = 0;  // between batch items (0 = shared)
+  int64_t batch = 1;
+  double alpha = 1.0, beta = 0.0;     // C = alpha op(A) op(B) + beta C
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual Device device() const = 0;
+  virtual std::string name() const = 0;
+
+  // ---- memory ---------------------------------------------------------------
+  virtual void* allocate(size_t nbytes) = 0;
+  virtual void deallocate(void* ptr) = 0;
+  virtual void copy_from_host(void* dst, const void* host_src, size_t nbytes) = 0;
+  virtual void copy_to_host(void* host_dst, const void* src, size_t nbytes) = 0;
+  virtual void copy_within(void* dst, const void* src, size_t nbytes) = 0;
+  virtual void synchronize() {}
+
+  // ---- layout -----------------------------------------------------------------
+  virtual void fill(DType dt, void* dst, int64_t n, double value) = 0;
+  // Gathers a strided view into a contiguous buffer of shape view.shape.
+  virtual void strided_copy(DType dt, const StridedView& src, void* dst) = 0;
+  // Element type conversion between contiguous buffers of n elements.
+  virtual void cast(DType from, const void* src, DType to, void* dst, int64_t n) = 0;
+
+  // ---- elementwise ------------------------------------------------------------
+  virtual void unary(UnaryOp op, DType dt, const void* x, void* y, int64_t n, double param) = 0;
+  virtual void binary(BinaryOp op, DType dt, const BroadcastPlan& plan, const void* a,
+                      const void* b, void* out) = 0;
+
+  // ---- linear algebra -----------------------------------------------------------
+  virtual void gemm(DType dt, const GemmArgs& args, const void* a, const void* b, void* c) = 0;
+
+  // ---- row kernels (last dimension) ---------------------------------------------
+  virtual void sum_rows(DType dt, const void* x, void* y, int64_t rows, int64_t cols) = 0;
+  virtual void max_rows(DType dt, const void* x, void* y, int64_t rows, int64_t cols) = 0;
+  virtual void softmax_rows(DType dt, const void* x, void* y, int64_t rows, int64_t cols,
+                            bool log) = 0;
+  // dx = y * (dy - sum(dy*y)) for softmax; dx = dy - exp(y) * sum(dy) for log_softmax,
+  // where y is the forward output.
+  virtual void softmax_backward_rows(DType dt, const void* y, const void* dy, void* dx,
+                                     int64_t rows, int64_t cols, bool log) = 0;
+  virtual void cumsum_rows(DType dt, const void* x, void* y, int64_t rows, int64_t cols,
+                           bool exclusive, bool reverse) = 0;
+  // Over the last two dims (t_q x t_k) of `batch` matrices: entries with
+  // j > i + (t_k - t_q) are set to `value`, the rest copied.
+  virtual void causal_mask(DType dt, const void* x, void* y, int64_t batch, int64_t t_q,
+                           int64_t t_k, double value) = 0;
+
+  // ---- fused layers ---------------------------------------------------------------
+  // y = (x - mean) * rstd * weight + bias per row; mean and rstd (rows) are saved.
+  virtual void layernorm_forward(DType dt, const void* x, const void* weight,
+                                 const void* bias, void* y, void* mean, void* rstd,
+                                 int64_t rows, int64_t cols, double eps) = 0;
+  // Writes dx; accumulates (+=) into dweight and dbias. Uses x, mean, rstd from forward.
+  virtual void layernorm_backward(DType dt, const void* dy, const void* x, const void* weight,
+                                  const void* mean, const void* rstd, void* dx, void* dweight,
+                                  void* dbias, int64_t rows, int64_t cols) = 0;
+  // out[r, :] = weight[ids[r], :]; ids are checked by the op before this runs.
+  virtual void embedding_forward(DType dt, const void* weight, const int64_t* ids, void* out,
+                                 int64_t n, int64_t dim) = 0;
+  // dweight[ids[r], :] += dout[r, :]
+  virtual void embedding_backward(DType dt, const void* dout, const int64_t* ids,
+                                  void* dweight, int64_t n, int64_t dim) = 0;
+  // Per row: loss[r] = logsumexp(logits[r]) - logits[r, target[r]], 0 where ignored;
+  // lse[r] is saved for the backward.
+  virtual void cross_entropy_forward(DType dt, const void* logits, const int64_t* targets,
+                                     void* loss, void* lse, int64_t rows, int64_t cols,
+                                     int64_t ignore_index) = 0;
+  // dlogits[r] = scale * (softmax(logits[r]) - onehot(target[r])), 0 rows where ignored.
+  virtual void cross_entropy_backward(DType dt, const void* logits, const int64_t* targets,
+                                      const void* lse, void* dlogits, int64_t rows,
+                                      int64_t cols, int64_t ignore_index, double scale) = 0;
+};
+
+// The backend for a device. CPU is always present; CUDA once registered by cuda/
+// (see runway::load_backends in engine/backends.h). Throws a clear Error otherwise.
+Backend& backend_for(Device device);
+void register_backend(Backend* backend);
+// Records why a device has no backend, so backend_for can say so.
+void note_backend_unavailable(Device device, const std::string& reason);
+bool backend_available(Device device);
+
+// Registers every backend this build has (cuda/ when built with CUDA and a device
+// is visible). Defined in cuda/register_cuda.cpp or engine/no_cuda.cpp; apps and
+// tests call it once at start. Safe to call more than once.
+void load_backends();
+
+}  // namespace runway

@@ -1,0 +1,518 @@
+// The CPU backend: plain loops (OpenMP over rows where it pays) and OpenBLAS gemm.
+// Every kernel is templated on the element type and instantiated for float and
+// double through the dispatch helper below.
+#include <cblas.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <mutex>
+
+#include "engine/backend.h"
+#include "engine/tensor.h"  // shape helpers
+
+namespace runway {
+
+namespace {
+
+template <typename F>
+void dispatch_float(DType dt, const char* kernel, F&& f) {
+  switch (dt) {
+    case DType::Float32: f(float{}); return;
+    case DType::Float64: f(double{}); return;
+    default:
+      throw Error(fmt::format("{}: dtype {} is not supported (float32 or float64 only)", kernel,
+                              dtype_name(dt)));
+  }
+}
+
+template <typename F>
+void dispatch_any(DType dt, F&& f) {
+  switch (dt) {
+    case DType::Float32: f(float{}); return;
+    case DType::Float64: f(double{}); return;
+    case DType::Int64: f(int64_t{}); return;
+  }
+}
+
+constexpr double kSqrt2OverPi = 0.7978845608028654;
+constexpr double kGeluCoeff = 0.044715;
+
+template <typename T>
+T apply_unary(UnaryOp op, T x, T p) {
+  switch (op) {
+    case UnaryOp::Neg: return -x;
+    case UnaryOp::Exp: return std::exp(x);
+    case UnaryOp::Log: return std::log(x);
+    case UnaryOp::Sqrt: return std::sqrt(x);
+    case UnaryOp::Tanh: return std::tanh(x);
+    case UnaryOp::Sigmoid: return T(1) / (T(1) + std::exp(-x));
+    case UnaryOp::Relu: return x > T(0) ? x : T(0);
+    case UnaryOp::ReluGrad: return x > T(0) ? T(1) : T(0);
+    case UnaryOp::Gelu: {
+      const T u = T(kSqrt2OverPi) * (x + T(kGeluCoeff) * x * x * x);
+      return T(0.5) * x * (T(1) + std::tanh(u));
+    }
+    case UnaryOp::GeluGrad: {
+      const T u = T(kSqrt2OverPi) * (x + T(kGeluCoeff) * x * x * x);
+      const T t = std::tanh(u);
+      const T du = T(kSqrt2OverPi) * (T(1) + T(3 * kGeluCoeff) * x * x);
+      return T(0.5) * (T(1) + t) + T(0.5) * x * (T(1) - t * t) * du;
+    }
+    case UnaryOp::AddScalar: return x + p;
+    case UnaryOp::MulScalar: return x * p;
+    case UnaryOp::PowScalar: return std::pow(x, p);
+    case UnaryOp::Abs: return std::abs(x);
+  }
+  return x;
+}
+
+template <typename T>
+T apply_binary(BinaryOp op, T a, T b) {
+  switch (op) {
+    case BinaryOp::Add: return a + b;
+    case BinaryOp::Sub: return a - b;
+    case BinaryOp::Mul: return a * b;
+    case BinaryOp::Div: return a / b;
+    case BinaryOp::Pow: return std::pow(a, b);
+    case BinaryOp::Equal: return a == b ? T(1) : T(0);
+    case BinaryOp::Greater: return a > b ? T(1) : T(0);
+  }
+  return a;
+}
+
+// Calls body(out_index, a_offset, b_offset, inner_count, a_inner_stride, b_inner_stride)
+// for each run along the innermost dimension of a broadcast plan.
+template <typename Body>
+void for_each_run(const BroadcastPlan& plan, Body&& body) {
+  const Shape& shape = plan.out_shape;
+  const int64_t rank = static_cast<int64_t>(shape.size());
+  const int64_t total = shape_numel(shape);
+  if (total == 0) return;
+  if (rank == 0) {
+    body(0, 0, 0, 1, 0, 0);
+    return;
+  }
+  const int64_t inner = shape[rank - 1];
+  const int64_t outer = total / inner;
+  const int64_t as = plan.a_strides[rank - 1], bs = plan.b_strides[rank - 1];
+#pragma omp parallel for if (total > 1 << 16) schedule(static)
+  for (int64_t o = 0; o < outer; ++o) {
+    int64_t rem = o, aoff = 0, boff = 0;
+    for (int64_t d = rank - 2; d >= 0; --d) {
+      const int64_t idx = rem % shape[d];
+      rem /= shape[d];
+      aoff += idx * plan.a_strides[d];
+      boff += idx * plan.b_strides[d];
+    }
+    body(o * inner, aoff, boff, inner, as, bs);
+  }
+}
+
+class CpuBackend final : public Backend {
+ public:
+  Device device() const override { return Device::CPU; }
+  std::string name() const override { return "cpu (OpenBLAS)"; }
+
+  void* allocate(size_t nbytes) override {
+    // 64-byte alignment for vector loads; aligned_alloc needs a multiple of it.
+    const size_t rounded = (nbytes + 63) / 64 * 64;
+    void* p = std::aligned_alloc(64, rounded);
+    if (!p) throw Error(fmt::format("cpu: out of memory allocating {} bytes", nbytes));
+    return p;
+  }
+  void deallocate(void* ptr) override { std::free(ptr); }
+  void copy_from_host(void* dst, const void* src, size_t n) override { std::memcpy(dst, src, n); }
+  void copy_to_host(void* dst, const void* src, size_t n) override { std::memcpy(dst, src, n); }
+  void copy_within(void* dst, const void* src, size_t n) override { std::memmove(dst, src, n); }
+
+  void fill(DType dt, void* dst, int64_t n, double value) override {
+    dispatch_any(dt, [&](auto t) {
+      using T = decltype(t);
+      std::fill_n(static_cast<T*>(dst), n, static_cast<T>(value));
+    });
+  }
+
+  void strided_copy(DType dt, const StridedView& src, void* dst) override {
+    dispatch_any(dt, [&](auto t) {
+      using T = decltype(t);
+      BroadcastPlan plan{src.shape, src.strides, Shape(src.shape.size(), 0)};
+      const T* base = static_cast<const T*>(src.base) + src.offset;
+      T* out = static_cast<T*>(dst);
+      for_each_run(plan, [&](int64_t o, int64_t a, int64_t, int64_t n, int64_t as, int64_t) {
+        if (as == 1) {
+          std::memcpy(out + o, base + a, n * sizeof(T));
+        } else {
+          for (int64_t i = 0; i < n; ++i) out[o + i] = base[a + i * as];
+        }
+      });
+    });
+  }
+
+  void cast(DType from, const void* src, DType to, void* dst, int64_t n) override {
+    dispatch_any(from, [&](auto f) {
+      using F = decltype(f);
+      dispatch_any(to, [&](auto t) {
+        using T = decltype(t);
+        const F* s = static_cast<const F*>(src);
+        T* d = static_cast<T*>(dst);
+        for (int64_t i = 0; i < n; ++i) d[i] = static_cast<T>(s[i]);
+      });
+    });
+  }
+
+  void unary(UnaryOp op, DType dt, const void* x, void* y, int64_t n, double param) override {
+    dispatch_float(dt, "unary", [&](auto t) {
+      using T = decltype(t);
+      const T* in = static_cast<const T*>(x);
+      T* out = static_cast<T*>(y);
+      const T p = static_cast<T>(param);
+#pragma omp parallel for if (n > 1 << 16) schedule(static)
+      for (int64_t i = 0; i < n; ++i) out[i] = apply_unary<T>(op, in[i], p);
+    });
+  }
+
+  void binary(BinaryOp op, DType dt, const BroadcastPlan& plan, const void* a, const void* b,
+              void* out) override {
+    dispatch_float(dt, "binary", [&](auto t) {
+      using T = decltype(t);
+      const T* pa = static_cast<const T*>(a);
+      const T* pb = static_cast<const T*>(b);
+      T* po = static_cast<T*>(out);
+      for_each_run(plan, [&](int64_t o, int64_t ao, int64_t bo, int64_t n, int64_t as, int64_t bs) {
+        if (as == 1 && bs == 1) {
+          for (int64_t i = 0; i < n; ++i) po[o + i] = apply_binary<T>(op, pa[ao + i], pb[bo + i]);
+        } else {
+          for (int64_t i = 0; i < n; ++i)
+            po[o + i] = apply_binary<T>(op, pa[ao + i * as], pb[bo + i * bs]);
+        }
+      });
+    });
+  }
+
+  void gemm(DType dt, const GemmArgs& g, const void* a, const void* b, void* c) override {
+    const auto ta = g.trans_a ? CblasTrans : CblasNoTrans;
+    const auto tb = g.trans_b ? CblasTrans : CblasNoTrans;
+    if (g.m == 0 || g.n == 0) return;
+    dispatch_float(dt, "gemm", [&](auto t) {
+      using T = decltype(t);
+      const T* pa = static_cast<const T*>(a);
+      const T* pb = static_cast<const T*>(b);
+      T* pc = static_cast<T*>(c);
+      for (int64_t i = 0; i < g.batch; ++i) {
+        if constexpr (std::is_same_v<T, float>) {
+          cblas_sgemm(CblasRowMajor, ta, tb, g.m, g.n, g.k, static_cast<float>(g.alpha),
+                      pa + i * g.stride_a, g.lda, pb + i * g.stride_b, g.ldb,
+                      static_cast<float>(g.beta), pc + i * g.stride_c, g.ldc);
+        } else {
+          cblas_dgemm(CblasRowMajor, ta, tb, g.m, g.n, g.k, g.alpha, pa + i * g.stride_a, g.lda,
+                      pb + i * g.stride_b, g.ldb, g.beta, pc + i * g.stride_c, g.ldc);
+        }
+      }
+    });
+  }
+
+  void sum_rows(DType dt, const void* x, void* y, int64_t rows, int64_t cols) override {
+    dispatch_float(dt, "sum", [&](auto t) {
+      using T = decltype(t);
+      const T* in = static_cast<const T*>(x);
+      T* out = static_cast<T*>(y);
+#pragma omp parallel for if (rows * cols > 1 << 16) schedule(static)
+      for (int64_t r = 0; r < rows; ++r) {
+        // Accumulate in double so float32 sums of long rows stay accurate.
+        double acc = 0;
+        const T* row = in + r * cols;
+        for (int64_t c = 0; c < cols; ++c) acc += row[c];
+        out[r] = static_cast<T>(acc);
+      }
+    });
+  }
+
+  void max_rows(DType dt, const void* x, void* y, int64_t rows, int64_t cols) override {
+    dispatch_float(dt, "max", [&](auto t) {
+      using T = decltype(t);
+      const T* in = static_cast<const T*>(x);
+      T* out = static_cast<T*>(y);
+      for (int64_t r = 0; r < rows; ++r) {
+        T m = -std::numeric_limits<T>::infinity();
+        for (int64_t c = 0; c < cols; ++c) m = std::max(m, in[r * cols + c]);
+        out[r] = m;
+      }
+    });
+  }
+
+  void softmax_rows(DType dt, const void* x, void* y, int64_t rows, int64_t cols,
+                    bool log) override {
+    dispatch_float(dt, "softmax", [&](auto t) {
+      using T = decltype(t);
+      const T* in = static_cast<const T*>(x);
+      T* out = static_cast<T*>(y);
+#pragma omp parallel for if (rows * cols > 1 << 14) schedule(static)
+      for (int64_t r = 0; r < rows; ++r) {
+        const T* row = in + r * cols;
+        T* o = out + r * cols;
+        T m = -std::numeric_limits<T>::infinity();
+        for (int64_t c = 0; c < cols; ++c) m = std::max(m, row[c]);
+        if (m == -std::numeric_limits<T>::infinity()) m = 0;  // fully masked row
+        T total = 0;
+        for (int64_t c = 0; c < cols; ++c) {
+          const T e = std::exp(row[c] - m);
+          if (!log) o[c] = e;
+          total += e;
+        }
+        if (log) {
+          const T lse = m + std::log(total);
+          for (int64_t c = 0; c < cols; ++c) o[c] = row[c] - lse;
+        } else {
+          const T inv = T(1) / total;
+          for (int64_t c = 0; c < cols; ++c) o[c] *= inv;
+        }
+      }
+    });
+  }
+
+  void softmax_backward_rows(DType dt, const void* y, const void* dy, void* dx, int64_t rows,
+                             int64_t cols, bool log) override {
+    dispatch_float(dt, "softmax_backward", [&](auto t) {
+      using T = decltype(t);
+      const T* py = static_cast<const T*>(y);
+      const T* pdy = static_cast<const T*>(dy);
+      T* pdx = static_cast<T*>(dx);
+#pragma omp parallel for if (rows * cols > 1 << 14) schedule(static)
+      for (int64_t r = 0; r < rows; ++r) {
+        const T* yr = py + r * cols;
+        const T* gr = pdy + r * cols;
+        T* o = pdx + r * cols;
+        T dot = 0;
+        if (log) {
+          for (int64_t c = 0; c < cols; ++c) dot += gr[c];
+          for (int64_t c = 0; c < cols; ++c) o[c] = gr[c] - std::exp(yr[c]) * dot;
+        } else {
+          for (int64_t c = 0; c < cols; ++c) dot += gr[c] * yr[c];
+          for (int64_t c = 0; c < cols; ++c) o[c] = yr[c] * (gr[c] - dot);
+        }
+      }
+    });
+  }
+
+  void cumsum_rows(DType dt, const void* x, void* y, int64_t rows, int64_t cols, bool exclusive,
+                   bool reverse) override {
+    dispatch_float(dt, "cumsum", [&](auto t) {
+      using T = decltype(t);
+      const T* in = static_cast<const T*>(x);
+      T* out = static_cast<T*>(y);
+      for (int64_t r = 0; r < rows; ++r) {
+        T acc = 0;
+        for (int64_t s = 0; s < cols; ++s) {
+          const int64_t c = reverse ? cols - 1 - s : s;
+          const T v = in[r * cols + c];
+          if (exclusive) {
+            out[r * cols + c] = acc;
+            acc += v;
+          } else {
+            acc += v;
+            out[r * cols + c] = acc;
+          }
+        }
+      }
+    });
+  }
+
+  void causal_mask(DType dt, const void* x, void* y, int64_t batch, int64_t t_q, int64_t t_k,
+                   double value) override {
+    dispatch_float(dt, "causal_mask", [&](auto t) {
+      using T = decltype(t);
+      const T* in = static_cast<const T*>(x);
+      T* out = static_cast<T*>(y);
+      const int64_t shift = t_k - t_q;
+      for (int64_t b = 0; b < batch; ++b)
+        for (int64_t i = 0; i < t_q; ++i)
+          for (int64_t j = 0; j < t_k; ++j) {
+            const int64_t idx = (b * t_q + i) * t_k + j;
+            out[idx] = j > i + shift ? static_cast<T>(value) : in[idx];
+          }
+    });
+  }
+
+  void layernorm_forward(DType dt, const void* x, const void* weight, const void* bias, void* y,
+                         void* mean, void* rstd, int64_t rows, int64_t cols, double eps) override {
+    dispatch_float(dt, "layernorm", [&](auto t) {
+      using T = decltype(t);
+      const T* px = static_cast<const T*>(x);
+      const T* w = static_cast<const T*>(weight);
+      const T* bb = static_cast<const T*>(bias);
+      T* py = static_cast<T*>(y);
+      T* pm = static_cast<T*>(mean);
+      T* pr = static_cast<T*>(rstd);
+#pragma omp parallel for if (rows * cols > 1 << 14) schedule(static)
+      for (int64_t r = 0; r < rows; ++r) {
+        const T* xr = px + r * cols;
+        T m = 0;
+        for (int64_t c = 0; c < cols; ++c) m += xr[c];
+        m /= static_cast<T>(cols);
+        T v = 0;
+        for (int64_t c = 0; c < cols; ++c) v += (xr[c] - m) * (xr[c] - m);
+        v /= static_cast<T>(cols);
+        const T rs = T(1) / std::sqrt(v + static_cast<T>(eps));
+        for (int64_t c = 0; c < cols; ++c) py[r * cols + c] = (xr[c] - m) * rs * w[c] + bb[c];
+        pm[r] = m;
+        pr[r] = rs;
+      }
+    });
+  }
+
+  void layernorm_backward(DType dt, const void* dy, const void* x, const void* weight,
+                          const void* mean, const void* rstd, void* dx, void* dweight, void* dbias,
+                          int64_t rows, int64_t cols) override {
+    dispatch_float(dt, "layernorm_backward", [&](auto t) {
+      using T = decltype(t);
+      const T* pdy = static_cast<const T*>(dy);
+      const T* px = static_cast<const T*>(x);
+      const T* w = static_cast<const T*>(weight);
+      const T* pm = static_cast<const T*>(mean);
+      const T* pr = static_cast<const T*>(rstd);
+      T* pdx = static_cast<T*>(dx);
+      T* pdw = static_cast<T*>(dweight);
+      T* pdb = static_cast<T*>(dbias);
+      for (int64_t r = 0; r < rows; ++r) {
+        const T* g = pdy + r * cols;
+        const T* xr = px + r * cols;
+        const T m = pm[r], rs = pr[r];
+        // xhat = (x - mean) * rstd; dxhat = dy * w;
+        // dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+        T mean_dxhat = 0, mean_dxhat_xhat = 0;
+        for (int64_t c = 0; c < cols; ++c) {
+          const T xhat = (xr[c] - m) * rs;
+          const T dxhat = g[c] * w[c];
+          mean_dxhat += dxhat;
+          mean_dxhat_xhat += dxhat * xhat;
+          pdw[c] += g[c] * xhat;
+          pdb[c] += g[c];
+        }
+        mean_dxhat /= static_cast<T>(cols);
+        mean_dxhat_xhat /= static_cast<T>(cols);
+        for (int64_t c = 0; c < cols; ++c) {
+          const T xhat = (xr[c] - m) * rs;
+          pdx[r * cols + c] = rs * (g[c] * w[c] - mean_dxhat - xhat * mean_dxhat_xhat);
+        }
+      }
+    });
+  }
+
+  void embedding_forward(DType dt, const void* weight, const int64_t* ids, void* out, int64_t n,
+                         int64_t dim) override {
+    dispatch_float(dt, "embedding", [&](auto t) {
+      using T = decltype(t);
+      const T* w = static_cast<const T*>(weight);
+      T* o = static_cast<T*>(out);
+      for (int64_t r = 0; r < n; ++r) std::memcpy(o + r * dim, w + ids[r] * dim, dim * sizeof(T));
+    });
+  }
+
+  void embedding_backward(DType dt, const void* dout, const int64_t* ids, void* dweight, int64_t n,
+                          int64_t dim) override {
+    dispatch_float(dt, "embedding_backward", [&](auto t) {
+      using T = decltype(t);
+      const T* g = static_cast<const T*>(dout);
+      T* dw = static_cast<T*>(dweight);
+      for (int64_t r = 0; r < n; ++r)
+        for (int64_t c = 0; c < dim; ++c) dw[ids[r] * dim + c] += g[r * dim + c];
+    });
+  }
+
+  void cross_entropy_forward(DType dt, const void* logits, const int64_t* targets, void* loss,
+                             void* lse, int64_t rows, int64_t cols, int64_t ignore_index) override {
+    dispatch_float(dt, "cross_entropy", [&](auto t) {
+      using T = decltype(t);
+      const T* pl = static_cast<const T*>(logits);
+      T* ploss = static_cast<T*>(loss);
+      T* plse = static_cast<T*>(lse);
+#pragma omp parallel for if (rows * cols > 1 << 14) schedule(static)
+      for (int64_t r = 0; r < rows; ++r) {
+        const T* row = pl + r * cols;
+        T m = -std::numeric_limits<T>::infinity();
+        for (int64_t c = 0; c < cols; ++c) m = std::max(m, row[c]);
+        T total = 0;
+        for (int64_t c = 0; c < cols; ++c) total += std::exp(row[c] - m);
+        const T l = m + std::log(total);
+        plse[r] = l;
+        ploss[r] = targets[r] == ignore_index ? T(0) : l - row[targets[r]];
+      }
+    });
+  }
+
+  void cross_entropy_backward(DType dt, const void* logits, const int64_t* targets, const void* lse,
+                              void* dlogits, int64_t rows, int64_t cols, int64_t ignore_index,
+                              double scale) override {
+    dispatch_float(dt, "cross_entropy_backward", [&](auto t) {
+      using T = decltype(t);
+      const T* pl = static_cast<const T*>(logits);
+      const T* plse = static_cast<const T*>(lse);
+      T* pd = static_cast<T*>(dlogits);
+      const T s = static_cast<T>(scale);
+#pragma omp parallel for if (rows * cols > 1 << 14) schedule(static)
+      for (int64_t r = 0; r < rows; ++r) {
+        T* d = pd + r * cols;
+        if (targets[r] == ignore_index) {
+          std::fill_n(d, cols, T(0));
+          continue;
+        }
+        for (int64_t c = 0; c < cols; ++c) d[c] = s * std::exp(pl[r * cols + c] - plse[r]);
+        d[targets[r]] -= s;
+      }
+    });
+  }
+};
+
+struct Registry {
+  std::mutex mutex;
+  Backend* backends[2] = {nullptr, nullptr};
+  std::string unavailable[2];
+};
+
+Registry& registry() {
+  static Registry r;
+  return r;
+}
+
+}  // namespace
+
+Backend& backend_for(Device device) {
+  static CpuBackend cpu;
+  if (device == Device::CPU) return cpu;
+  auto& r = registry();
+  std::lock_guard<std::mutex> lock(r.mutex);
+  Backend* b = r.backends[static_cast<int>(device)];
+  if (!b) {
+    const std::string& why = r.unavailable[static_cast<int>(device)];
+    throw Error(fmt::format("no {} backend: {}", device_name(device),
+                            why.empty() ? "this build of runway has no CUDA support (configure "
+                                          "with -DRUNWAY_CUDA=ON) or load_backends() was not called"
+                                        : why));
+  }
+  return *b;
+}
+
+void register_backend(Backend* backend) {
+  auto& r = registry();
+  std::lock_guard<std::mutex> lock(r.mutex);
+  r.backends[static_cast<int>(backend->device())] = backend;
+}
+
+void note_backend_unavailable(Device device, const std::string& reason) {
+  auto& r = registry();
+  std::lock_guard<std::mutex> lock(r.mutex);
+  r.unavailable[static_cast<int>(device)] = reason;
+}
+
+bool backend_available(Device device) {
+  if (device == Device::CPU) return true;
+  auto& r = registry();
+  std::lock_guard<std::mutex> lock(r.mutex);
+  return r.backends[static_cast<int>(device)] != nullptr;
+}
+
+}  // namespace runway

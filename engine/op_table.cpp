@@ -1,0 +1,256 @@
+#include "engine/op_table.h"
+
+#include <cmath>
+
+#include "engine/ops.h"
+#include "engine/random.h"
+
+namespace runway {
+
+namespace {
+
+using Samples = std::vector<OpSample>;
+
+// Uniform float64 values in [lo, hi), deterministic per (shape, seed).
+Tensor rnd(const Shape& shape, uint64_t seed, double lo = -1.0, double hi = 1.0) {
+  Generator gen(seed);
+  return Tensor::uniform(shape, lo, hi, gen, DType::Float64);
+}
+
+// Values with |x| in [0.1, 1) and random sign: keeps clear of kinks at 0 (relu).
+Tensor away_from_zero(const Shape& shape, uint64_t seed) {
+  Generator gen(seed);
+  std::vector<double> v(shape_numel(shape));
+  for (double& x : v) x = (gen.uniform01() < 0.5 ? -1.0 : 1.0) * gen.uniform(0.1, 1.0);
+  return Tensor::from_vector(v, shape, DType::Float64);
+}
+
+Tensor ids(const std::vector<int64_t>& v, const Shape& shape) { return Tensor::from_indices(v, shape); }
+
+Samples binary_samples(double lo, double hi) {
+  return {
+      {"same shape (3,4)", {rnd({3, 4}, 1, lo, hi), rnd({3, 4}, 2, lo, hi)}, {}},
+      {"broadcast (3,1)x(1,4)", {rnd({3, 1}, 3, lo, hi), rnd({1, 4}, 4, lo, hi)}, {}},
+      {"broadcast (2,3,4)x(4,)", {rnd({2, 3, 4}, 5, lo, hi), rnd({4}, 6, lo, hi)}, {}},
+      {"scalar ()x(3,)", {rnd({}, 7, lo, hi), rnd({3}, 8, lo, hi)}, {}},
+      {"size-1 (1,)x(1,)", {rnd({1}, 9, lo, hi), rnd({1}, 10, lo, hi)}, {}},
+  };
+}
+
+Samples unary_samples(double lo, double hi) {
+  return {
+      {"scalar ()", {rnd({}, 11, lo, hi)}, {}},
+      {"vector (5,)", {rnd({5}, 12, lo, hi)}, {}},
+      {"3-D (2,3,4)", {rnd({2, 3, 4}, 13, lo, hi)}, {}},
+  };
+}
+
+Samples away_samples() {
+  return {
+      {"vector (7,)", {away_from_zero({7}, 14)}, {}},
+      {"3-D (2,3,4)", {away_from_zero({2, 3, 4}, 15)}, {}},
+  };
+}
+
+TensorFn unary(Tensor (*op)(const Tensor&)) {
+  return [op](const std::vector<Tensor>& x) { return op(x[0]); };
+}
+TensorFn binary(Tensor (*op)(const Tensor&, const Tensor&)) {
+  return [op](const std::vector<Tensor>& x) { return op(x[0], x[1]); };
+}
+
+std::vector<OpEntry> build_table() {
+  std::vector<OpEntry> t;
+  auto add_entry = [&](OpEntry e) { t.push_back(std::move(e)); };
+  auto entry = [](std::string name, std::string summary, TensorFn fn,
+                  std::function<std::vector<OpSample>()> samples, bool composite = false) {
+    OpEntry e;
+    e.name = std::move(name);
+    e.summary = std::move(summary);
+    e.fn = std::move(fn);
+    e.samples = std::move(samples);
+    e.composite = composite;
+    return e;
+  };
+
+  // ---- elementwise, broadcasting ---------------------------------------------------
+  add_entry(entry("add", "a + b (broadcasting)", binary(add), [] { return binary_samples(-1, 1); }));
+  add_entry(entry("sub", "a - b (broadcasting)", binary(sub), [] { return binary_samples(-1, 1); }));
+  add_entry(entry("mul", "a * b (broadcasting)", binary(mul), [] { return binary_samples(-1, 1); }));
+  add_entry(entry("div", "a / b (broadcasting), b in [0.5, 2]", binary(div), [] {
+               Samples s = binary_samples(0.5, 2.0);
+               for (auto& x : s) x.inputs[0] = mul_scalar(add_scalar(x.inputs[0], -1.0), 2.0);
+               return s;
+             }));
+  add_entry(entry("pow", "a ^ b (broadcasting), a in [0.5, 2] so log(a) exists", binary(pow),
+             [] { return binary_samples(0.5, 2.0); }));
+
+  // ---- elementwise, unary ------------------------------------------------------------
+  add_entry(entry("neg", "-x", unary(neg), [] { return unary_samples(-1, 1); }));
+  add_entry(entry("add_scalar", "x + 0.75", [](const std::vector<Tensor>& x) { return add_scalar(x[0], 0.75); },
+             [] { return unary_samples(-1, 1); }));
+  add_entry(entry("mul_scalar", "x * -1.5", [](const std::vector<Tensor>& x) { return mul_scalar(x[0], -1.5); },
+             [] { return unary_samples(-1, 1); }));
+  add_entry(entry("pow_scalar", "x ^ 2.5 and x ^ -1, x in [0.5, 2]",
+             [](const std::vector<Tensor>& x) { return add(pow_scalar(x[0], 2.5), pow_scalar(x[0], -1.0)); },
+             [] { return unary_samples(0.5, 2.0); }));
+  add_entry(entry("exp", "exp(x)", unary(exp), [] { return unary_samples(-2, 2); }));
+  add_entry(entry("log", "log(x), x in [0.2, 3]", unary(log), [] { return unary_samples(0.2, 3.0); }));
+  add_entry(entry("sqrt", "sqrt(x), x in [0.2, 3]", unary(sqrt), [] { return unary_samples(0.2, 3.0); }));
+  add_entry(entry("tanh", "tanh(x)", unary(tanh), [] { return unary_samples(-2, 2); }));
+  add_entry(entry("sigmoid", "sigmoid(x)", unary(sigmoid), [] { return unary_samples(-3, 3); }));
+  add_entry(entry("relu", "relu(x), |x| >= 0.1 (no kink)", unary(relu), away_samples));
+  add_entry(entry("gelu", "gelu(x), tanh approximation", unary(gelu), [] { return unary_samples(-3, 3); }));
+
+  // ---- matmul ----------------------------------------------------------------------------
+  add_entry(entry("matmul", "(..., M, K) @ (..., K, N), batch broadcast, transposed views", binary(matmul), [] {
+               return Samples{
+                   {"(3,4)@(4,5)", {rnd({3, 4}, 21), rnd({4, 5}, 22)}, {}},
+                   {"(1,1)@(1,1)", {rnd({1, 1}, 23), rnd({1, 1}, 24)}, {}},
+                   {"batched (2,3,4)@(2,4,2)", {rnd({2, 3, 4}, 25), rnd({2, 4, 2}, 26)}, {}},
+                   {"shared weight (2,3,4)@(4,2)", {rnd({2, 3, 4}, 27), rnd({4, 2}, 28)}, {}},
+                   {"broadcast batch (2,1,3,4)@(3,4,2)", {rnd({2, 1, 3, 4}, 29), rnd({3, 4, 2}, 30)}, {}},
+               };
+             }));
+  add_entry(entry("matmul_transposed", "a @ b^T through a transpose view (gemm trans flag)",
+             [](const std::vector<Tensor>& x) { return matmul(x[0], transpose(x[1], -1, -2)); },
+             [] {
+               return Samples{{"(2,3,4)@(2,5,4)^T", {rnd({2, 3, 4}, 31), rnd({2, 5, 4}, 32)}, {}},
+                              {"(3,4)@(5,4)^T", {rnd({3, 4}, 33), rnd({5, 4}, 34)}, {}}};
+             },
+             true));
+
+  // ---- shape ops -------------------------------------------------------------------------
+  add_entry(entry("reshape", "reshape, also of a non-contiguous view",
+             [](const std::vector<Tensor>& x) { return reshape(transpose(x[0], 0, 1), {3, -1}); },
+             [] { return Samples{{"(2,6) -> T -> (3,4)", {rnd({2, 6}, 41)}, {}}}; }));
+  add_entry(entry("permute", "permute (2,3,4) -> dims (2,0,1)",
+             [](const std::vector<Tensor>& x) { return permute(x[0], {2, 0, 1}); },
+             [] { return Samples{{"(2,3,4)", {rnd({2, 3, 4}, 42)}, {}}}; }));
+  add_entry(entry("transpose", "transpose dims 0 and 2 (composite of permute)",
+             [](const std::vector<Tensor>& x) { return transpose(x[0], 0, 2); },
+             [] { return Samples{{"(2,3,4)", {rnd({2, 3, 4}, 43)}, {}}}; },
+             true));
+  add_entry(entry("slice", "slices along dims 0 and 1, including the edges",
+             [](const std::vector<Tensor>& x) {
+               const int64_t n = x[0].size(1);
+               return concat({reshape(slice(x[0], 1, 1, 3), {-1}), reshape(slice(x[0], 0, 0, 1), {-1}),
+                              reshape(slice(x[0], 1, n - 1, n), {-1})}, 0);
+             },
+             [] { return Samples{{"(3,5)", {rnd({3, 5}, 44)}, {}}, {"(4,3)", {rnd({4, 3}, 45)}, {}}}; }));
+  add_entry(entry("expand", "broadcast view (3,1) -> (2,3,4)",
+             [](const std::vector<Tensor>& x) { return mul(expand(x[0], {2, 3, 4}), x[1]); },
+             [] { return Samples{{"(3,1) -> (2,3,4)", {rnd({3, 1}, 46), rnd({2, 3, 4}, 47)}, {}}}; }));
+  add_entry(entry("copy", "copy of a transposed view",
+             [](const std::vector<Tensor>& x) { return copy(transpose(x[0], 0, 1)); },
+             [] { return Samples{{"(3,4)^T", {rnd({3, 4}, 48)}, {}}}; }));
+  add_entry(entry("concat", "concat along dim 0 and dim 1",
+             [](const std::vector<Tensor>& x) {
+               Tensor c1 = concat({x[0], x[1]}, 1);  // (2,3)+(2,2) -> (2,5)
+               return concat({c1, x[2]}, 0);          // (2,5)+(1,5) -> (3,5)
+             },
+             [] { return Samples{{"(2,3)|(2,2) then /(1,5)", {rnd({2, 3}, 49), rnd({2, 2}, 50), rnd({1, 5}, 51)}, {}}}; }));
+  add_entry(entry("split", "split into parts, reordered and scaled (composite of slice)",
+             [](const std::vector<Tensor>& x) {
+               auto parts = split(x[0], {1, 3, 1}, 1);
+               return concat({mul_scalar(parts[2], 3.0), parts[0], mul_scalar(parts[1], -2.0)}, 1);
+             },
+             [] { return Samples{{"(2,5) -> 1|3|1", {rnd({2, 5}, 52)}, {}}}; },
+             true));
+
+  // ---- reductions ---------------------------------------------------------------------------
+  add_entry(entry("sum", "sum over all, one, and several dims, keepdim or not",
+             [](const std::vector<Tensor>& x) {
+               return concat({reshape(sum(x[0]), {1}), reshape(sum(x[0], {1}), {-1}),
+                              reshape(sum(x[0], {0, 2}, true), {-1})}, 0);
+             },
+             [] { return Samples{{"(2,3,4)", {rnd({2, 3, 4}, 61)}, {}}}; }));
+  add_entry(entry("mean", "mean over dims (composite: sum * 1/n)",
+             [](const std::vector<Tensor>& x) {
+               return concat({reshape(mean(x[0]), {1}), reshape(mean(x[0], {-1}, true), {-1})}, 0);
+             },
+             [] { return Samples{{"(2,3,4)", {rnd({2, 3, 4}, 62)}, {}}}; },
+             true));
+  add_entry(entry("max", "max over dims; random inputs have no ties",
+             [](const std::vector<Tensor>& x) {
+               return concat({reshape(max(x[0]), {1}), reshape(max(x[0], {1}), {-1}),
+                              reshape(max(x[0], {0, 2}, true), {-1})}, 0);
+             },
+             [] { return Samples{{"(2,3,4)", {rnd({2, 3, 4}, 63)}, {}}}; }));
+
+  // ---- softmax family, masking, layernorm, cumsum ---------------------------------------------
+  add_entry(entry("softmax", "softmax over the last dim and over dim 0",
+             [](const std::vector<Tensor>& x) { return add(softmax(x[0], -1), softmax(x[0], 0)); },
+             [] { return Samples{{"(3,4)", {rnd({3, 4}, 71, -2, 2)}, {}}, {"(1,)", {rnd({1}, 72)}, {}}}; }));
+  add_entry(entry("log_softmax", "log_softmax over the last dim and over dim 1",
+             [](const std::vector<Tensor>& x) { return add(log_softmax(x[0], -1), log_softmax(x[0], 1)); },
+             [] { return Samples{{"(2,3,4)", {rnd({2, 3, 4}, 73, -2, 2)}, {}}}; }));
+  add_entry(entry("causal_mask", "masking j > i with a finite value (-inf makes differences NaN)",
+             [](const std::vector<Tensor>& x) { return causal_mask(x[0], -5.0); },
+             [] { return Samples{{"(2,4,4)", {rnd({2, 4, 4}, 74)}, {}}, {"rectangular (3,5)", {rnd({3, 5}, 75)}, {}}}; }));
+  add_entry(entry("causal_softmax", "softmax(causal_mask(x, -inf)): masked weights are exactly 0",
+             [](const std::vector<Tensor>& x) { return softmax(causal_mask(x[0]), -1); },
+             [] { return Samples{{"(2,5,5)", {rnd({2, 5, 5}, 76, -2, 2)}, {}}}; },
+             true));
+  add_entry(entry("layernorm", "layernorm over the last dim with weight and bias",
+             [](const std::vector<Tensor>& x) { return layernorm(x[0], x[1], x[2]); },
+             [] {
+               return Samples{{"(2,3,5)", {rnd({2, 3, 5}, 81, -2, 2), rnd({5}, 82, 0.5, 1.5), rnd({5}, 83)}, {}},
+                              {"(4,2)", {rnd({4, 2}, 84, -2, 2), rnd({2}, 85, 0.5, 1.5), rnd({2}, 86)}, {}}};
+             }));
+  add_entry(entry("cumsum", "cumulative sum: inclusive/exclusive, forward/reverse, dims 0 and 1",
+             [](const std::vector<Tensor>& x) {
+               return concat({cumsum(x[0], 1), cumsum(x[0], 1, true), cumsum(x[0], 1, false, true),
+                              cumsum(x[0], 1, true, true), cumsum(x[0], 0, true, false)}, 1);
+             },
+             [] { return Samples{{"(3,4)", {rnd({3, 4}, 91)}, {}}, {"(1,1)", {rnd({1, 1}, 92)}, {}}}; }));
+
+  // ---- lookup, losses, dropout -------------------------------------------------------------------
+  add_entry(entry("embedding", "rows of a (V, C) table, repeated ids accumulate",
+             [](const std::vector<Tensor>& x) { return embedding(x[0], x[1]); },
+             [] {
+               return Samples{{"(6,3) ids (2,4) with repeats", {rnd({6, 3}, 101), ids({0, 5, 2, 2, 1, 0, 5, 5}, {2, 4})}, {}},
+                              {"(1,2) ids (3,)", {rnd({1, 2}, 102), ids({0, 0, 0}, {3})}, {}}};
+             }));
+  add_entry(entry("cross_entropy", "mean cross-entropy over logits with an ignore index",
+             [](const std::vector<Tensor>& x) { return cross_entropy(x[0], x[1], -100); },
+             [] {
+               return Samples{{"(4,5), one ignored", {rnd({4, 5}, 111, -2, 2), ids({1, -100, 4, 0}, {4})}, {}},
+                              {"(2,3,5) 3-D logits", {rnd({2, 3, 5}, 112, -2, 2), ids({0, 1, 2, 3, 4, 0}, {2, 3})}, {}}};
+             }));
+  add_entry(entry("dropout", "dropout p=0.3 with a fixed seed (same mask each evaluation)",
+             [](const std::vector<Tensor>& x) {
+               Generator gen(7);
+               return dropout(x[0], 0.3, gen, true);
+             },
+             [] { return Samples{{"(4,5)", {rnd({4, 5}, 121)}, {}}}; }));
+
+  // ---- a composite: causal attention written with primitives --------------------------------------
+  add_entry(entry("causal_attention_primitives",
+             "softmax(causal_mask(Q K^T / sqrt(D))) V from primitives, (B,H,T,D)",
+             [](const std::vector<Tensor>& x) {
+               const double scale = 1.0 / std::sqrt(static_cast<double>(x[0].size(-1)));
+               Tensor s = mul_scalar(matmul(x[0], transpose(x[1], -1, -2)), scale);
+               return matmul(softmax(causal_mask(s), -1), x[2]);
+             },
+             [] {
+               return Samples{{"B=1,H=2,T=5,D=3", {rnd({1, 2, 5, 3}, 131), rnd({1, 2, 5, 3}, 132), rnd({1, 2, 5, 3}, 133)}, {}}};
+             },
+             true));
+  return t;
+}
+
+}  // namespace
+
+const std::vector<OpEntry>& op_table() {
+  static const std::vector<OpEntry> table = build_table();
+  return table;
+}
+
+const OpEntry* find_op(const std::string& name) {
+  for (const auto& e : op_table())
+    if (e.name == name) return &e;
+  return nullptr;
+}
+
+}  // namespace runway

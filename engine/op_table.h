@@ -1,0 +1,39 @@
+// The table of ops: one entry per differentiable op (and per composite worth
+// checking), with sample inputs and any tolerance that differs from the default.
+// It drives `runway gradcheck`, the gradcheck test, and (later) CPU-vs-CUDA parity.
+//
+// Every name given to declare_op() must have an entry here; tests/test_op_table.cpp
+// fails otherwise, so a new op cannot skip the check.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "engine/gradcheck.h"
+#include "engine/tensor.h"
+
+namespace runway {
+
+struct OpSample {
+  std::string label;            // what this sample exercises, e.g. "broadcast (3,1)x(1,4)"
+  std::vector<Tensor> inputs;   // float64 (differentiated) and int64 (passed through)
+  std::vector<bool> wrt;        // optional: which inputs to differentiate
+};
+
+struct OpEntry {
+  std::string name;             // the op's declared name, or a composite's name
+  std::string summary;          // one line for --list
+  TensorFn fn;                  // builds the output from the sample inputs
+  std::function<std::vector<OpSample>()> samples;
+  double atol = 1e-5;
+  double rtol = 1e-3;
+  std::string tolerance_reason;  // required when atol/rtol differ from the defaults
+  bool fast = false;             // random-projection mode (large ops)
+  bool composite = false;        // built from other ops; not a declared op itself
+};
+
+const std::vector<OpEntry>& op_table();
+const OpEntry* find_op(const std::string& name);
+
+}  // namespace runway

@@ -1,0 +1,77 @@
+// The differentiable ops. Each is defined in engine/ops.cpp with its forward and
+// its backward side by side, and has a row in the gradcheck table
+// (engine/op_table.cpp). Shapes follow NumPy broadcasting where noted.
+#pragma once
+
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "engine/tensor.h"
+
+namespace runway {
+
+class Generator;
+
+// ---- elementwise, broadcasting ------------------------------------------------
+Tensor add(const Tensor& a, const Tensor& b);
+Tensor sub(const Tensor& a, const Tensor& b);
+Tensor mul(const Tensor& a, const Tensor& b);
+Tensor div(const Tensor& a, const Tensor& b);
+Tensor pow(const Tensor& a, const Tensor& b);  // a > 0 where b's gradient is needed
+
+// ---- elementwise, unary -----------------------------------------------------------
+Tensor neg(const Tensor& x);
+Tensor add_scalar(const Tensor& x, double s);
+Tensor mul_scalar(const Tensor& x, double s);
+Tensor pow_scalar(const Tensor& x, double p);
+Tensor exp(const Tensor& x);
+Tensor log(const Tensor& x);
+Tensor sqrt(const Tensor& x);
+Tensor tanh(const Tensor& x);
+Tensor sigmoid(const Tensor& x);
+Tensor relu(const Tensor& x);
+Tensor gelu(const Tensor& x);  // tanh approximation, as GPT-2
+
+// ---- linear algebra ---------------------------------------------------------------
+// (..., M, K) @ (..., K, N) -> (..., M, N); batch dims broadcast. Both inputs >= 2-D.
+Tensor matmul(const Tensor& a, const Tensor& b);
+
+// ---- shape (views) -----------------------------------------------------------------
+Tensor reshape(const Tensor& x, const Shape& shape);
+Tensor transpose(const Tensor& x, int64_t d0, int64_t d1);
+Tensor permute(const Tensor& x, const std::vector<int64_t>& dims);
+Tensor slice(const Tensor& x, int64_t dim, int64_t start, int64_t end);
+Tensor expand(const Tensor& x, const Shape& shape);
+Tensor copy(const Tensor& x);        // always a new contiguous buffer
+Tensor contiguous(const Tensor& x);  // x itself when already contiguous, else copy(x)
+Tensor concat(const std::vector<Tensor>& xs, int64_t dim);
+std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, int64_t dim);
+
+// ---- reductions ---------------------------------------------------------------------
+// Empty `dims` reduces over all dimensions.
+Tensor sum(const Tensor& x, const std::vector<int64_t>& dims = {}, bool keepdim = false);
+Tensor mean(const Tensor& x, const std::vector<int64_t>& dims = {}, bool keepdim = false);
+// The gradient of max is shared equally among tied maxima.
+Tensor max(const Tensor& x, const std::vector<int64_t>& dims = {}, bool keepdim = false);
+
+// ---- normalisation, activations over a dim --------------------------------------------
+Tensor softmax(const Tensor& x, int64_t dim = -1);
+Tensor log_softmax(const Tensor& x, int64_t dim = -1);
+// Over the last two dims (T_q, T_k): entries with j > i + (T_k - T_q) become `value`.
+Tensor causal_mask(const Tensor& x, double value = -std::numeric_limits<double>::infinity());
+// Over the last dim; weight and bias have shape (C,).
+Tensor layernorm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps = 1e-5);
+// Inclusive or exclusive, forward or reverse, cumulative sum along `dim`.
+Tensor cumsum(const Tensor& x, int64_t dim, bool exclusive = false, bool reverse = false);
+
+// ---- lookup and losses ---------------------------------------------------------------
+// weight (V, C), ids int64 of any shape -> (*ids.shape, C).
+Tensor embedding(const Tensor& weight, const Tensor& ids);
+// logits (..., V), targets int64 (...) -> scalar mean loss over targets != ignore_index.
+Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index = -100);
+// Zeroes each element with probability p and scales the rest by 1/(1-p); the mask
+// comes from `gen`. With training false or p == 0 it returns x.
+Tensor dropout(const Tensor& x, double p, Generator& gen, bool training = true);
+
+}  // namespace runway
