@@ -9,4 +9,8 @@ namespace runway::apps {
 // Adds `runway gradcheck`; on run, stores the process exit code in *exit_code.
 void add_gradcheck_command(CLI::App& app, int* exit_code);
 
+// Adds `runway attention`: runs standard or rewired attention on .npy inputs and
+// writes the outputs, gradients and intermediates as .npy files.
+void add_attention_command(CLI::App& app, int* exit_code);
+
 }  // namespace runway::apps

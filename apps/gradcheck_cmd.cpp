@@ -49,7 +49,7 @@ int run_gradcheck(const GradcheckArgs& args) {
       GradcheckResult r;
       std::string error;
       try {
-        r = gradcheck(e->fn, sample.inputs, opts, sample.wrt);
+        r = gradcheck(sample_fn(*e, sample), sample.inputs, opts, sample.wrt);
       } catch (const std::exception& ex) {
         error = ex.what();
         r.passed = false;

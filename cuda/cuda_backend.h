@@ -89,6 +89,15 @@ class CudaBackend : public Backend {
                               const void* lse, void* dlogits, int64_t rows, int64_t cols,
                               int64_t ignore_index, double scale) override;
 
+  // ---- attention and positions ------------------------------------------------------
+  void attention_forward(DType dt, const AttentionArgs& args, const void* q, const void* k,
+                         const void* v, void* y, void* attn, void* p, void* r) override;
+  void attention_backward(DType dt, const AttentionArgs& args, const void* q, const void* k,
+                          const void* v, const void* attn, const void* p, const void* r,
+                          const void* dy, void* dq, void* dk, void* dv) override;
+  void rope(DType dt, const void* x, void* y, int64_t rows, int64_t seq, int64_t dim, double base,
+            int64_t position_offset, bool inverse) override;
+
   // ---- CUDA specifics ---------------------------------------------------------------
   int device_index() const { return device_index_; }
   const std::string& device_description() const { return device_description_; }
@@ -103,6 +112,13 @@ class CudaBackend : public Backend {
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   std::unique_ptr<cuda_detail::CachingAllocator> allocator_;
+
+  template <typename T>
+  void attention_forward_impl(const AttentionArgs& args, const T* q, const T* k, const T* v,
+                              T* y, T* attn, T* p, T* r);
+  template <typename T>
+  void attention_backward_impl(const AttentionArgs& args, const T* q, const T* k, const T* v,
+                               const T* attn, const T* p, const T* dy, T* dq, T* dk, T* dv);
 };
 
 }  // namespace runway

@@ -720,6 +720,117 @@ void test_cross_entropy(Runner& t) {
   }
 }
 
+// ---- attention and positions -----------------------------------------------------------
+
+struct AttnCase {
+  const char* what;
+  int64_t batch, heads, seq, dim;
+  bool alibi, rewired, two_hop, detach;
+  int64_t runway_head;
+  double beta;
+};
+
+runway::AttentionArgs make_attention_args(const AttnCase& c) {
+  runway::AttentionArgs a;
+  a.batch = c.batch;
+  a.heads = c.heads;
+  a.seq = c.seq;
+  a.head_dim = c.dim;
+  a.scale = 1.0 / std::sqrt(static_cast<double>(c.dim));
+  if (c.alibi) {
+    for (int64_t h = 0; h < c.heads; ++h) a.alibi_slopes.push_back(std::pow(2.0, -1.0 - h));
+  }
+  a.rewired = c.rewired;
+  a.runway_head = c.runway_head;
+  a.two_hop = c.two_hop;
+  a.beta = c.beta;
+  a.detach = c.detach;
+  return a;
+}
+
+void test_attention(Runner& t) {
+  const AttnCase cases[] = {
+      {"standard", 2, 3, 7, 5, false, false, false, false, 0, 1.0},
+      {"standard alibi", 2, 3, 7, 5, true, false, false, false, 0, 1.0},
+      {"absorption", 2, 3, 7, 5, false, true, false, false, 1, 1.0},
+      {"absorption alibi beta -0.5", 2, 3, 7, 5, true, true, false, false, 2, -0.5},
+      {"absorption detach", 2, 3, 7, 5, false, true, false, true, 1, 1.0},
+      {"absorption beta 0", 2, 3, 7, 5, false, true, false, false, 0, 0.0},
+      {"two_hop alibi beta 0.7", 2, 3, 7, 5, true, true, true, false, 0, 0.7},
+      {"two_hop detach", 2, 3, 7, 5, false, true, true, true, 2, 1.0},
+      {"standard long rows", 1, 2, 300, 16, false, false, false, false, 0, 1.0},
+      {"absorption long rows", 1, 2, 300, 16, false, true, false, false, 1, 1.0},
+      {"two_hop long rows", 1, 2, 300, 16, true, true, true, false, 0, 1.5},
+  };
+  for (DType dt : kFloatTypes) {
+    for (const AttnCase& c : cases) {
+      const runway::AttentionArgs args = make_attention_args(c);
+      const int64_t n = c.batch * c.heads * c.seq * c.dim;
+      const int64_t n_attn = c.batch * c.heads * c.seq * c.seq;
+      const int64_t n_pr = c.batch * c.seq * c.seq;
+      // Runs the forward on fresh inputs; returns {q, k, v, y, attn, p, r} buffers.
+      auto forward = [dt, args, n, n_attn, n_pr, c](Buffers& b, Rng& rng) {
+        std::vector<void*> bufs;
+        for (int i = 0; i < 3; ++i) bufs.push_back(b.upload(dt, rng.uniform(n, -1.5, 1.5)));
+        bufs.push_back(b.alloc(dt, n));
+        bufs.push_back(b.alloc(dt, n_attn));
+        bufs.push_back(c.rewired ? b.alloc(dt, n_pr) : nullptr);
+        bufs.push_back(c.rewired ? b.alloc(dt, n_pr) : nullptr);
+        b.backend().attention_forward(dt, args, bufs[0], bufs[1], bufs[2], bufs[3], bufs[4],
+                                      bufs[5], bufs[6]);
+        return bufs;
+      };
+      t.compare(tag(std::string("attention_forward ") + c.what, dt), dt, [=](Buffers& b) {
+        Rng rng(18);
+        const std::vector<void*> f = forward(b, rng);
+        Outputs out{b.download(dt, f[3], n), b.download(dt, f[4], n_attn)};
+        if (c.rewired) {
+          out.push_back(b.download(dt, f[5], n_pr));
+          out.push_back(b.download(dt, f[6], n_pr));
+        }
+        return out;
+      });
+      t.compare(tag(std::string("attention_backward ") + c.what, dt), dt, [=](Buffers& b) {
+        Rng rng(18);
+        const std::vector<void*> f = forward(b, rng);
+        const void* dy = b.upload(dt, rng.uniform(n, -1, 1));
+        void* dq = b.alloc(dt, n);
+        void* dk = b.alloc(dt, n);
+        void* dv = b.alloc(dt, n);
+        b.backend().attention_backward(dt, args, f[0], f[1], f[2], f[4], f[5], f[6], dy, dq, dk,
+                                       dv);
+        return Outputs{b.download(dt, dq, n), b.download(dt, dk, n), b.download(dt, dv, n)};
+      });
+    }
+  }
+}
+
+void test_rope(Runner& t) {
+  struct R {
+    int64_t rows, seq, dim, offset;
+  };
+  const R cases[] = {{3, 9, 8, 0}, {2, 40, 64, 100}, {4, 1, 2, 7}};
+  for (DType dt : kFloatTypes) {
+    for (const R& c : cases) {
+      for (bool inverse : {false, true}) {
+        char name[96];
+        std::snprintf(name, sizeof name, "rope %lldx%lldx%lld offset %lld%s",
+                      static_cast<long long>(c.rows), static_cast<long long>(c.seq),
+                      static_cast<long long>(c.dim), static_cast<long long>(c.offset),
+                      inverse ? " inverse" : "");
+        t.compare(tag(name, dt), dt, [dt, c, inverse](Buffers& b) {
+          Rng rng(19);
+          const int64_t n = c.rows * c.seq * c.dim;
+          const void* x = b.upload(dt, rng.uniform(n, -2, 2));
+          void* y = b.alloc(dt, n);
+          b.backend().rope(dt, x, y, c.rows, c.seq, c.dim, 10000.0, c.offset, inverse);
+          return Outputs{b.download(dt, y, n)};
+        });
+      }
+    }
+  }
+}
+
 // ---- CUDA-only behaviour ----------------------------------------------------------------------
 
 void test_cuda_specifics(Runner& t, Backend& cuda) {
@@ -747,6 +858,10 @@ void test_cuda_specifics(Runner& t, Backend& cuda) {
   t.expect_error("unary on int64 is an Error", [](Buffers& b) {
     void* x = b.alloc(DType::Int64, 4);
     b.backend().unary(UnaryOp::Exp, DType::Int64, x, x, 4, 0.0);
+  });
+  t.expect_error("rope with odd dim is an Error", [](Buffers& b) {
+    void* x = b.alloc(DType::Float32, 6);
+    b.backend().rope(DType::Float32, x, x, 1, 2, 3, 10000.0, 0, false);
   });
   t.expect_error("deallocate of a foreign pointer is an Error", [](Buffers& b) {
     int host = 0;
@@ -790,6 +905,8 @@ int main() {
     test_layernorm(t);
     test_embedding(t);
     test_cross_entropy(t);
+    test_attention(t);
+    test_rope(t);
     test_cuda_specifics(t, cuda);
     return t.finish();
   } catch (const std::exception& e) {

@@ -46,6 +46,19 @@ struct StridedView {
   int64_t offset = 0;
 };
 
+// Causal attention over (B, H, T, D) buffers, standard or runway-rewired
+// (../shared/spec/RUNWAY.md). See engine/attention.h for the math and names.
+struct AttentionArgs {
+  int64_t batch = 0, heads = 0, seq = 0, head_dim = 0;
+  double scale = 1.0;                // logits are (q . k) * scale
+  std::vector<double> alibi_slopes;  // empty, or one per head: logits -= slope_h * (i - j)
+  bool rewired = false;              // false: standard attention; the fields below are unused
+  int64_t runway_head = 0;
+  bool two_hop = false;              // runway summary: absorption (false) or two_hop (true)
+  double beta = 1.0;
+  bool detach = false;               // backward treats R as a constant
+};
+
 struct GemmArgs {
   bool trans_a = false, trans_b = false;
   int64_t m = 0, n = 0, k = 0;       // C (m x n) = op(A) (m x k) * op(B) (k x n)
@@ -124,6 +137,25 @@ class Backend {
   virtual void cross_entropy_backward(DType dt, const void* logits, const int64_t* targets,
                                       const void* lse, void* dlogits, int64_t rows,
                                       int64_t cols, int64_t ignore_index, double scale) = 0;
+
+  // ---- attention and positions ------------------------------------------------------
+  // Forward: writes y (B,H,T,D) and saves attn (B,H,T,T), the attention applied to V
+  // (A for standard, A' for rewired); rewired also saves p and r (B,T,T), the runway
+  // head probabilities and the runway coefficients. Entries above the diagonal are 0.
+  virtual void attention_forward(DType dt, const AttentionArgs& args, const void* q,
+                                 const void* k, const void* v, void* y, void* attn, void* p,
+                                 void* r) = 0;
+  // Backward from dy (B,H,T,D), using q, k, v and the saved attn, p, r; writes
+  // (overwrites) dq, dk, dv.
+  virtual void attention_backward(DType dt, const AttentionArgs& args, const void* q,
+                                  const void* k, const void* v, const void* attn, const void* p,
+                                  const void* r, const void* dy, void* dq, void* dk,
+                                  void* dv) = 0;
+  // Rotary position embedding over `rows` sequences of `seq` positions of width `dim`
+  // (even), "rotate-half" convention: pairs (x[c], x[c + dim/2]) at position t are
+  // rotated by angle (t + position_offset) * base^(-2c/dim); inverse rotates back.
+  virtual void rope(DType dt, const void* x, void* y, int64_t rows, int64_t seq, int64_t dim,
+                    double base, int64_t position_offset, bool inverse) = 0;
 };
 
 // The backend for a device. CPU is always present; CUDA once registered by cuda/

@@ -12,6 +12,7 @@
 #include <mutex>
 
 #include "engine/backend.h"
+#include "engine/cpu_attention.h"
 #include "engine/tensor.h"  // shape helpers
 
 namespace runway {
@@ -463,6 +464,38 @@ class CpuBackend final : public Backend {
         for (int64_t c = 0; c < cols; ++c) d[c] = s * std::exp(pl[r * cols + c] - plse[r]);
         d[targets[r]] -= s;
       }
+    });
+  }
+
+  void attention_forward(DType dt, const AttentionArgs& args, const void* q, const void* k,
+                         const void* v, void* y, void* attn, void* p, void* r) override {
+    dispatch_float(dt, "attention", [&](auto t) {
+      using T = decltype(t);
+      cpu::attention_forward<T>(args, static_cast<const T*>(q), static_cast<const T*>(k),
+                                static_cast<const T*>(v), static_cast<T*>(y), static_cast<T*>(attn),
+                                static_cast<T*>(p), static_cast<T*>(r));
+    });
+  }
+
+  void attention_backward(DType dt, const AttentionArgs& args, const void* q, const void* k,
+                          const void* v, const void* attn, const void* p, const void* r,
+                          const void* dy, void* dq, void* dk, void* dv) override {
+    dispatch_float(dt, "attention_backward", [&](auto t) {
+      using T = decltype(t);
+      cpu::attention_backward<T>(args, static_cast<const T*>(q), static_cast<const T*>(k),
+                                 static_cast<const T*>(v), static_cast<const T*>(attn),
+                                 static_cast<const T*>(p), static_cast<const T*>(r),
+                                 static_cast<const T*>(dy), static_cast<T*>(dq), static_cast<T*>(dk),
+                                 static_cast<T*>(dv));
+    });
+  }
+
+  void rope(DType dt, const void* x, void* y, int64_t rows, int64_t seq, int64_t dim, double base,
+            int64_t position_offset, bool inverse) override {
+    dispatch_float(dt, "rope", [&](auto t) {
+      using T = decltype(t);
+      cpu::rope<T>(static_cast<const T*>(x), static_cast<T*>(y), rows, seq, dim, base,
+                   position_offset, inverse);
     });
   }
 };

@@ -1,7 +1,10 @@
 #include "engine/op_table.h"
 
+#include <fmt/format.h>
+
 #include <cmath>
 
+#include "engine/attention.h"
 #include "engine/ops.h"
 #include "engine/random.h"
 
@@ -15,6 +18,28 @@ using Samples = std::vector<OpSample>;
 Tensor rnd(const Shape& shape, uint64_t seed, double lo = -1.0, double hi = 1.0) {
   Generator gen(seed);
   return Tensor::uniform(shape, lo, hi, gen, DType::Float64);
+}
+
+std::vector<Tensor> qkv(int64_t b, int64_t h, int64_t t, int64_t d, uint64_t seed) {
+  return {rnd({b, h, t, d}, seed, -1.5, 1.5), rnd({b, h, t, d}, seed + 1, -1.5, 1.5), rnd({b, h, t, d}, seed + 2)};
+}
+
+// With runway_detach the backward is, by definition, the gradient of the function in
+// which R is frozen at its current value R0. The finite differences must see that
+// function: the returned fn evaluates to the frozen-R reference (built from primitives
+// with R0 from the unperturbed inputs) while its tape gradient comes from the fused
+// op alone: fused + (reference - fused).detach().
+TensorFn detached_runway_check(const RunwayOptions& o, const std::vector<Tensor>& inputs) {
+  RewiredIntermediates at_inputs;
+  rewired_attention(inputs[0], inputs[1], inputs[2], o, &at_inputs);
+  const Tensor r0 = reshape(at_inputs.r, {inputs[0].size(0), 1, inputs[0].size(2), inputs[0].size(2)});
+  return [o, r0](const std::vector<Tensor>& x) {
+    const double scale = 1.0 / std::sqrt(static_cast<double>(x[0].size(-1)));
+    Tensor s = mul_scalar(matmul(x[0], transpose(x[1], -1, -2)), scale);
+    Tensor reference = matmul(softmax(causal_mask(sub(s, mul_scalar(r0, o.beta))), -1), x[2]);
+    Tensor fused = rewired_attention(x[0], x[1], x[2], o);
+    return add(fused, sub(reference, fused).detach());
+  };
 }
 
 // Values with |x| in [0.1, 1) and random sign: keeps clear of kinks at 0 (relu).
@@ -237,6 +262,83 @@ std::vector<OpEntry> build_table() {
                return Samples{{"B=1,H=2,T=5,D=3", {rnd({1, 2, 5, 3}, 131), rnd({1, 2, 5, 3}, 132), rnd({1, 2, 5, 3}, 133)}, {}}};
              },
              true));
+
+  // ---- attention (engine/attention.h) -------------------------------------------------------
+  // The sampling grid of the issue: T in {1,2,3,17}, H in {1,3}, D in {1,4}; for the rewired
+  // op every (summary, beta, detach) at each shape, with the runway head moving off 0.
+  add_entry(entry("attention", "fused causal attention (B,H,T,D), handwritten backward",
+                  [](const std::vector<Tensor>& x) { return attention(x[0], x[1], x[2]); }, [] {
+                    Samples out;
+                    uint64_t seed = 200;
+                    for (int64_t t : {1, 2, 3, 17})
+                      for (int64_t h : {1, 3})
+                        for (int64_t d : {1, 4})
+                          out.push_back({fmt::format("B={} H={} T={} D={}", t <= 3 ? 2 : 1, h, t, d),
+                                         qkv(t <= 3 ? 2 : 1, h, t, d, seed += 3), {}, {}});
+                    out.push_back({"ALiBi B=1 H=3 T=6 D=4", qkv(1, 3, 6, 4, seed += 3), {},
+                                   [](const std::vector<Tensor>& x) { return attention(x[0], x[1], x[2], alibi_slopes(3)); }});
+                    return out;
+                  }));
+  add_entry(entry("rewired_attention", "fused runway-rewired attention, both summaries, any beta, detach",
+                  [](const std::vector<Tensor>& x) { return rewired_attention(x[0], x[1], x[2], RunwayOptions{}); }, [] {
+                    Samples out;
+                    uint64_t seed = 400;
+                    for (int64_t t : {1, 2, 3, 17})
+                      for (int64_t h : {1, 3})
+                        for (int64_t d : {1, 4}) {
+                          int variant = 0;
+                          for (RunwaySummary summary : {RunwaySummary::Absorption, RunwaySummary::TwoHop})
+                            for (double beta : {0.0, 0.5, -0.7, 3.0})
+                              for (bool detach : {false, true}) {
+                                RunwayOptions o;
+                                o.summary = summary;
+                                o.beta = beta;
+                                o.detach = detach;
+                                o.runway_head = (variant++) % h;
+                                const int64_t b = t <= 3 ? 2 : 1;
+                                auto inputs = qkv(b, h, t, d, seed += 3);
+                                TensorFn fn = [o](const std::vector<Tensor>& x) { return rewired_attention(x[0], x[1], x[2], o); };
+                                if (detach) fn = detached_runway_check(o, inputs);
+                                out.push_back({fmt::format("T={} H={} D={} {} b={} r={}{}", t, h, d,
+                                                           summary == RunwaySummary::Absorption ? "abs" : "2hop",
+                                                           beta, o.runway_head, detach ? " det" : ""),
+                                               inputs, {}, fn});
+                              }
+                        }
+                    for (RunwaySummary summary : {RunwaySummary::Absorption, RunwaySummary::TwoHop}) {
+                      RunwayOptions o;
+                      o.summary = summary;
+                      o.runway_head = 1;
+                      out.push_back({fmt::format("ALiBi T=6 H=3 D=4 {}", runway_summary_name(summary)), qkv(1, 3, 6, 4, seed += 3), {},
+                                     [o](const std::vector<Tensor>& x) {
+                                       return rewired_attention(x[0], x[1], x[2], o, nullptr, alibi_slopes(3));
+                                     }});
+                    }
+                    return out;
+                  }));
+  add_entry(entry("attention_composite", "attention from primitives (the fused op's twin)",
+                  [](const std::vector<Tensor>& x) { return attention_composite(x[0], x[1], x[2], alibi_slopes(2)); },
+                  [] { return Samples{{"ALiBi B=2 H=2 T=5 D=3", qkv(2, 2, 5, 3, 600), {}, {}}}; }, true));
+  add_entry(entry("rewired_attention_composite", "rewired attention from primitives (the fused op's twin)",
+                  [](const std::vector<Tensor>& x) { return rewired_attention_composite(x[0], x[1], x[2], RunwayOptions{}); },
+                  [] {
+                    Samples out;
+                    for (RunwaySummary summary : {RunwaySummary::Absorption, RunwaySummary::TwoHop}) {
+                      RunwayOptions o;
+                      o.summary = summary;
+                      o.beta = 1.3;
+                      o.runway_head = 1;
+                      out.push_back({fmt::format("B=2 H=2 T=6 D=3 {}", runway_summary_name(summary)), qkv(2, 2, 6, 3, 610), {},
+                                     [o](const std::vector<Tensor>& x) { return rewired_attention_composite(x[0], x[1], x[2], o); }});
+                    }
+                    return out;
+                  }, true));
+  add_entry(entry("rope", "rotary position embedding (rotate-half), offsets and bases",
+                  [](const std::vector<Tensor>& x) { return add(rope(x[0]), rope(x[0], 10.0, 3)); },
+                  [] { return Samples{{"(2,3,5,4)", {rnd({2, 3, 5, 4}, 620)}, {}, {}}, {"(4,2)", {rnd({4, 2}, 621)}, {}, {}}}; }));
+  add_entry(entry("learned_positions", "learned absolute positions: x + table[:T] (composite of slice, add)",
+                  [](const std::vector<Tensor>& x) { return add(x[0], slice(x[1], 0, 0, x[0].size(-2))); },
+                  [] { return Samples{{"x (2,3,4), table (5,4)", {rnd({2, 3, 4}, 630), rnd({5, 4}, 631)}, {}, {}}}; }, true));
   return t;
 }
 
@@ -245,6 +347,10 @@ std::vector<OpEntry> build_table() {
 const std::vector<OpEntry>& op_table() {
   static const std::vector<OpEntry> table = build_table();
   return table;
+}
+
+const TensorFn& sample_fn(const OpEntry& entry, const OpSample& sample) {
+  return sample.fn ? sample.fn : entry.fn;
 }
 
 const OpEntry* find_op(const std::string& name) {

@@ -16,9 +16,13 @@
 namespace runway {
 
 struct OpSample {
+  OpSample(std::string label_, std::vector<Tensor> inputs_, std::vector<bool> wrt_ = {},
+           TensorFn fn_ = {})
+      : label(std::move(label_)), inputs(std::move(inputs_)), wrt(std::move(wrt_)), fn(std::move(fn_)) {}
   std::string label;            // what this sample exercises, e.g. "broadcast (3,1)x(1,4)"
   std::vector<Tensor> inputs;   // float64 (differentiated) and int64 (passed through)
   std::vector<bool> wrt;        // optional: which inputs to differentiate
+  TensorFn fn;                  // optional: overrides the entry's fn (per-sample options)
 };
 
 struct OpEntry {
@@ -34,6 +38,8 @@ struct OpEntry {
 };
 
 const std::vector<OpEntry>& op_table();
+// The function a sample is checked with: its own fn when it has one, else the entry's.
+const TensorFn& sample_fn(const OpEntry& entry, const OpSample& sample);
 const OpEntry* find_op(const std::string& name);
 
 }  // namespace runway

@@ -1,0 +1,83 @@
+// Forward + backward time of the fused attention ops against their composite twins
+// (the same math from primitive ops, gradients from the tape), float32 on the CPU.
+// Variants run interleaved (A B C ... A B C ...) and each reports its median.
+// Usage: bench_attention [rounds=5] [T list, default 128,256,512,1024]
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <functional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "engine/attention.h"
+#include "engine/backend.h"
+#include "engine/random.h"
+
+using namespace runway;
+
+namespace {
+
+using AttnFn = std::function<Tensor(const Tensor&, const Tensor&, const Tensor&)>;
+
+double time_step(const AttnFn& f, const Tensor& q0, const Tensor& k0, const Tensor& v0, const Tensor& dy) {
+  Tensor q = q0.detach().set_requires_grad(), k = k0.detach().set_requires_grad(), v = v0.detach().set_requires_grad();
+  const auto t0 = std::chrono::steady_clock::now();
+  Tensor y = f(q, k, v);
+  y.backward(dy);
+  const auto t1 = std::chrono::steady_clock::now();
+  return std::chrono::duration<double>(t1 - t0).count();
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  load_backends();
+  const int rounds = argc > 1 ? std::atoi(argv[1]) : 5;
+  std::vector<int64_t> lengths{128, 256, 512, 1024};
+  if (argc > 2) {
+    lengths.clear();
+    std::stringstream ss(argv[2]);
+    std::string item;
+    while (std::getline(ss, item, ',')) lengths.push_back(std::atoll(item.c_str()));
+  }
+  const int64_t B = 4, H = 4, D = 32;
+  RunwayOptions absorption, two_hop;
+  two_hop.summary = RunwaySummary::TwoHop;
+  struct Variant {
+    const char* name;
+    AttnFn fn;
+  };
+  const std::vector<Variant> variants{
+      {"standard", [](auto& q, auto& k, auto& v) { return attention(q, k, v); }},
+      {"absorption", [&](auto& q, auto& k, auto& v) { return rewired_attention(q, k, v, absorption); }},
+      {"two_hop", [&](auto& q, auto& k, auto& v) { return rewired_attention(q, k, v, two_hop); }},
+      {"standard twin", [](auto& q, auto& k, auto& v) { return attention_composite(q, k, v); }},
+      {"absorption twin", [&](auto& q, auto& k, auto& v) { return rewired_attention_composite(q, k, v, absorption); }},
+      {"two_hop twin", [&](auto& q, auto& k, auto& v) { return rewired_attention_composite(q, k, v, two_hop); }},
+  };
+  fmt::print("attention forward+backward, float32, B={} H={} D={}, median of {} interleaved rounds (ms)\n\n", B, H, D, rounds);
+  fmt::print("| T | standard | absorption | two_hop | standard twin | absorption twin | two_hop twin | absorption / standard | twin / fused (absorption) |\n");
+  fmt::print("|---|---|---|---|---|---|---|---|---|\n");
+  for (int64_t t : lengths) {
+    Generator gen(t);
+    Tensor q = Tensor::normal({B, H, t, D}, 0, 1, gen), k = Tensor::normal({B, H, t, D}, 0, 1, gen);
+    Tensor v = Tensor::normal({B, H, t, D}, 0, 1, gen), dy = Tensor::normal({B, H, t, D}, 0, 1, gen);
+    std::vector<std::vector<double>> times(variants.size());
+    for (const auto& var : variants) time_step(var.fn, q, k, v, dy);  // warm-up
+    for (int r = 0; r < rounds; ++r)
+      for (size_t i = 0; i < variants.size(); ++i) times[i].push_back(time_step(variants[i].fn, q, k, v, dy));
+    std::vector<double> ms;
+    for (auto& ts : times) ms.push_back(median(ts) * 1e3);
+    fmt::print("| {} | {:.2f} | {:.2f} | {:.2f} | {:.2f} | {:.2f} | {:.2f} | {:.2f} | {:.2f} |\n", t, ms[0], ms[1], ms[2],
+               ms[3], ms[4], ms[5], ms[1] / ms[0], ms[4] / ms[1]);
+  }
+  return 0;
+}

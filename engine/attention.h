@@ -1,0 +1,70 @@
+// Causal attention, standard and runway-rewired (../shared/spec/RUNWAY.md), as fused
+// differentiable ops with handwritten backwards, their composite twins written with
+// primitive ops, and the positional encodings (RoPE, ALiBi).
+//
+// Shapes: q, k, v, y are (B, H, T, D). Per head h, with scale = 1/sqrt(D):
+//   S_h[i,j]  = (q_h[i] . k_h[j]) * scale  - alibi_h * (i - j)      (j <= i; else -inf)
+//   A_h       = softmax_j(S_h)                       standard: y_h = A_h v_h
+//   P         = A_r, r = runway_head                 (B, T, T)
+//   R[i,j]    = sum_{j<k<i} P[k,j]                   absorption
+//             = sum_{j<k<i} P[i,k] P[k,j]            two_hop        (B, T, T)
+//   S'_h      = S_h - beta * R,  A'_h = softmax_j(S'_h),  y_h = A'_h v_h
+// docs/attention.md derives every backward step with the same names.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "engine/tensor.h"
+
+namespace runway {
+
+enum class RunwaySummary { Absorption, TwoHop };
+
+// Parses "absorption" / "two_hop"; throws an Error listing the allowed names.
+RunwaySummary parse_runway_summary(const std::string& name);
+const char* runway_summary_name(RunwaySummary s);
+
+struct RunwayOptions {
+  int64_t runway_head = 0;
+  RunwaySummary summary = RunwaySummary::Absorption;
+  double beta = 1.0;
+  bool detach = false;  // treat R as a constant in the backward (ablation)
+};
+
+// What the rewired forward computed, for inspection (all detached).
+struct RewiredIntermediates {
+  Tensor p;          // (B, T, T) runway head probabilities
+  Tensor r;          // (B, T, T) runway coefficients
+  Tensor a;          // (B, H, T, T) un-rewired attention softmax(S_h)
+  Tensor a_rewired;  // (B, H, T, T) rewired attention A'_h
+};
+
+// ALiBi slopes for H heads: 2^(-8 (h+1) / H) (Press et al., for H a power of two;
+// the same geometric rule otherwise). Pass them to the attention ops below.
+std::vector<double> alibi_slopes(int64_t heads);
+
+// Fused standard causal attention. `alibi` is empty or one slope per head.
+Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v,
+                 const std::vector<double>& alibi = {});
+
+// Fused runway-rewired causal attention. When `inspect` is given, it receives P, R,
+// A and A' (A costs one extra softmax pass; nothing else is recomputed).
+Tensor rewired_attention(const Tensor& q, const Tensor& k, const Tensor& v,
+                         const RunwayOptions& options, RewiredIntermediates* inspect = nullptr,
+                         const std::vector<double>& alibi = {});
+
+// The same computations from primitive ops (matmul, causal_mask, softmax, cumsum, ...),
+// their gradients coming from the tape. Used to check the fused ops a second way.
+Tensor attention_composite(const Tensor& q, const Tensor& k, const Tensor& v,
+                           const std::vector<double>& alibi = {});
+Tensor rewired_attention_composite(const Tensor& q, const Tensor& k, const Tensor& v,
+                                   const RunwayOptions& options,
+                                   RewiredIntermediates* inspect = nullptr,
+                                   const std::vector<double>& alibi = {});
+
+// Rotary position embedding on (..., T, D), D even; position t + offset.
+Tensor rope(const Tensor& x, double base = 10000.0, int64_t position_offset = 0);
+
+}  // namespace runway

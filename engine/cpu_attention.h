@@ -1,0 +1,23 @@
+// CPU kernels for causal attention (standard and runway-rewired) and RoPE, called
+// by the CPU backend. Shapes and names follow engine/attention.h and docs/attention.md.
+#pragma once
+
+#include <cstdint>
+
+#include "engine/backend.h"
+
+namespace runway::cpu {
+
+template <typename T>
+void attention_forward(const AttentionArgs& args, const T* q, const T* k, const T* v, T* y,
+                       T* attn, T* p, T* r);
+
+template <typename T>
+void attention_backward(const AttentionArgs& args, const T* q, const T* k, const T* v,
+                        const T* attn, const T* p, const T* r, const T* dy, T* dq, T* dk, T* dv);
+
+template <typename T>
+void rope(const T* x, T* y, int64_t rows, int64_t seq, int64_t dim, double base,
+          int64_t position_offset, bool inverse);
+
+}  // namespace runway::cpu
