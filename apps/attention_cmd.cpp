@@ -1,4 +1,184 @@
+// `runway attention`: runs one fused attention op (standard or runway-rewired) on
+// (B, H, T, D) inputs read from .npy files, backpropagates a given upstream gradient,
+// and writes the output, the input gradients and (for rewired) the intermediates as
+// .npy files. Meant for inspecting the op and for cross-checking it against other
+// implementations (NumPy, PyTorch) on the same inputs.
+#include <fmt/format.h>
+
+#include <cstdint>
+#include <exception>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
 #include "apps/commands.h"
+#include "engine/attention.h"
+#include "engine/npy.h"
+
 namespace runway::apps {
-void add_attention_command(CLI::App&, int*) {}
+
+namespace {
+
+struct AttentionArgs {
+  std::string q, k, v, dy, out;
+  std::string kind = "standard";
+  std::string summary = "absorption";
+  double beta = 1.0;
+  int64_t runway_head = 0;
+  bool detach = false;
+  // float64 by default: this command exists to compare against reference
+  // implementations, NumPy's default dtype is float64 and the spec checks gradients in
+  // float64; float32 is one flag away for checking what a model actually computes.
+  std::string dtype = "float64";
+};
+
+// One input file: the flag it came from, its path and its contents.
+struct Input {
+  const char* flag;
+  std::string path;
+  Tensor tensor;
+};
+
+std::string describe_inputs(const std::vector<Input>& inputs) {
+  std::string out;
+  for (const Input& in : inputs)
+    out += fmt::format("\n  {:<4} '{}' has shape {}", in.flag, in.path, in.tensor.shape_str());
+  return out;
+}
+
+int run_attention(const AttentionArgs& args, const CLI::App& cmd) {
+  const bool rewired = args.kind == "rewired";
+  const DType dtype = args.dtype == "float32" ? DType::Float32 : DType::Float64;
+
+  // Options that only mean something for the rewired op are ignored, but say so: a
+  // user passing --beta to a standard run probably forgot --kind rewired.
+  if (!rewired) {
+    std::vector<std::string> ignored;
+    for (const char* flag : {"--summary", "--beta", "--runway-head", "--detach"})
+      if (cmd.count(flag) > 0) ignored.push_back(flag);
+    if (!ignored.empty())
+      fmt::print(stderr, "runway attention: warning: {} only appl{} to --kind rewired; ignored\n",
+                 fmt::join(ignored, ", "), ignored.size() == 1 ? "ies" : "y");
+  }
+
+  // ---- inputs: four (B, H, T, D) arrays of one shape ----------------------------------
+  std::vector<Input> inputs{{"--q", args.q, {}}, {"--k", args.k, {}}, {"--v", args.v, {}}, {"--dy", args.dy, {}}};
+  for (Input& in : inputs) in.tensor = read_npy(in.path);
+  for (const Input& in : inputs)
+    if (in.tensor.dim() != 4)
+      throw Error(fmt::format("{} '{}' has shape {}; every input must be 4-D (B, H, T, D)", in.flag,
+                              in.path, in.tensor.shape_str()));
+  for (const Input& in : inputs)
+    if (in.tensor.shape() != inputs[0].tensor.shape())
+      throw Error(fmt::format("the inputs must all have the same shape (B, H, T, D):{}", describe_inputs(inputs)));
+  const Shape& shape = inputs[0].tensor.shape();
+  for (int64_t d : shape)
+    if (d < 1)
+      throw Error(fmt::format("the inputs have shape {}; B, H, T and D must all be at least 1:{}",
+                              shape_to_string(shape), describe_inputs(inputs)));
+  const int64_t B = shape[0], H = shape[1], T = shape[2], D = shape[3];
+
+  if (rewired && (args.runway_head < 0 || args.runway_head >= H))
+    throw Error(fmt::format("--runway-head {} is out of range: the inputs have H = {} heads, so it must be in [0, {})",
+                            args.runway_head, H, H));
+
+  // Conversions make fresh leaves, so requires_grad is set on exactly q, k and v.
+  Tensor q = inputs[0].tensor.to(dtype).set_requires_grad(true);
+  Tensor k = inputs[1].tensor.to(dtype).set_requires_grad(true);
+  Tensor v = inputs[2].tensor.to(dtype).set_requires_grad(true);
+  Tensor dy = inputs[3].tensor.to(dtype);
+
+  // ---- compute ----------------------------------------------------------------------------
+  Tensor y;
+  RewiredIntermediates inter;
+  RunwayOptions options;
+  if (rewired) {
+    options.runway_head = args.runway_head;
+    options.summary = parse_runway_summary(args.summary);
+    options.beta = args.beta;
+    options.detach = args.detach;
+    y = rewired_attention(q, k, v, options, &inter);
+  } else {
+    y = attention(q, k, v);
+  }
+  y.backward(dy);
+
+  // A gradient the tape never reached is zero (it cannot happen for attention, but a
+  // missing file would be worse than an explicit zero).
+  auto grad_of = [](const Tensor& x) {
+    Tensor g = x.grad();
+    return g.defined() ? g : Tensor::zeros(x.shape(), x.dtype(), x.device());
+  };
+  std::vector<std::pair<std::string, Tensor>> outputs{
+      {"y", y.detach()}, {"dq", grad_of(q)}, {"dk", grad_of(k)}, {"dv", grad_of(v)}};
+  if (rewired) {
+    outputs.emplace_back("p", inter.p);
+    outputs.emplace_back("r", inter.r);
+    outputs.emplace_back("a", inter.a);
+    outputs.emplace_back("a_rewired", inter.a_rewired);
+  }
+
+  // ---- outputs --------------------------------------------------------------------------
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::create_directories(args.out, ec);
+  if (ec) throw Error(fmt::format("cannot create the output directory '{}': {}", args.out, ec.message()));
+  if (!fs::is_directory(args.out))
+    throw Error(fmt::format("--out '{}' exists and is not a directory", args.out));
+
+  if (rewired)
+    fmt::print("runway attention: rewired (summary {}, beta {:g}, runway head {}{}), {}, B={} H={} T={} D={}\n",
+               runway_summary_name(options.summary), options.beta, options.runway_head,
+               options.detach ? ", R detached" : "", dtype_name(dtype), B, H, T, D);
+  else
+    fmt::print("runway attention: standard, {}, B={} H={} T={} D={}\n", dtype_name(dtype), B, H, T, D);
+  for (const auto& [name, tensor] : outputs) {
+    if (!tensor.defined()) throw Error(fmt::format("the op did not produce '{}'", name));
+    const std::string path = (fs::path(args.out) / (name + ".npy")).string();
+    write_npy(path, tensor);
+    fmt::print("  wrote {:<40} {}\n", path, tensor.shape_str());
+  }
+  return 0;
+}
+
+}  // namespace
+
+void add_attention_command(CLI::App& app, int* exit_code) {
+  auto args = std::make_shared<AttentionArgs>();
+  CLI::App* cmd = app.add_subcommand(
+      "attention",
+      "Run standard or runway-rewired causal attention on .npy inputs of shape (B, H, T, D);\n"
+      "backpropagate --dy and write y.npy, dq.npy, dk.npy, dv.npy (and, for rewired, p.npy and r.npy\n"
+      "(B, T, T), a.npy and a_rewired.npy (B, H, T, T)) into --out. The op scales by 1/sqrt(D);\n"
+      "no positional encoding is applied.");
+  cmd->add_option("--q", args->q, "Queries, (B, H, T, D) .npy")->required();
+  cmd->add_option("--k", args->k, "Keys, (B, H, T, D) .npy")->required();
+  cmd->add_option("--v", args->v, "Values, (B, H, T, D) .npy")->required();
+  cmd->add_option("--dy", args->dy, "Upstream gradient of the output y, (B, H, T, D) .npy")->required();
+  cmd->add_option("--out", args->out, "Output directory (created with its parents if missing)")->required();
+  cmd->add_option("--kind", args->kind, "Attention kind")
+      ->check(CLI::IsMember({"standard", "rewired"}))
+      ->capture_default_str();
+  cmd->add_option("--summary", args->summary, "Runway summary R (rewired only)")
+      ->check(CLI::IsMember({"absorption", "two_hop"}))
+      ->capture_default_str();
+  cmd->add_option("--beta", args->beta, "Rewiring strength: S' = S - beta R (rewired only)")->capture_default_str();
+  cmd->add_option("--runway-head", args->runway_head, "The runway head r, in [0, H) (rewired only)")
+      ->capture_default_str();
+  cmd->add_flag("--detach", args->detach, "Treat R as a constant in the backward (rewired only)");
+  cmd->add_option("--dtype", args->dtype, "Compute and output dtype; inputs are converted to it")
+      ->check(CLI::IsMember({"float32", "float64"}))
+      ->capture_default_str();
+  cmd->callback([args, cmd, exit_code] {
+    try {
+      *exit_code = run_attention(*args, *cmd);
+    } catch (const std::exception& e) {
+      fmt::print(stderr, "runway attention: error: {}\n", e.what());
+      *exit_code = 1;
+    }
+  });
+}
+
 }  // namespace runway::apps

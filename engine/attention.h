@@ -50,7 +50,8 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v,
                  const std::vector<double>& alibi = {});
 
 // Fused runway-rewired causal attention. When `inspect` is given, it receives P, R,
-// A and A' (A costs one extra softmax pass; nothing else is recomputed).
+// A and A' (P, R and A' are the saved forward buffers; A costs one extra standard
+// attention forward, which is why it is only computed on request).
 Tensor rewired_attention(const Tensor& q, const Tensor& k, const Tensor& v,
                          const RunwayOptions& options, RewiredIntermediates* inspect = nullptr,
                          const std::vector<double>& alibi = {});

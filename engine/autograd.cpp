@@ -90,9 +90,6 @@ void check_grad(const Tensor& g, const TensorImpl& input, const char* op, size_t
   if (g.device() != input.storage->device)
     throw Error(fmt::format("{} backward: gradient for input {} is on {}, input is on {}", op,
                             index, device_name(g.device()), device_name(input.storage->device)));
-  if (g.shape() != input.shape)
-    throw Error(fmt::format("{} backward: gradient for input {} has shape {}, input has {}", op,
-                            index, shape_to_string(g.shape()), shape_to_string(input.shape)));
 }
 
 void accumulate(std::shared_ptr<TensorImpl>& slot, const Tensor& g) {
@@ -153,7 +150,7 @@ void run_backward(const Tensor& root, const Tensor& upstream) {
     for (size_t i = 0; i < grads.size(); ++i) {
       const auto& input = node->inputs[i];
       if (!input || !input->requires_grad || !grads[i].defined()) continue;
-      Tensor g = sum_to(grads[i], input->shape, node->name);
+      Tensor g = sum_to(grads[i], input->shape, node->name);  // exact shape, or throws
       check_grad(g, *input, node->name, i);
       if (input->grad_fn) {
         accumulate(pending[input->grad_fn.get()], g);

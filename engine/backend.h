@@ -30,8 +30,9 @@ enum class UnaryOp {
 
 enum class BinaryOp { Add, Sub, Mul, Div, Pow, Equal, Greater };
 
-// Describes an elementwise op between two broadcast inputs, already expressed as
-// strides into contiguous buffers (stride 0 on broadcast dims).
+// Describes an elementwise op between two broadcast inputs: per-input strides (in
+// elements, from each input's first element; any view's strides work) aligned to
+// the output shape, with stride 0 on broadcast dims.
 struct BroadcastPlan {
   Shape out_shape;
   Shape a_strides;
@@ -159,7 +160,7 @@ class Backend {
 };
 
 // The backend for a device. CPU is always present; CUDA once registered by cuda/
-// (see runway::load_backends in engine/backends.h). Throws a clear Error otherwise.
+// (see load_backends below). Throws a clear Error otherwise.
 Backend& backend_for(Device device);
 void register_backend(Backend* backend);
 // Records why a device has no backend, so backend_for can say so.

@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <vector>
 
 namespace runway::cpu {
@@ -40,24 +41,17 @@ void head_logits(const T* q, const T* k, int64_t seq, int64_t dim, double scale,
       for (int64_t j = 0; j <= i; ++j) s(i, j) -= static_cast<T>(slope * static_cast<double>(i - j));
 }
 
-// Row-wise softmax over j <= i of `logits` (reading only the lower triangle);
-// writes probabilities into out (T x T, zeros above the diagonal).
+// Row-wise softmax over j <= i of logit(i, j); writes probabilities into out
+// (T x T, zeros above the diagonal). Eigen arrays keep exp vectorised.
 template <typename T, typename Logit>
 void causal_softmax(int64_t seq, Logit logit, T* out) {
+  using Row = Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>;
   for (int64_t i = 0; i < seq; ++i) {
     T* row = out + i * seq;
-    T m = -std::numeric_limits<T>::infinity();
-    for (int64_t j = 0; j <= i; ++j) {
-      row[j] = logit(i, j);
-      m = std::max(m, row[j]);
-    }
-    T total = 0;
-    for (int64_t j = 0; j <= i; ++j) {
-      row[j] = std::exp(row[j] - m);
-      total += row[j];
-    }
-    const T inv = T(1) / total;
-    for (int64_t j = 0; j <= i; ++j) row[j] *= inv;
+    for (int64_t j = 0; j <= i; ++j) row[j] = logit(i, j);
+    Row r(row, i + 1);
+    r = (r - r.maxCoeff()).exp();
+    r *= T(1) / r.sum();
     std::fill(row + i + 1, row + seq, T(0));
   }
 }
@@ -157,7 +151,9 @@ void attention_backward(const AttentionArgs& a, const T* q, const T* k, const T*
   (void)r;  // R's value is not needed: every summary is linear or bilinear in P
   const int64_t B = a.batch, H = a.heads, N = a.seq, D = a.head_dim;
   const int64_t hd = N * D, tt = N * N;
-  std::vector<T> ds(static_cast<size_t>(B * H * tt));  // dS' per head, then dS
+  // dS' per head, then dS. Not zero-filled: the softmax backward writes every entry.
+  std::unique_ptr<T[]> ds_buffer(new T[static_cast<size_t>(B * H * tt)]);
+  T* const ds = ds_buffer.get();
 
   // dV_h = A'^T dY_h;  dA' = dY_h V_h^T;  dS'_h = softmax backward (uses the saved A').
 #pragma omp parallel for schedule(dynamic)
@@ -166,7 +162,7 @@ void attention_backward(const AttentionArgs& a, const T* q, const T* k, const T*
     MapMat<T>(dv + bh * hd, N, D).noalias() = A.transpose() * dY;
     Mat<T> dA(N, N);
     dA.noalias() = dY * V.transpose();
-    causal_softmax_backward(attn + bh * tt, dA.data(), ds.data() + bh * tt, N);
+    causal_softmax_backward(attn + bh * tt, dA.data(), ds + bh * tt, N);
   }
 
   // Through R into the runway head: dR = -beta sum_h dS'_h, then dP, then dS_r += P (dP - rowsum).
@@ -174,7 +170,7 @@ void attention_backward(const AttentionArgs& a, const T* q, const T* k, const T*
 #pragma omp parallel for schedule(static)
     for (int64_t b = 0; b < B; ++b) {
       Mat<T> dR = Mat<T>::Zero(N, N);
-      for (int64_t h = 0; h < H; ++h) dR += ConstMap<T>(ds.data() + (b * H + h) * tt, N, N);
+      for (int64_t h = 0; h < H; ++h) dR += ConstMap<T>(ds + (b * H + h) * tt, N, N);
       dR *= static_cast<T>(-a.beta);
       Mat<T> dP = Mat<T>::Zero(N, N);
       if (a.two_hop) {
@@ -193,7 +189,7 @@ void attention_backward(const AttentionArgs& a, const T* q, const T* k, const T*
       }
       Mat<T> dSr(N, N);
       causal_softmax_backward(p + b * tt, dP.data(), dSr.data(), N);
-      MapMat<T>(ds.data() + (b * H + a.runway_head) * tt, N, N) += dSr;
+      MapMat<T>(ds + (b * H + a.runway_head) * tt, N, N) += dSr;
     }
   }
 
@@ -201,7 +197,7 @@ void attention_backward(const AttentionArgs& a, const T* q, const T* k, const T*
   const T scale = static_cast<T>(a.scale);
 #pragma omp parallel for schedule(dynamic)
   for (int64_t bh = 0; bh < B * H; ++bh) {
-    ConstMap<T> dS(ds.data() + bh * tt, N, N), Q(q + bh * hd, N, D), K(k + bh * hd, N, D);
+    ConstMap<T> dS(ds + bh * tt, N, N), Q(q + bh * hd, N, D), K(k + bh * hd, N, D);
     MapMat<T>(dq + bh * hd, N, D).noalias() = (dS.template triangularView<Eigen::Lower>() * K) * scale;
     MapMat<T>(dk + bh * hd, N, D).noalias() = (dS.transpose().template triangularView<Eigen::Upper>() * Q) * scale;
   }

@@ -1,6 +1,7 @@
 // The differentiable ops. Each is defined in engine/ops.cpp with its forward and
 // its backward side by side, and has a row in the gradcheck table
-// (engine/op_table.cpp). Shapes follow NumPy broadcasting where noted.
+// (engine/op_table.cpp). Shapes follow NumPy broadcasting where noted. The attention
+// ops and RoPE live in engine/attention.h, the same way.
 #pragma once
 
 #include <cstdint>

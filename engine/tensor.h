@@ -39,7 +39,7 @@ struct TensorImpl {
   int64_t offset = 0;  // in elements
   DType dtype = DType::Float32;
   bool requires_grad = false;
-  std::shared_ptr<TensorImpl> grad;  // accumulated gradient of a leaf (or retained)
+  std::shared_ptr<TensorImpl> grad;  // accumulated gradient of a leaf
   std::shared_ptr<Node> grad_fn;     // the op that produced this tensor, if recorded
 };
 
@@ -93,9 +93,11 @@ class Tensor {
   std::vector<double> to_vector() const;  // row-major values, any dtype, any device
   std::vector<int64_t> to_indices() const;
 
-  // ---- conversions and copies (differentiable where it makes sense) ---------
-  Tensor contiguous() const;
-  Tensor clone() const;
+  // ---- conversions and copies ------------------------------------------------
+  Tensor contiguous() const;  // differentiable (see runway::contiguous)
+  Tensor clone() const;       // differentiable copy (runway::copy)
+  // Not recorded on the tape: a converted tensor is a new leaf. When nothing changes
+  // (same dtype / device) the tensor itself is returned, history included.
   Tensor to(DType dtype) const;
   Tensor to(Device device) const;
 

@@ -237,3 +237,36 @@ TEST_CASE("rope rotates pairs: norms kept, dot products depend only on the offse
   require_close(tail.to_vector(), slice(long_seq, 2, 4, 6).contiguous().to_vector(), 1e-15, "offset");
   CHECK_THROWS_WITH(rope(randn({2, 3}, 1)), Contains("D even"));
 }
+
+TEST_CASE("worked example of docs/attention.md: T=4, q = k = 0, uniform P") {
+  // Every logit is 0, so the runway head attends uniformly: P[i,j] = 1/(i+1), j <= i.
+  // R by hand (absorption): R[2,0] = P[1,0] = 1/2, R[3,0] = P[1,0] + P[2,0] = 5/6,
+  // R[3,1] = P[2,1] = 1/3. (two_hop): R[2,0] = 1/3 * 1/2 = 1/6,
+  // R[3,0] = 1/4 * 1/2 + 1/4 * 1/3 = 5/24, R[3,1] = 1/4 * 1/3 = 1/12. Elsewhere 0.
+  Tensor zero = Tensor::zeros({1, 1, 4, 2}, DType::Float64);
+  Tensor v = randn({1, 1, 4, 2}, 1300);
+  const double abs_r[4][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}, {0.5, 0, 0, 0}, {5.0 / 6, 1.0 / 3, 0, 0}};
+  const double hop_r[4][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}, {1.0 / 6, 0, 0, 0}, {5.0 / 24, 1.0 / 12, 0, 0}};
+  for (RunwaySummary summary : {RunwaySummary::Absorption, RunwaySummary::TwoHop}) {
+    const auto& r = summary == RunwaySummary::Absorption ? abs_r : hop_r;
+    RunwayOptions o;
+    o.summary = summary;
+    o.beta = 1.0;
+    RewiredIntermediates x;
+    Tensor y = rewired_attention(zero, zero, v, o, &x);
+    for (int64_t i = 0; i < 4; ++i) {
+      double z = 0;
+      for (int64_t j = 0; j <= i; ++j) z += std::exp(-r[i][j]);
+      for (int64_t j = 0; j < 4; ++j) {
+        CHECK(x.p.at({0, i, j}) == Approx(j <= i ? 1.0 / (i + 1) : 0.0).margin(1e-15));
+        CHECK(x.r.at({0, i, j}) == Approx(r[i][j]).margin(1e-15));
+        CHECK(x.a_rewired.at({0, 0, i, j}) == Approx(j <= i ? std::exp(-r[i][j]) / z : 0.0).margin(1e-15));
+      }
+      for (int64_t c = 0; c < 2; ++c) {
+        double expected = 0;
+        for (int64_t j = 0; j <= i; ++j) expected += std::exp(-r[i][j]) / z * v.at({0, 0, j, c});
+        CHECK(y.at({0, 0, i, c}) == Approx(expected).margin(1e-14));
+      }
+    }
+  }
+}
