@@ -110,13 +110,17 @@ void attention_forward(const AttentionArgs& a, const T* q, const T* k, const T* 
   const int64_t B = a.batch, H = a.heads, N = a.seq, D = a.head_dim;
   const int64_t hd = N * D, tt = N * N;
 
-  // Stage 1 (rewired): P = softmax of the runway head's un-rewired logits, then R.
+  // Stage 1 (rewired): P = softmax of the runway head's un-rewired logits S_r, then R.
+  // S_r is kept so stage 2 does not compute the runway head's logits twice.
+  std::unique_ptr<T[]> runway_logits(a.rewired ? new T[static_cast<size_t>(B * tt)] : nullptr);
   if (a.rewired) {
 #pragma omp parallel for schedule(static)
     for (int64_t b = 0; b < B; ++b) {
       const int64_t off = (b * H + a.runway_head) * hd;
-      Mat<T> s(N, N);
-      head_logits(q + off, k + off, N, D, a.scale, slope_of(a, a.runway_head), s);
+      MapMat<T> s(runway_logits.get() + b * tt, N, N);
+      Mat<T> logits(N, N);
+      head_logits(q + off, k + off, N, D, a.scale, slope_of(a, a.runway_head), logits);
+      s = logits;
       causal_softmax<T>(N, [&](int64_t i, int64_t j) { return s(i, j); }, p + b * tt);
       if (a.two_hop) {
         two_hop_summary(p + b * tt, r + b * tt, N);
@@ -131,14 +135,21 @@ void attention_forward(const AttentionArgs& a, const T* q, const T* k, const T* 
 #pragma omp parallel for schedule(dynamic)
   for (int64_t bh = 0; bh < B * H; ++bh) {
     const int64_t b = bh / H, h = bh % H;
-    Mat<T> s(N, N);
-    head_logits(q + bh * hd, k + bh * hd, N, D, a.scale, slope_of(a, h), s);
+    Mat<T> s;
+    const T* logits;
+    if (a.rewired && h == a.runway_head) {
+      logits = runway_logits.get() + b * tt;
+    } else {
+      s.resize(N, N);
+      head_logits(q + bh * hd, k + bh * hd, N, D, a.scale, slope_of(a, h), s);
+      logits = s.data();
+    }
     T* ah = attn + bh * tt;
     if (a.rewired) {
       const T* rb = r + b * tt;
-      causal_softmax<T>(N, [&](int64_t i, int64_t j) { return s(i, j) - beta * rb[i * N + j]; }, ah);
+      causal_softmax<T>(N, [&](int64_t i, int64_t j) { return logits[i * N + j] - beta * rb[i * N + j]; }, ah);
     } else {
-      causal_softmax<T>(N, [&](int64_t i, int64_t j) { return s(i, j); }, ah);
+      causal_softmax<T>(N, [&](int64_t i, int64_t j) { return logits[i * N + j]; }, ah);
     }
     MapMat<T>(y + bh * hd, N, D).noalias() =
         ConstMap<T>(ah, N, N).template triangularView<Eigen::Lower>() * ConstMap<T>(v + bh * hd, N, D);
@@ -166,30 +177,54 @@ void attention_backward(const AttentionArgs& a, const T* q, const T* k, const T*
   }
 
   // Through R into the runway head: dR = -beta sum_h dS'_h, then dP, then dS_r += P (dP - rowsum).
+  // R is 0 wherever i - j < 2, so only that strictly-lower band of dR matters.
   if (a.rewired && !a.detach && a.beta != 0.0) {
+    const T neg_beta = static_cast<T>(-a.beta);
 #pragma omp parallel for schedule(static)
     for (int64_t b = 0; b < B; ++b) {
-      Mat<T> dR = Mat<T>::Zero(N, N);
-      for (int64_t h = 0; h < H; ++h) dR += ConstMap<T>(ds + (b * H + h) * tt, N, N);
-      dR *= static_cast<T>(-a.beta);
-      Mat<T> dP = Mat<T>::Zero(N, N);
+      T* dsr = ds + (b * H + a.runway_head) * tt;  // dS_r, gains the runway path
+      const T* pb = p + b * tt;
       if (a.two_hop) {
+        Mat<T> dR = Mat<T>::Zero(N, N);
+        for (int64_t h = 0; h < H; ++h) {
+          const T* dsh = ds + (b * H + h) * tt;
+          for (int64_t i = 2; i < N; ++i)
+            for (int64_t j = 0; j + 2 <= i; ++j) dR(i, j) += dsh[i * N + j];
+        }
+        dR *= neg_beta;
         // dP = L(dR L(P)^T) + L(L(P)^T dR)
-        const Mat<T> lp = strictly_lower(p + b * tt, N);
+        const Mat<T> lp = strictly_lower(pb, N);
+        Mat<T> dP(N, N);
         dP.noalias() = dR * lp.transpose();
         dP.noalias() += lp.transpose() * dR;
         dP.template triangularView<Eigen::Upper>().setZero();
+        Mat<T> dSr(N, N);
+        causal_softmax_backward(pb, dP.data(), dSr.data(), N);
+        for (int64_t i = 0; i < N; ++i)
+          for (int64_t j = 0; j <= i; ++j) dsr[i * N + j] += dSr(i, j);
       } else {
-        // dP[k,j] = sum_{i>k} dR[i,j] for j < k: a reverse exclusive scan down each column.
-        std::vector<T> acc(N, T(0));
-        for (int64_t kk = N - 1; kk >= 0; --kk) {
-          for (int64_t j = 0; j < kk; ++j) dP(kk, j) = acc[j];
-          for (int64_t j = 0; j < N; ++j) acc[j] += dR(kk, j);
+        // dP[k,j] = sum_{i>k} dR[i,j] for j < k: a reverse exclusive scan down each
+        // column, so one sweep from the last row up forms dR row i (from every head's
+        // dS' row i), dP row i, and the softmax backward of P on that row, in place.
+        std::vector<T> acc(N, T(0)), dp_row(N), dr_row(N);
+        for (int64_t i = N - 1; i >= 0; --i) {
+          for (int64_t j = 0; j < i; ++j) dp_row[j] = acc[j];  // sum of dR[i', j] over i' > i
+          // dR row i, only j <= i - 2 (must be read before dS_r row i is updated).
+          std::fill(dr_row.begin(), dr_row.begin() + std::max<int64_t>(i - 1, 0), T(0));
+          for (int64_t h = 0; h < H; ++h) {
+            const T* dsh = ds + ((b * H + h) * N + i) * N;
+            for (int64_t j = 0; j + 2 <= i; ++j) dr_row[j] += dsh[j];
+          }
+          for (int64_t j = 0; j + 2 <= i; ++j) acc[j] += neg_beta * dr_row[j];
+          // dS_r[i, j] += P[i,j] (dP[i,j] - sum_j' P[i,j'] dP[i,j']), with dP[i, i] = 0.
+          const T* prow = pb + i * N;
+          T dot = 0;
+          for (int64_t j = 0; j < i; ++j) dot += prow[j] * dp_row[j];
+          T* out = dsr + i * N;
+          for (int64_t j = 0; j < i; ++j) out[j] += prow[j] * (dp_row[j] - dot);
+          out[i] -= prow[i] * dot;
         }
       }
-      Mat<T> dSr(N, N);
-      causal_softmax_backward(p + b * tt, dP.data(), dSr.data(), N);
-      MapMat<T>(ds + (b * H + a.runway_head) * tt, N, N) += dSr;
     }
   }
 

@@ -178,6 +178,7 @@ std::string Tensor::shape_str() const { return shape_to_string(shape()); }
 bool Tensor::is_contiguous() const {
   const auto& sh = shape();
   const auto& st = strides();
+  if (shape_numel(sh) == 0) return true;  // no element to be out of place
   int64_t expected = 1;
   for (int64_t i = dim() - 1; i >= 0; --i) {
     if (sh[i] == 1) continue;

@@ -149,3 +149,10 @@ TEST_CASE("printing shows values, shape and dtype") {
   CHECK_THAT(big, Contains("...") && Contains("99"));
   CHECK_THAT(Tensor::from_indices({7}, {1}).to_string(), Contains("[7]") && Contains("int64"));
 }
+
+TEST_CASE("zero-size tensors are contiguous and reduce to the identity") {
+  Tensor e = Tensor::empty({2, 0, 5});
+  CHECK(e.is_contiguous());
+  CHECK(e.numel() == 0);
+  CHECK(sum(e, {1}).to_vector() == std::vector<double>(10, 0.0));
+}
