@@ -13,4 +13,13 @@ void add_gradcheck_command(CLI::App& app, int* exit_code);
 // writes the outputs, gradients and intermediates as .npy files.
 void add_attention_command(CLI::App& app, int* exit_code);
 
+// Adds `runway train`: trains a byte-level GPT (standard or rewired), checkpoints, resume.
+void add_train_command(CLI::App& app, int* exit_code);
+
+// Adds `runway eval`: bits per byte at L..8L, passkey retrieval, associative recall.
+void add_eval_command(CLI::App& app, int* exit_code);
+
+// Adds `runway generate`: prompted sampling with a KV cache.
+void add_generate_command(CLI::App& app, int* exit_code);
+
 }  // namespace runway::apps

@@ -14,6 +14,9 @@ int main(int argc, char** argv) {
   int exit_code = 0;
   runway::apps::add_gradcheck_command(app, &exit_code);
   runway::apps::add_attention_command(app, &exit_code);
+  runway::apps::add_train_command(app, &exit_code);
+  runway::apps::add_eval_command(app, &exit_code);
+  runway::apps::add_generate_command(app, &exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -28,6 +28,8 @@ const char* position_encoding_name(PositionEncoding p) {
   return "?";
 }
 
+GPTConfig::GPTConfig() = default;
+
 void GPTConfig::validate() const {
   auto positive = [](const char* field, int64_t v) {
     if (v <= 0) throw Error(fmt::format("{} must be a positive integer, got {}", field, v));

@@ -22,6 +22,7 @@ PositionEncoding parse_position_encoding(const std::string& name);  // rope|none
 const char* position_encoding_name(PositionEncoding p);
 
 struct GPTConfig {
+  GPTConfig();  // out of line: keeps GCC 12's -Wmaybe-uninitialized quiet on temporaries
   int64_t vocab_size = 256;
   int64_t n_layer = 2;
   int64_t n_head = 4;
