@@ -7,7 +7,7 @@ CMAKE_FLAGS ?=
 DEB_PACKAGES := build-essential cmake libeigen3-dev libopenblas-dev libfmt-dev catch2 \
                 libcli11-dev nlohmann-json3-dev libstb-dev fortunes fortunes-min
 
-.PHONY: all deps configure build test test-long run bench sanitize clean
+.PHONY: all deps configure build test test-long run bench sanitize clean gpu-bundle
 
 all: build
 
@@ -49,6 +49,37 @@ sanitize: deps
 	cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DRUNWAY_SANITIZE=ON -DRUNWAY_CUDA=OFF
 	cmake --build build-asan -j$(JOBS)
 	cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j$(JOBS) -LE long
+
+# bundle/: the CUDA tests and the runway CLI built for the H200 (sm_90, x86-64-v3), with
+# the shared libraries a GPU machine without Debian packages lacks, found by $ORIGIN
+# (DT_RPATH, so libopenblas finds libgfortran beside it too). Not bundled: glibc,
+# libstdc++/libgcc_s, the driver's libcuda, and CUDA 13's libcudart/libcublas(Lt)
+# (over 500 MiB; the GPU machine's CUDA toolkit or PyTorch provides them, and
+# scripts/gpu-check.sh finds them). Run there: scripts/gpu-check.sh OUTDIR.
+BUNDLE_TARGETS := test_cuda_backend test_cuda_parity runway
+BUNDLE_SKIP_LIBS := linux-vdso ld-linux libc.so libm.so libdl.so libpthread.so librt.so \
+                    libstdc++.so libgcc_s.so libcuda.so libcudart.so libcublas.so libcublasLt.so
+
+gpu-bundle: deps
+	cmake -S . -B build-bundle -DCMAKE_BUILD_TYPE=Release -DRUNWAY_CUDA=ON \
+	  -DCMAKE_CUDA_ARCHITECTURES=90 -DRUNWAY_ARCH=x86-64-v3 \
+	  '-DCMAKE_BUILD_RPATH=$$ORIGIN' -DCMAKE_EXE_LINKER_FLAGS=-Wl,--disable-new-dtags $(CMAKE_FLAGS)
+	cmake --build build-bundle -j$(JOBS) --target $(BUNDLE_TARGETS)
+	rm -rf bundle && mkdir -p bundle
+	cp build-bundle/cuda/test_cuda_backend build-bundle/cuda/test_cuda_parity build-bundle/apps/runway bundle/
+	@set -e; cd bundle; \
+	for lib in $$(ldd test_cuda_backend test_cuda_parity runway | awk '$$2 == "=>" && $$3 ~ /^\// {print $$3}' | sort -u); do \
+	  skip=0; for s in $(BUNDLE_SKIP_LIBS); do case "$$(basename $$lib)" in $$s*) skip=1;; esac; done; \
+	  if [ $$skip = 0 ]; then echo "gpu-bundle: + $$lib"; cp -L "$$lib" .; fi; \
+	done; \
+	{ echo "runway GPU bundle"; \
+	  echo "commit: $$(git -C .. rev-parse HEAD 2>/dev/null)$$(git -C .. diff --quiet HEAD 2>/dev/null || echo ' (with local changes)')"; \
+	  echo "built: $$(date -u +%Y-%m-%dT%H:%M:%SZ) on $$(. /etc/os-release && echo $$PRETTY_NAME), $$(nvcc --version 2>/dev/null | tail -1)"; \
+	  echo "flags: Release, CUDA arch 90, -march=x86-64-v3"; \
+	  for f in test_cuda_backend test_cuda_parity runway; do echo "== ldd $$f"; ldd $$f; done; } > MANIFEST.txt; \
+	if ldd test_cuda_backend test_cuda_parity runway | grep -v 'libcud\|libcublas' | grep -q 'not found'; then \
+	  echo "gpu-bundle: a library is not found from bundle/:" >&2; ldd runway >&2; exit 1; fi; \
+	echo "gpu-bundle: $$(du -sh . | cut -f1) in bundle/ ($$(ls | wc -l) files)"; du -b * | sort -n | sed 's/^/  /'
 
 clean:
 	rm -rf $(BUILD) build-asan

@@ -36,7 +36,7 @@ namespace {
 
 // Objects are std::maps: nlohmann::ordered_json would keep the key order, but its
 // lookups are linear, so a header of a million keys would take hours to parse. The
-// parser callback records the order of the tensor entries instead.
+// SAX scan below records the order of the tensor entries instead.
 using Json = nlohmann::json;
 
 constexpr uint64_t kMaxHeader = 100'000'000;  // the reference reader's MAX_HEADER_SIZE
@@ -112,11 +112,6 @@ struct Failer {
   }
 };
 
-// Thrown from the JSON parser callback; turned into an Error by the caller.
-struct HeaderProblem : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
 // One tensor as the header describes it.
 struct Entry {
   std::string name;
@@ -126,45 +121,83 @@ struct Entry {
   size_t json_index = 0;  // position in the header, to order zero-size tensors stably
 };
 
-// Parses the header text into JSON, rejecting duplicate keys (which a JSON object
-// may not meaningfully hold and which would silently shadow a tensor) and absurd
-// nesting (so garbage cannot exhaust memory). `top_keys` receives the keys of the
-// top-level object in the order they appear.
-Json parse_header_json(const std::string& text, std::vector<std::string>& top_keys, const Failer& fail) {
-  std::vector<std::set<std::string>> keys;  // one set per open object
-  auto callback = [&keys, &top_keys](int depth, Json::parse_event_t event, Json& parsed) {
-    switch (event) {
-      case Json::parse_event_t::object_start:
-      case Json::parse_event_t::array_start:
-        if (depth >= kMaxDepth)
-          throw HeaderProblem(fmt::format("header JSON is nested more than {} levels deep", kMaxDepth));
-        if (event == Json::parse_event_t::object_start) keys.emplace_back();
-        break;
-      case Json::parse_event_t::object_end:
-        if (!keys.empty()) keys.pop_back();
-        break;
-      case Json::parse_event_t::key: {
-        const std::string& key = parsed.get_ref<const std::string&>();
-        if (!keys.empty() && !keys.back().insert(key).second)
-          throw HeaderProblem(fmt::format("header has the key \"{}\" twice in one object", excerpt(key, 60)));
-        if (depth == 1 && keys.size() == 1) top_keys.push_back(key);
-        break;
-      }
-      default: break;
+// A first, SAX pass over the header that builds nothing: it rejects syntax errors,
+// duplicate keys (which a JSON object may not meaningfully hold and which would
+// silently shadow a tensor) and absurd nesting (so garbage cannot exhaust memory), and
+// records the keys of the top-level object in header order.
+class HeaderScan : public nlohmann::json_sax<Json> {
+ public:
+  std::vector<std::string> top_keys;
+  std::string problem;  // why the scan stopped
+
+  bool null() override { return true; }
+  bool boolean(bool) override { return true; }
+  bool number_integer(number_integer_t) override { return true; }
+  bool number_unsigned(number_unsigned_t) override { return true; }
+  bool number_float(number_float_t, const string_t&) override { return true; }
+  bool string(string_t&) override { return true; }
+  bool binary(binary_t&) override { return true; }
+  bool start_object(std::size_t) override {
+    if (!enter()) return false;
+    keys_.emplace_back();
+    return true;
+  }
+  bool key(string_t& key) override {
+    if (!keys_.back().insert(key).second) {
+      problem = fmt::format("header has the key \"{}\" twice in one object", excerpt(key, 60));
+      return false;
+    }
+    if (depth_ == 1) top_keys.push_back(key);
+    return true;
+  }
+  bool end_object() override {
+    keys_.pop_back();
+    return leave();
+  }
+  bool start_array(std::size_t) override { return enter(); }
+  bool end_array() override { return leave(); }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception& e) override {
+    problem = fmt::format("header is not valid JSON: {}", excerpt(e.what(), 200));
+    return false;
+  }
+
+ private:
+  bool enter() {
+    if (++depth_ > kMaxDepth) {
+      problem = fmt::format("header JSON is nested more than {} levels deep", kMaxDepth);
+      return false;
     }
     return true;
-  };
+  }
+  bool leave() {
+    --depth_;
+    return true;
+  }
+  int depth_ = 0;
+  std::vector<std::set<std::string>> keys_;  // one set per open object
+};
+
+// Parses the header text into JSON. `top_keys` receives the keys of the top-level
+// object in the order they appear. The SAX scan vets the text first, so the DOM parse
+// only ever sees well-formed, shallow JSON without duplicate keys. (nlohmann's callback
+// parser could do both in one pass, but its end_object rescans the parent object for
+// discarded values, which is quadratic in the number of tensors.)
+Json parse_header_json(const std::string& text, std::vector<std::string>& top_keys, const Failer& fail) {
   // nlohmann::json stops at a NUL byte and skips a byte order mark; JSON allows neither.
   const size_t nul = text.find('\0');
   if (nul != std::string::npos)
     fail(fmt::format("header is not valid JSON: it has a NUL byte at offset {} (header: \"{}\")", nul, excerpt(text)));
   if (text.rfind("\xef\xbb\xbf", 0) == 0)
     fail(fmt::format("header is not valid JSON: it starts with a byte order mark (header: \"{}\")", excerpt(text)));
+  HeaderScan scan;
+  if (!Json::sax_parse(text.begin(), text.end(), &scan)) {
+    if (scan.problem.empty()) scan.problem = "header is not valid JSON";
+    fail(fmt::format("{} (header: \"{}\")", scan.problem, excerpt(text)));
+  }
+  top_keys = std::move(scan.top_keys);
   try {
-    return Json::parse(text.begin(), text.end(), callback);
-  } catch (const HeaderProblem& e) {
-    fail(e.what());
-  } catch (const Json::exception& e) {
+    return Json::parse(text.begin(), text.end());
+  } catch (const Json::exception& e) {  // not expected once the scan has passed
     fail(fmt::format("header is not valid JSON: {} (header: \"{}\")", excerpt(e.what(), 200), excerpt(text)));
   }
 }

@@ -1,0 +1,90 @@
+// The training commands end to end through the built CLI: train, resume, eval,
+// generate, and the errors a user meets first.
+#include <catch2/catch.hpp>
+
+#include <fmt/format.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+namespace fs = std::filesystem;
+
+namespace {
+
+int run(const std::string& args, const std::string& log) {
+  const int status = std::system(fmt::format("{} {} > {} 2>&1", RUNWAY_CLI_PATH, args, log).c_str());
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::string setup() {
+  const std::string dir = fmt::format("/tmp/runway-test-cli-train-{}", ::getpid());
+  fs::remove_all(dir);
+  fs::create_directories(dir + "/corpus");
+  std::string text;
+  for (int i = 0; i < 300; ++i) text += fmt::format("Entry {}: a stitch in time saves nine.\n", i);
+  std::ofstream(dir + "/corpus/a.txt") << text;
+  std::ofstream(dir + "/corpus/b.txt") << text.substr(0, 3000);
+  return dir;
+}
+
+const char* kTiny = "--n-layer 1 --n-head 2 --n-embd 16 --seq-len 16 --batch-size 4 --eval-every 3 --eval-batches 1 --warmup 1";
+
+}  // namespace
+
+TEST_CASE("train, resume, eval and generate through the CLI") {
+  const std::string dir = setup();
+  const std::string out = dir + "/run";
+  REQUIRE(run(fmt::format("train --out {} --data {}/corpus --steps 3 --attention rewired --runway-summary two_hop {}", out, dir, kTiny),
+              dir + "/train.log") == 0);
+  const std::string log = slurp(dir + "/train.log");
+  CHECK(log.find("parameters:") != std::string::npos);
+  CHECK(log.find("val loss") != std::string::npos);
+  for (const char* f : {"model.safetensors", "optimizer.safetensors", "state.json", "config.json", "metrics.jsonl"})
+    CHECK(fs::exists(out + "/" + f));
+  const auto config = nlohmann::json::parse(slurp(out + "/config.json"));
+  CHECK(config.at("attention") == "rewired");
+  CHECK(config.at("runway_summary") == "two_hop");
+  CHECK(config.at("n_embd") == 16);
+
+  REQUIRE(run(fmt::format("train --out {} --resume --steps 5", out), dir + "/resume.log") == 0);
+  CHECK(slurp(dir + "/resume.log").find("resuming at step 3") != std::string::npos);
+  CHECK(nlohmann::json::parse(slurp(out + "/state.json")).at("step") == 5);
+
+  REQUIRE(run(fmt::format("eval --checkpoint {} --lengths 16,32 --max-windows 4 --passkey-trials 0 --recall-trials 2", out),
+              dir + "/eval.log") == 0);
+  const auto eval = nlohmann::json::parse(slurp(out + "/eval.json"));
+  CHECK(eval.dump().find("bits_per_byte") != std::string::npos);
+
+  REQUIRE(run(fmt::format("generate --checkpoint {} --prompt Entry --tokens 7 --seed 3", out), dir + "/gen.log") == 0);
+  const std::string gen = slurp(dir + "/gen.log");
+  CHECK(gen.rfind("Entry", 0) == 0);
+  CHECK(gen.size() == std::string("Entry").size() + 7 + 1);  // prompt + 7 bytes + newline
+}
+
+TEST_CASE("bad training input gets a clear error and a nonzero exit") {
+  const std::string dir = setup();
+  CHECK(run(fmt::format("train --out {}/x --data {}/nothing-here --steps 1", dir, dir), dir + "/e1.log") == 1);
+  CHECK(slurp(dir + "/e1.log").find("nothing-here") != std::string::npos);
+  CHECK(run(fmt::format("train --out {}/x --data {}/corpus --n-head 3 --n-embd 16", dir, dir), dir + "/e2.log") == 1);
+  CHECK(slurp(dir + "/e2.log").find("n_head 3") != std::string::npos);
+  std::ofstream(dir + "/cfg.json") << R"({"n_layers": 2})";
+  CHECK(run(fmt::format("train --out {}/x --config {}/cfg.json", dir, dir), dir + "/e3.log") == 1);
+  CHECK(slurp(dir + "/e3.log").find("unknown key 'n_layers'") != std::string::npos);
+  CHECK(run(fmt::format("train --out {}/x --runway-summary three_hop --data {}/corpus", dir, dir), dir + "/e4.log") == 1);
+  CHECK(slurp(dir + "/e4.log").find("absorption, two_hop") != std::string::npos);
+  CHECK(run(fmt::format("eval --checkpoint {}/missing", dir), dir + "/e5.log") == 1);
+  CHECK(run(fmt::format("generate --checkpoint {}/missing --prompt x", dir), dir + "/e6.log") != 0);
+  CHECK(slurp(dir + "/e6.log").find("config.json") != std::string::npos);
+}
