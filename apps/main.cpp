@@ -6,8 +6,10 @@
 #include "apps/commands.h"
 #include "engine/backend.h"
 #include "engine/dtype.h"
+#include "engine/threads.h"
 
 int main(int argc, char** argv) {
+  runway::prefer_passive_omp_wait(argv);
   runway::load_backends();
   CLI::App app{"runway: a tensor engine with standard and runway-rewired causal attention"};
   app.require_subcommand(1);

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "engine/backend.h"
+#include "engine/threads.h"
 #include "engine/ops.h"
 #include "engine/random.h"
 
@@ -29,6 +30,7 @@ double best_seconds(int repeats, F&& f) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  runway::prefer_passive_omp_wait(argv);
   runway::load_backends();
   const int64_t n = argc > 1 ? std::atoll(argv[1]) : 1024;
   const int repeats = argc > 2 ? std::atoi(argv[2]) : 20;

@@ -29,16 +29,16 @@ using MapMat = Eigen::Map<Mat<T>>;
 template <typename T>
 using ConstMap = Eigen::Map<const Mat<T>>;
 
-// Causal logits of one head: S[i,j] = (q_i . k_j) * scale - slope * (i - j) for j <= i.
-// Only the lower triangle of `s` (T x T) is meaningful afterwards.
+// Causal logits of one head into s (T x T, row-major): S[i,j] = (q_i . k_j) * scale
+// - slope * (i - j) for j <= i. Only the lower triangle is meaningful afterwards.
 template <typename T>
-void head_logits(const T* q, const T* k, int64_t seq, int64_t dim, double scale, double slope,
-                 Mat<T>& s) {
+void head_logits(const T* q, const T* k, int64_t seq, int64_t dim, double scale, double slope, T* s) {
   ConstMap<T> Q(q, seq, dim), K(k, seq, dim);
-  s.noalias() = (Q * K.transpose()) * static_cast<T>(scale);
+  MapMat<T> S(s, seq, seq);
+  S.noalias() = (Q * K.transpose()) * static_cast<T>(scale);
   if (slope != 0.0)
     for (int64_t i = 0; i < seq; ++i)
-      for (int64_t j = 0; j <= i; ++j) s(i, j) -= static_cast<T>(slope * static_cast<double>(i - j));
+      for (int64_t j = 0; j <= i; ++j) s[i * seq + j] -= static_cast<T>(slope * static_cast<double>(i - j));
 }
 
 // Row-wise softmax over j <= i of logit(i, j); writes probabilities into out
@@ -117,11 +117,9 @@ void attention_forward(const AttentionArgs& a, const T* q, const T* k, const T* 
 #pragma omp parallel for schedule(static)
     for (int64_t b = 0; b < B; ++b) {
       const int64_t off = (b * H + a.runway_head) * hd;
-      MapMat<T> s(runway_logits.get() + b * tt, N, N);
-      Mat<T> logits(N, N);
-      head_logits(q + off, k + off, N, D, a.scale, slope_of(a, a.runway_head), logits);
-      s = logits;
-      causal_softmax<T>(N, [&](int64_t i, int64_t j) { return s(i, j); }, p + b * tt);
+      const T* s = runway_logits.get() + b * tt;
+      head_logits(q + off, k + off, N, D, a.scale, slope_of(a, a.runway_head), runway_logits.get() + b * tt);
+      causal_softmax<T>(N, [&](int64_t i, int64_t j) { return s[i * N + j]; }, p + b * tt);
       if (a.two_hop) {
         two_hop_summary(p + b * tt, r + b * tt, N);
       } else {
@@ -141,7 +139,7 @@ void attention_forward(const AttentionArgs& a, const T* q, const T* k, const T* 
       logits = runway_logits.get() + b * tt;
     } else {
       s.resize(N, N);
-      head_logits(q + bh * hd, k + bh * hd, N, D, a.scale, slope_of(a, h), s);
+      head_logits(q + bh * hd, k + bh * hd, N, D, a.scale, slope_of(a, h), s.data());
       logits = s.data();
     }
     T* ah = attn + bh * tt;

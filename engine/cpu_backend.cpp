@@ -10,6 +10,8 @@
 #include <cstring>
 #include <limits>
 #include <mutex>
+#include <unordered_map>
+#include <vector>
 
 #include "engine/backend.h"
 #include "engine/cpu_attention.h"
@@ -114,18 +116,71 @@ void for_each_run(const BroadcastPlan& plan, Body&& body) {
 }
 
 class CpuBackend final : public Backend {
+  static constexpr size_t kCachedMin = size_t(1) << 20;   // cache blocks of 1 MiB and more
+  static constexpr size_t kCacheLimit = size_t(2) << 30;  // hold at most 2 GiB of free blocks
+  std::mutex cache_mutex_;
+  std::unordered_map<size_t, std::vector<void*>> free_blocks_;
+  std::unordered_map<void*, size_t> block_sizes_;
+  size_t cached_bytes_ = 0;
+
+  void release_cache() {
+    std::lock_guard<std::mutex> lock(cache_mutex_);
+    for (auto& [size, blocks] : free_blocks_)
+      for (void* p : blocks) std::free(p);
+    free_blocks_.clear();
+    cached_bytes_ = 0;
+  }
+
  public:
+  ~CpuBackend() override { release_cache(); }
   Device device() const override { return Device::CPU; }
   std::string name() const override { return "cpu (OpenBLAS)"; }
 
+  // Large blocks are cached by size and reused: a training step allocates the same
+  // activation sizes every time, and fresh large blocks cost page faults and kernel
+  // zeroing on every use. Small blocks go straight to the C allocator.
   void* allocate(size_t nbytes) override {
     // 64-byte alignment for vector loads; aligned_alloc needs a multiple of it.
     const size_t rounded = (nbytes + 63) / 64 * 64;
+    if (rounded >= kCachedMin) {
+      std::lock_guard<std::mutex> lock(cache_mutex_);
+      auto it = free_blocks_.find(rounded);
+      if (it != free_blocks_.end() && !it->second.empty()) {
+        void* p = it->second.back();
+        it->second.pop_back();
+        cached_bytes_ -= rounded;
+        block_sizes_[p] = rounded;
+        return p;
+      }
+    }
     void* p = std::aligned_alloc(64, rounded);
+    if (!p) {
+      release_cache();
+      p = std::aligned_alloc(64, rounded);
+    }
     if (!p) throw Error(fmt::format("cpu: out of memory allocating {} bytes", nbytes));
+    if (rounded >= kCachedMin) {
+      std::lock_guard<std::mutex> lock(cache_mutex_);
+      block_sizes_[p] = rounded;
+    }
     return p;
   }
-  void deallocate(void* ptr) override { std::free(ptr); }
+  void deallocate(void* ptr) override {
+    {
+      std::lock_guard<std::mutex> lock(cache_mutex_);
+      auto it = block_sizes_.find(ptr);
+      if (it != block_sizes_.end()) {
+        const size_t size = it->second;
+        block_sizes_.erase(it);
+        if (cached_bytes_ + size <= kCacheLimit) {
+          free_blocks_[size].push_back(ptr);
+          cached_bytes_ += size;
+          return;
+        }
+      }
+    }
+    std::free(ptr);
+  }
   void copy_from_host(void* dst, const void* src, size_t n) override { std::memcpy(dst, src, n); }
   void copy_to_host(void* dst, const void* src, size_t n) override { std::memcpy(dst, src, n); }
   void copy_within(void* dst, const void* src, size_t n) override { std::memmove(dst, src, n); }
