@@ -27,6 +27,8 @@
 #include <utility>
 #include <vector>
 
+#include "engine/file_io.h"
+
 namespace runway {
 
 // Tensors hold native-endian data and we write '<' descriptors from raw memory.
@@ -38,19 +40,7 @@ constexpr char kMagic[6] = {'\x93', 'N', 'U', 'M', 'P', 'Y'};
 constexpr size_t kAlign = 64;  // data offset alignment NumPy uses (ARRAY_ALIGN)
 constexpr const char* kSupported = "float32 'f4', float64 'f8', int64 'i8' (byte order '<', '>', '|' or '=')";
 
-// Printable excerpt of untrusted bytes for error messages.
-std::string excerpt(const std::string& s, size_t max_len = 80) {
-  std::string out;
-  for (size_t i = 0; i < s.size() && i < max_len; ++i) {
-    const unsigned char c = static_cast<unsigned char>(s[i]);
-    if (c == '\\') out += "\\\\";
-    else if (c >= 0x20 && c < 0x7f) out += static_cast<char>(c);
-    else if (c == '\n') out += "\\n";
-    else out += fmt::format("\\x{:02x}", c);
-  }
-  if (s.size() > max_len) out += "...";
-  return out;
-}
+std::string excerpt(const std::string& s, size_t max_len = 80) { return printable_excerpt(s, max_len); }
 
 // ---- a parser for the Python literals that can appear in a .npy header -----------------
 
@@ -468,32 +458,10 @@ void write_npy(const std::string& path, const Tensor& t) {
   const std::string head = npy_prefix_and_header(c);
   const size_t data_bytes = static_cast<size_t>(c.numel()) * dtype_size(c.dtype());
 
-  // A temporary name next to `path` (same directory, hence same filesystem, so that
-  // rename is atomic). "x" (exclusive create) guards against clobbering a stranger's file.
-  static std::atomic<unsigned> counter{0};
-  std::string tmp;
-  FilePtr file;
-  for (int attempt = 0; attempt < 100 && !file; ++attempt) {
-    tmp = fmt::format("{}.tmp.{}.{}", path, static_cast<long>(::getpid()), counter++);
-    file.reset(std::fopen(tmp.c_str(), "wbx"));
-    if (!file && errno != EEXIST) break;
-  }
-  if (!file) fail(fmt::format("cannot create the temporary file '{}': {}", tmp, std::strerror(errno)));
-
-  bool ok = std::fwrite(head.data(), 1, head.size(), file.get()) == head.size();
-  if (ok && data_bytes > 0) ok = std::fwrite(c.raw_data(), 1, data_bytes, file.get()) == data_bytes;
-  int saved_errno = errno;
-  if (ok && std::fflush(file.get()) != 0) ok = false, saved_errno = errno;
-  if (std::fclose(file.release()) != 0 && ok) ok = false, saved_errno = errno;
-  if (!ok) {
-    std::remove(tmp.c_str());
-    fail(fmt::format("write error: {}", std::strerror(saved_errno)));
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    saved_errno = errno;
-    std::remove(tmp.c_str());
-    fail(fmt::format("cannot move the temporary file into place: {}", std::strerror(saved_errno)));
-  }
+  write_file_atomic(path, "write_npy", [&](const ByteSink& write) {
+    write(head.data(), head.size());
+    write(c.raw_data(), data_bytes);
+  });
 }
 
 }  // namespace runway

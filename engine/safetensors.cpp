@@ -27,6 +27,8 @@
 #include <stdexcept>
 #include <tuple>
 
+#include "engine/file_io.h"
+
 namespace runway {
 
 // Tensors hold native-endian data and the format is little-endian.
@@ -45,19 +47,7 @@ constexpr int kMaxDepth = 16;                  // a valid header nests 3 deep
 constexpr const char* kSupported = "F32, F64, I64";
 constexpr const char* kMetadataKey = "__metadata__";
 
-// Printable excerpt of untrusted bytes for error messages.
-std::string excerpt(const std::string& s, size_t max_len = 80) {
-  std::string out;
-  for (size_t i = 0; i < s.size() && i < max_len; ++i) {
-    const unsigned char c = static_cast<unsigned char>(s[i]);
-    if (c == '\\') out += "\\\\";
-    else if (c >= 0x20 && c < 0x7f) out += static_cast<char>(c);
-    else if (c == '\n') out += "\\n";
-    else out += fmt::format("\\x{:02x}", c);
-  }
-  if (s.size() > max_len) out += "...";
-  return out;
-}
+std::string excerpt(const std::string& s, size_t max_len = 80) { return printable_excerpt(s, max_len); }
 
 const char* st_dtype_name(DType dt) {
   switch (dt) {
@@ -417,46 +407,15 @@ void write_safetensors(const std::string& path, const std::vector<std::pair<std:
   std::string prefix(8, '\0');
   for (size_t i = 0; i < 8; ++i) prefix[i] = static_cast<char>((static_cast<uint64_t>(header.size()) >> (8 * i)) & 0xff);
 
-  // A temporary name next to `path` (same directory, hence same filesystem, so that
-  // rename is atomic). "x" (exclusive create) guards against clobbering a stranger's file.
-  static std::atomic<unsigned> counter{0};
-  std::string tmp;
-  FilePtr file;
-  for (int attempt = 0; attempt < 100 && !file; ++attempt) {
-    tmp = fmt::format("{}.tmp.{}.{}", path, static_cast<long>(::getpid()), counter++);
-    file.reset(std::fopen(tmp.c_str(), "wbx"));
-    if (!file && errno != EEXIST) break;
-  }
-  if (!file) fail(fmt::format("cannot create the temporary file '{}': {}", tmp, std::strerror(errno)));
-
-  // From here on every failure removes the temporary file.
-  std::string problem;
-  try {
-    bool ok = std::fwrite(prefix.data(), 1, prefix.size(), file.get()) == prefix.size() &&
-              std::fwrite(header.data(), 1, header.size(), file.get()) == header.size();
-    for (size_t i = 0; ok && i < tensors.size(); ++i) {
+  write_file_atomic(path, "write_safetensors", [&](const ByteSink& write) {
+    write(prefix.data(), prefix.size());
+    write(header.data(), header.size());
+    for (const auto& [name, t] : tensors) {
       // One tensor at a time on the host, so a device-resident model needs no second copy.
-      const Tensor c = tensors[i].second.detach().to(Device::CPU).contiguous();
-      const size_t nbytes = static_cast<size_t>(c.numel()) * dtype_size(c.dtype());
-      if (nbytes > 0) ok = std::fwrite(c.raw_data(), 1, nbytes, file.get()) == nbytes;
+      const Tensor c = t.detach().to(Device::CPU).contiguous();
+      write(c.raw_data(), static_cast<size_t>(c.numel()) * dtype_size(c.dtype()));
     }
-    int saved_errno = errno;
-    if (ok && std::fflush(file.get()) != 0) ok = false, saved_errno = errno;
-    if (std::fclose(file.release()) != 0 && ok) ok = false, saved_errno = errno;
-    if (!ok) problem = fmt::format("write error: {}", std::strerror(saved_errno));
-  } catch (const std::exception& e) {
-    problem = fmt::format("cannot write the tensor data: {}", e.what());
-  }
-  if (file) file.reset();  // closes it if an exception skipped the fclose above
-  if (!problem.empty()) {
-    std::remove(tmp.c_str());
-    fail(problem);
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int saved_errno = errno;
-    std::remove(tmp.c_str());
-    fail(fmt::format("cannot move the temporary file into place: {}", std::strerror(saved_errno)));
-  }
+  });
 }
 
 }  // namespace runway

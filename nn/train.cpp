@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "engine/autograd.h"
+#include "engine/file_io.h"
 #include "engine/ops.h"
 #include "engine/safetensors.h"
 #include "nn/data.h"
@@ -136,20 +137,7 @@ void TrainConfig::validate() const {
 // ---- files -------------------------------------------------------------------------
 
 void write_text_file_atomic(const std::string& path, const std::string& text) {
-  const std::string tmp = fmt::format("{}.tmp.{}", path, ::getpid());
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    out << text;
-    out.flush();
-    if (!out) {
-      std::remove(tmp.c_str());
-      throw Error(fmt::format("cannot write '{}'", path));
-    }
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    throw Error(fmt::format("cannot write '{}' (rename failed)", path));
-  }
+  write_file_atomic(path, "write", [&](const ByteSink& write) { write(text.data(), text.size()); });
 }
 
 namespace {

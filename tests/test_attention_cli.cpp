@@ -19,6 +19,7 @@
 
 #include <fmt/format.h>
 
+#include "tests/test_support.h"
 #include "engine/npy.h"
 
 #ifndef RUNWAY_CLI_PATH
@@ -26,25 +27,12 @@
 #endif
 
 using namespace runway;
+using runway::testing::TempDir;
 using Catch::Matchers::Contains;
 namespace fs = std::filesystem;
 
 namespace {
 
-// A fresh directory under /tmp per test, removed at scope exit.
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char tmpl[] = "/tmp/runway_cli_XXXXXX";
-    REQUIRE(::mkdtemp(tmpl) != nullptr);
-    path = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string operator/(const std::string& name) const { return path + "/" + name; }
-};
 
 std::string slurp(const std::string& path) {
   std::ifstream in(path);

@@ -1,0 +1,76 @@
+#include "engine/file_io.h"
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+
+#include "engine/dtype.h"
+
+namespace runway {
+
+namespace {
+struct FileCloser {
+  void operator()(std::FILE* f) const { std::fclose(f); }
+};
+struct WriteFailed {
+  int error;
+};
+}  // namespace
+
+void write_file_atomic(const std::string& path, const char* who, const std::function<void(const ByteSink&)>& body) {
+  auto fail = [&](const std::string& what) { throw Error(fmt::format("{}: '{}': {}", who, path, what)); };
+  // "x" (exclusive create) guards against clobbering a stranger's file of the same name.
+  static std::atomic<unsigned> counter{0};
+  std::string tmp;
+  std::unique_ptr<std::FILE, FileCloser> file;
+  for (int attempt = 0; attempt < 100 && !file; ++attempt) {
+    tmp = fmt::format("{}.tmp.{}.{}", path, static_cast<long>(::getpid()), counter++);
+    file.reset(std::fopen(tmp.c_str(), "wbx"));
+    if (!file && errno != EEXIST) break;
+  }
+  if (!file) fail(fmt::format("cannot create the temporary file '{}': {}", tmp, std::strerror(errno)));
+
+  // From here on every failure removes the temporary file.
+  std::string problem;
+  try {
+    body([&file](const void* data, size_t size) {
+      if (size > 0 && std::fwrite(data, 1, size, file.get()) != size) throw WriteFailed{errno};
+    });
+    if (std::fflush(file.get()) != 0) throw WriteFailed{errno};
+    if (std::fclose(file.release()) != 0) throw WriteFailed{errno};
+  } catch (const WriteFailed& e) {
+    problem = fmt::format("write error: {}", std::strerror(e.error));
+  } catch (const std::exception& e) {
+    problem = fmt::format("cannot write the data: {}", e.what());
+  }
+  file.reset();  // closes it if a failure skipped the fclose above
+  if (!problem.empty()) {
+    std::remove(tmp.c_str());
+    fail(problem);
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    const int saved_errno = errno;
+    std::remove(tmp.c_str());
+    fail(fmt::format("cannot move the temporary file into place: {}", std::strerror(saved_errno)));
+  }
+}
+
+std::string printable_excerpt(const std::string& s, size_t max_len) {
+  std::string out;
+  for (size_t i = 0; i < s.size() && i < max_len; ++i) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    if (c == '\\') out += "\\\\";
+    else if (c >= 0x20 && c < 0x7f) out += static_cast<char>(c);
+    else if (c == '\n') out += "\\n";
+    else out += fmt::format("\\x{:02x}", c);
+  }
+  if (s.size() > max_len) out += "...";
+  return out;
+}
+
+}  // namespace runway
