@@ -68,6 +68,12 @@ Linear::Linear(int64_t in, int64_t out, double init_std, Generator& gen, DType d
 
 Tensor Linear::forward(const Tensor& x) const { return add(matmul(x, weight), bias); }
 
+Embedding::Embedding(int64_t rows, int64_t width, double init_std, Generator& gen, DType dt) {
+  weight = add_parameter("weight", Tensor::normal({rows, width}, 0.0, init_std, gen, dt), false);
+}
+
+Tensor Embedding::forward(const Tensor& ids) const { return embedding(weight, ids); }
+
 LayerNorm::LayerNorm(int64_t width, DType dt) {
   weight = add_parameter("weight", Tensor::ones({width}, dt), false);
   bias = add_parameter("bias", Tensor::zeros({width}, dt), false);
@@ -148,9 +154,12 @@ Tensor Block::forward(const Tensor& x, AttentionTrace* trace) const {
 
 GPT::GPT(const GPTConfig& c, Generator& gen, DType dt) : config(c) {
   config.validate();
-  wte = add_parameter("wte", Tensor::normal({c.vocab_size, c.n_embd}, 0.0, 0.02, gen, dt), false);
-  if (c.pos == PositionEncoding::Learned)
-    wpe = add_parameter("wpe", Tensor::normal({c.seq_len, c.n_embd}, 0.0, 0.02, gen, dt), false);
+  token_embedding = add_module("wte", std::make_shared<Embedding>(c.vocab_size, c.n_embd, 0.02, gen, dt));
+  wte = token_embedding->weight;
+  if (c.pos == PositionEncoding::Learned) {
+    position_embedding = add_module("wpe", std::make_shared<Embedding>(c.seq_len, c.n_embd, 0.02, gen, dt));
+    wpe = position_embedding->weight;
+  }
   for (int64_t l = 0; l < c.n_layer; ++l)
     blocks.push_back(add_module(fmt::format("blocks.{}", l), std::make_shared<Block>(c, l, gen, dt)));
   ln_f = add_module("ln_f", std::make_shared<LayerNorm>(c.n_embd, dt));
@@ -163,7 +172,7 @@ Tensor GPT::forward(const Tensor& ids, std::vector<AttentionTrace>* traces) cons
   if (config.pos == PositionEncoding::Learned && T > config.seq_len)
     throw Error(fmt::format("GPT forward: T = {} exceeds the {} learned positions (seq_len); "
                             "learned positions cannot extrapolate", T, config.seq_len));
-  Tensor x = embedding(wte, ids);
+  Tensor x = token_embedding->forward(ids);
   if (config.pos == PositionEncoding::Learned) x = add(x, slice(wpe, 0, 0, T));
   if (traces) traces->assign(blocks.size(), AttentionTrace{});
   for (size_t l = 0; l < blocks.size(); ++l) x = blocks[l]->forward(x, traces ? &(*traces)[l] : nullptr);

@@ -47,6 +47,14 @@ class Linear : public Module {
   Tensor weight, bias;
 };
 
+class Embedding : public Module {
+ public:
+  // weight (rows, width) ~ N(0, init_std); not weight-decayed.
+  Embedding(int64_t rows, int64_t width, double init_std, Generator& gen, DType dt);
+  Tensor forward(const Tensor& ids) const;  // int64 (...) -> (..., width)
+  Tensor weight;
+};
+
 class LayerNorm : public Module {
  public:
   LayerNorm(int64_t width, DType dt);
@@ -101,7 +109,8 @@ class GPT : public Module {
   Tensor loss(const Tensor& ids, const Tensor& targets) const;
 
   GPTConfig config;
-  Tensor wte, wpe;  // wpe only with learned positions
+  std::shared_ptr<Embedding> token_embedding, position_embedding;  // "wte", "wpe" (learned only)
+  Tensor wte, wpe;  // their weights: wte is also the output projection (tied)
   std::vector<std::shared_ptr<Block>> blocks;
   std::shared_ptr<LayerNorm> ln_f;
 };

@@ -54,6 +54,9 @@ json TrainConfig::to_json() const {
       {"beta2", adamw.beta2},
       {"grad_clip", grad_clip},
       {"mix_passkey", mix_passkey},
+      {"mix_recall", mix_recall},
+      {"recall_pairs", recall_pairs},
+      {"recall_queries", recall_queries},
       {"eval_every", eval_every},
       {"eval_batches", eval_batches},
       {"log_every", log_every},
@@ -101,6 +104,9 @@ void TrainConfig::update_from_json(const json& j, const std::string& source) {
       else if (key == "beta2") adamw.beta2 = value.get<double>();
       else if (key == "grad_clip") grad_clip = value.get<double>();
       else if (key == "mix_passkey") mix_passkey = value.get<double>();
+      else if (key == "mix_recall") mix_recall = value.get<double>();
+      else if (key == "recall_pairs") recall_pairs = value.get<int64_t>();
+      else if (key == "recall_queries") recall_queries = value.get<int64_t>();
       else if (key == "eval_every") eval_every = value.get<int64_t>();
       else if (key == "eval_batches") eval_batches = value.get<int64_t>();
       else if (key == "log_every") log_every = value.get<int64_t>();
@@ -129,6 +135,18 @@ void TrainConfig::validate() const {
   if (!(min_lr_ratio >= 0 && min_lr_ratio <= 1)) throw Error(fmt::format("min_lr_ratio must be in [0, 1], got {}", min_lr_ratio));
   if (!(val_fraction > 0 && val_fraction < 1)) throw Error(fmt::format("val_fraction must be in (0, 1), got {}", val_fraction));
   if (!(mix_passkey >= 0 && mix_passkey <= 1)) throw Error(fmt::format("mix_passkey must be in [0, 1], got {}", mix_passkey));
+  if (mix_passkey > 0 && model.seq_len + 1 < passkey_min_length())
+    throw Error(fmt::format("mix_passkey needs seq_len >= {} (a passkey document is at least {} bytes), got {}",
+                            passkey_min_length() - 1, passkey_min_length(), model.seq_len));
+  if (!(mix_recall >= 0 && mix_recall <= 1)) throw Error(fmt::format("mix_recall must be in [0, 1], got {}", mix_recall));
+  if (mix_recall > 0) {
+    if (recall_pairs < 1 || recall_pairs > 676 || recall_queries < 1 || recall_queries > recall_pairs)
+      throw Error(fmt::format("recall_pairs must be in [1, 676] and recall_queries in [1, recall_pairs], got {} and {}",
+                              recall_pairs, recall_queries));
+    if (recall_length(recall_pairs, recall_queries) > model.seq_len + 1)
+      throw Error(fmt::format("recall_pairs {} + recall_queries {} make {}-byte examples, longer than seq_len + 1 = {}",
+                              recall_pairs, recall_queries, recall_length(recall_pairs, recall_queries), model.seq_len + 1));
+  }
   if (!(adamw.beta1 >= 0 && adamw.beta1 < 1)) throw Error(fmt::format("beta1 must be in [0, 1), got {}", adamw.beta1));
   if (!(adamw.beta2 >= 0 && adamw.beta2 < 1)) throw Error(fmt::format("beta2 must be in [0, 1), got {}", adamw.beta2));
   if (!(adamw.weight_decay >= 0)) throw Error(fmt::format("weight_decay must be >= 0, got {}", adamw.weight_decay));
@@ -299,6 +317,8 @@ int64_t Trainer::run(const std::function<void(const StepReport&)>& on_step, cons
     for (int64_t micro = 0; micro < config_.grad_accum; ++micro) {
       data_->sampler->next_batch(B, data_gen_, &inputs, &targets);
       if (config_.mix_passkey > 0) mix_passkey(inputs, targets, B, T, config_.mix_passkey, data_gen_);
+      if (config_.mix_recall > 0)
+        mix_recall(inputs, targets, B, T, config_.mix_recall, config_.recall_pairs, config_.recall_queries, data_gen_);
       Tensor loss = model_->loss(Tensor::from_indices(inputs, {B, T}), Tensor::from_indices(targets, {B, T}));
       mul_scalar(loss, 1.0 / static_cast<double>(config_.grad_accum)).backward();
       step_loss += loss.item() / static_cast<double>(config_.grad_accum);

@@ -31,6 +31,9 @@ struct TrainConfig {
   AdamWOptions adamw;
   double grad_clip = 1.0;  // max global gradient norm; <= 0 disables clipping
   double mix_passkey = 0.0;  // fraction of training rows replaced by passkey documents
+  double mix_recall = 0.0;   // fraction of rows ending in an associative-recall example
+  int64_t recall_pairs = 6;    // its key-value pairs ...
+  int64_t recall_queries = 4;  // ... and queries (6 * (pairs + queries) + 1 <= seq_len + 1)
   int64_t eval_every = 100;
   int64_t eval_batches = 8;
   int64_t log_every = 10;

@@ -72,7 +72,7 @@ Tensor param(const GPT& model, const std::string& name) {
 // 0 elsewhere. The model predicts '7' everywhere.
 void constant_seven_model(GPT& model) {
   zero_model(model);
-  Tensor wte = param(model, "wte");
+  Tensor wte = param(model, "wte.weight");
   wte.data<float>()['7' * model.config.n_embd + 0] = 1.0f;
   param(model, "ln_f.bias").data<float>()[0] = 1.0f;
 }
@@ -82,7 +82,7 @@ void constant_seven_model(GPT& model) {
 // holding byte b are normalise(wte[b]) . wte[v], largest at v = b (checked).
 void identity_model(GPT& model) {
   zero_model(model);
-  Tensor wte = param(model, "wte");
+  Tensor wte = param(model, "wte.weight");
   Generator g(99);
   float* w = wte.data<float>();
   for (int64_t i = 0; i < wte.numel(); ++i) w[i] = static_cast<float>(g.normal());

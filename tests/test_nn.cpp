@@ -60,11 +60,13 @@ TEST_CASE("parameters have dotted names and only matmul weights decay") {
   std::vector<std::string> names;
   for (const auto& p : model.named_parameters()) {
     names.push_back(p.name);
-    const bool is_matmul_weight = p.name.find(".weight") != std::string::npos && p.name.find("ln_") == std::string::npos;
+    const bool is_embedding = p.name.rfind("wte", 0) == 0 || p.name.rfind("wpe", 0) == 0;
+    const bool is_matmul_weight = p.name.find(".weight") != std::string::npos && p.name.find("ln_") == std::string::npos && !is_embedding;
     CHECK(p.decay == is_matmul_weight);
     CHECK(p.tensor.requires_grad());
   }
-  CHECK(names.front() == "wte");
+  CHECK(names.front() == "wte.weight");
+  CHECK(std::find(names.begin(), names.end(), "wpe.weight") != names.end());
   CHECK(std::find(names.begin(), names.end(), "blocks.1.attn.qkv.weight") != names.end());
   CHECK(std::find(names.begin(), names.end(), "blocks.0.mlp.proj.bias") != names.end());
   CHECK(std::find(names.begin(), names.end(), "ln_f.weight") != names.end());

@@ -138,3 +138,21 @@ TEST_CASE("training configs are validated, naming the field") {
   CHECK(e.to_json() == d.to_json());
   CHECK_THROWS_WITH(Trainer(tiny_config("/nonexistent/corpus"), temp_dir("nodata") + "/o", false), Contains("/nonexistent/corpus"));
 }
+
+TEST_CASE("task mixing is validated and changes the training batches") {
+  const std::string dir = temp_dir("mix");
+  TrainConfig c = tiny_config(make_corpus(dir));
+  c.mix_passkey = 0.5;
+  CHECK_THROWS_WITH(c.validate(), Contains("mix_passkey needs seq_len >= 101"));
+  c.mix_passkey = 0;
+  c.mix_recall = 0.5;
+  c.recall_pairs = 2;
+  c.recall_queries = 1;  // 6 * 3 + 1 = 19 bytes > seq_len + 1 = 17
+  CHECK_THROWS_WITH(c.validate(), Contains("longer than seq_len + 1 = 17"));
+  c.model.seq_len = 24;
+  c.validate();
+  TrainConfig plain = c;
+  plain.mix_recall = 0;
+  Trainer mixed(c, dir + "/mixed", false), base(plain, dir + "/plain", false);
+  CHECK(losses(mixed) != losses(base));
+}
