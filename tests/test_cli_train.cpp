@@ -6,6 +6,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <csignal>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -87,4 +89,36 @@ TEST_CASE("bad training input gets a clear error and a nonzero exit") {
   CHECK(run(fmt::format("eval --checkpoint {}/missing", dir), dir + "/e5.log") == 1);
   CHECK(run(fmt::format("generate --checkpoint {}/missing --prompt x", dir), dir + "/e6.log") != 0);
   CHECK(slurp(dir + "/e6.log").find("config.json") != std::string::npos);
+}
+
+TEST_CASE("Ctrl-C saves a checkpoint that resumes") {
+  const std::string dir = setup();
+  const std::string out = dir + "/sig";
+  const std::string data = dir + "/corpus";
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    std::freopen((dir + "/sig.log").c_str(), "w", stdout);
+    ::execl(RUNWAY_CLI_PATH, RUNWAY_CLI_PATH, "train", "--out", out.c_str(), "--data", data.c_str(), "--steps", "1000000",
+            "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--seq-len", "16", "--batch-size", "2",
+            "--eval-every", "1000000", static_cast<char*>(nullptr));
+    std::_Exit(127);
+  }
+  // Wait until training has taken a step (its handler is installed by then), then interrupt.
+  bool stepped = false;
+  for (int i = 0; i < 600 && !stepped; ++i) {
+    ::usleep(50 * 1000);
+    stepped = fs::exists(out + "/metrics.jsonl") && fs::file_size(out + "/metrics.jsonl") > 0;
+  }
+  REQUIRE(stepped);
+  ::kill(child, SIGINT);
+  int status = 0;
+  REQUIRE(::waitpid(child, &status, 0) == child);
+  REQUIRE(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 130);
+  CHECK(slurp(dir + "/sig.log").find("interrupted at step") != std::string::npos);
+  const int64_t saved = nlohmann::json::parse(slurp(out + "/state.json")).at("step").get<int64_t>();
+  CHECK(saved >= 1);
+  REQUIRE(run(fmt::format("train --out {} --resume --steps {}", out, saved + 2), dir + "/sig-resume.log") == 0);
+  CHECK(nlohmann::json::parse(slurp(out + "/state.json")).at("step") == saved + 2);
 }
