@@ -27,6 +27,7 @@
 #endif
 
 using namespace runway;
+using runway::testing::slurp;
 using runway::testing::TempDir;
 using Catch::Matchers::Contains;
 namespace fs = std::filesystem;
@@ -34,10 +35,6 @@ namespace fs = std::filesystem;
 namespace {
 
 
-std::string slurp(const std::string& path) {
-  std::ifstream in(path);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
 
 struct CliResult {
   int status = -1;  // exit status, or -1 when the process did not exit normally

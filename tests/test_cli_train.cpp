@@ -14,7 +14,10 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "tests/test_support.h"
+
 namespace fs = std::filesystem;
+using runway::testing::slurp;
 
 namespace {
 
@@ -23,12 +26,6 @@ int run(const std::string& args, const std::string& log) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
-std::string slurp(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 std::string setup() {
   const std::string dir = fmt::format("/tmp/runway-test-cli-train-{}", ::getpid());

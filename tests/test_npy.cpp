@@ -21,24 +21,15 @@
 #include "engine/npy.h"
 
 using namespace runway;
+using runway::testing::read_bytes;
 using runway::testing::TempDir;
+using runway::testing::write_bytes;
 using Catch::Matchers::Contains;
 namespace fs = std::filesystem;
 
 namespace {
 
 
-void write_bytes(const std::string& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  REQUIRE(out.good());
-}
-
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  REQUIRE(in.good());
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
 
 // A .npy file assembled by hand: magic, version major.0, little-endian header length
 // (2 bytes for 1.0, 4 bytes otherwise), the header text as given (no padding added),

@@ -24,24 +24,15 @@
 #include "engine/safetensors.h"
 
 using namespace runway;
+using runway::testing::read_bytes;
 using runway::testing::TempDir;
+using runway::testing::write_bytes;
 using Catch::Matchers::Contains;
 namespace fs = std::filesystem;
 
 namespace {
 
 
-void write_bytes(const std::string& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  REQUIRE(out.good());
-}
-
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  REQUIRE(in.good());
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
 
 // Little-endian bytes of a value (the test host is little-endian, as the engine assumes).
 template <typename T> std::string le_bytes(T v) {
