@@ -7,6 +7,8 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
+#include <system_error>
 #include <memory>
 
 #include "engine/dtype.h"
@@ -58,6 +60,35 @@ void write_file_atomic(const std::string& path, const char* who, const std::func
     std::remove(tmp.c_str());
     fail(fmt::format("cannot move the temporary file into place: {}", std::strerror(saved_errno)));
   }
+}
+
+InputFile::InputFile(const std::string& path, const char* who, const char* kind) : path_(path), who_(who) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) fail(fmt::format("is a directory, not {}", kind));
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) fail(fmt::format("cannot open: {}", std::strerror(errno)));
+  file_ = f;
+  if (std::fseek(f, 0, SEEK_END) != 0) fail(fmt::format("cannot seek: {}", std::strerror(errno)));
+  const long end_pos = std::ftell(f);
+  if (end_pos < 0) fail(fmt::format("cannot determine the file size: {}", std::strerror(errno)));
+  std::rewind(f);
+  size_ = static_cast<uint64_t>(end_pos);
+}
+
+InputFile::~InputFile() {
+  if (file_) std::fclose(static_cast<std::FILE*>(file_));
+}
+
+void InputFile::fail(const std::string& problem) const {
+  throw Error(fmt::format("{}: '{}': {}", who_, path_, problem));
+}
+
+void InputFile::read_exact(void* dst, size_t n, const std::string& what) {
+  if (n == 0) return;
+  std::FILE* f = static_cast<std::FILE*>(file_);
+  if (std::fread(dst, 1, n, f) != n)
+    fail(fmt::format("read error in {}: {}", what,
+                     std::ferror(f) ? std::strerror(errno) : "unexpected end of file (was it truncated while being read?)"));
 }
 
 std::string printable_excerpt(const std::string& s, size_t max_len) {

@@ -313,12 +313,6 @@ void byte_swap(void* data, size_t count, size_t width) {
     for (size_t a = 0, b = width - 1; a < b; ++a, --b) std::swap(p[a], p[b]);
 }
 
-// Closes a FILE* on scope exit.
-struct FileCloser {
-  void operator()(std::FILE* f) const { std::fclose(f); }
-};
-using FilePtr = std::unique_ptr<std::FILE, FileCloser>;
-
 }  // namespace
 
 // ---- reading -----------------------------------------------------------------------------
@@ -328,24 +322,9 @@ Tensor read_npy(const std::string& path) {
     throw Error(fmt::format("read_npy: '{}': {}", path, what));
   };
 
-  std::error_code ec;
-  if (std::filesystem::is_directory(path, ec)) fail("is a directory, not a .npy file");
-  FilePtr file(std::fopen(path.c_str(), "rb"));
-  if (!file) fail(fmt::format("cannot open: {}", std::strerror(errno)));
-  std::FILE* f = file.get();
-  if (std::fseek(f, 0, SEEK_END) != 0) fail(fmt::format("cannot seek: {}", std::strerror(errno)));
-  const long end_pos = std::ftell(f);
-  if (end_pos < 0) fail(fmt::format("cannot determine the file size: {}", std::strerror(errno)));
-  std::rewind(f);
-  const uint64_t file_size = static_cast<uint64_t>(end_pos);
-
-  // Reads exactly n bytes at the current position; `what` names them in the error.
-  auto read_exact = [&](void* dst, size_t n, const char* what) {
-    if (n == 0) return;
-    if (std::fread(dst, 1, n, f) != n)
-      fail(fmt::format("read error in the {}: {}", what,
-                       std::ferror(f) ? std::strerror(errno) : "unexpected end of file"));
-  };
+  InputFile in(path, "read_npy", "a .npy file");
+  const uint64_t file_size = in.size();
+  auto read_exact = [&in](void* dst, size_t n, const char* what) { in.read_exact(dst, n, std::string("the ") + what); };
 
   // Magic string and version.
   if (file_size < 10)

@@ -87,12 +87,6 @@ std::string sum_text(uint64_t a, uint64_t b, uint64_t c) {
   return std::to_string(a + b + c);
 }
 
-// Closes a FILE* on scope exit.
-struct FileCloser {
-  void operator()(std::FILE* f) const { std::fclose(f); }
-};
-using FilePtr = std::unique_ptr<std::FILE, FileCloser>;
-
 // Throws an Error that names the function and the file.
 struct Failer {
   const char* fn;
@@ -260,24 +254,9 @@ Entry interpret_entry(const std::string& name, const Json& info, const Failer& f
 SafetensorsFile read_safetensors(const std::string& path) {
   const Failer fail{"read_safetensors", path};
 
-  std::error_code ec;
-  if (std::filesystem::is_directory(path, ec)) fail("is a directory, not a safetensors file");
-  FilePtr file(std::fopen(path.c_str(), "rb"));
-  if (!file) fail(fmt::format("cannot open: {}", std::strerror(errno)));
-  std::FILE* f = file.get();
-  if (std::fseek(f, 0, SEEK_END) != 0) fail(fmt::format("cannot seek: {}", std::strerror(errno)));
-  const long end_pos = std::ftell(f);
-  if (end_pos < 0) fail(fmt::format("cannot determine the file size: {}", std::strerror(errno)));
-  std::rewind(f);
-  const uint64_t file_size = static_cast<uint64_t>(end_pos);
-
-  // Reads exactly n bytes at the current position; `what` names them in the error.
-  auto read_exact = [&](void* dst, size_t n, const std::string& what) {
-    if (n == 0) return;
-    if (std::fread(dst, 1, n, f) != n)
-      fail(fmt::format("read error in {}: {}", what,
-                       std::ferror(f) ? std::strerror(errno) : "unexpected end of file (was it truncated while being read?)"));
-  };
+  InputFile in(path, "read_safetensors", "a safetensors file");
+  const uint64_t file_size = in.size();
+  auto read_exact = [&in](void* dst, size_t n, const std::string& what) { in.read_exact(dst, n, what); };
 
   // The header length.
   if (file_size < 8)
