@@ -7,7 +7,7 @@ CMAKE_FLAGS ?=
 DEB_PACKAGES := build-essential cmake libeigen3-dev libopenblas-dev libfmt-dev catch2 \
                 libcli11-dev nlohmann-json3-dev libstb-dev fortunes fortunes-min
 
-.PHONY: all deps configure build test test-long run bench sanitize clean gpu-bundle
+.PHONY: all deps configure build test test-long run gradcheck bench bench-deps bench-cpu sanitize clean gpu-bundle
 
 all: build
 
@@ -37,12 +37,40 @@ test: build
 test-long: build
 	cd $(BUILD) && ctest --output-on-failure -j$(JOBS) -L long
 
-# The main job. Until the demo exists: gradcheck over every op.
+# The main job: train a standard and a rewired model of the same shape, evaluate and
+# inspect both, write runs/demo/report.html (about 5 minutes on 2 cores).
+# DEMO_FLAGS=--quick for under a minute.
+DEMO_FLAGS ?=
 run: build
+	$(BUILD)/apps/runway demo $(DEMO_FLAGS)
+
+# Every op's gradient against float64 central differences.
+gradcheck: build
 	$(BUILD)/apps/runway gradcheck
 
 bench: build
 	$(BUILD)/bench/bench_matmul 1024 20
+
+# The PyTorch twin's packages (Debian's python3-torch and numpy; only those missing,
+# needs root like `deps`). Only the benchmark needs them, not the build or the tests.
+BENCH_PACKAGES := python3-torch python3-numpy
+bench-deps:
+	@missing=""; for p in $(BENCH_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "make bench-deps: installing$$missing"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "make bench-deps: need root to apt-get install$$missing" >&2; exit 1; fi; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; \
+	else echo "make bench-deps: all packages present"; fi
+
+# CPU training speed, runway vs PyTorch side by side (A B A B, 2 threads each); prints
+# the equivalence check, the sgemm peak and the table of docs/performance.md.
+BENCH_ROUNDS ?= 3
+bench-cpu: build bench-deps
+	/usr/bin/python3 bench/bench_cpu.py --engine $(BUILD)/bench/bench_train --rounds $(BENCH_ROUNDS) \
+	  --json $(BUILD)/bench_cpu.json
 
 # The test suite under AddressSanitizer + UndefinedBehaviorSanitizer (CPU only).
 sanitize: deps
@@ -56,7 +84,7 @@ sanitize: deps
 # libstdc++/libgcc_s, the driver's libcuda, and CUDA 13's libcudart/libcublas(Lt)
 # (over 500 MiB; the GPU machine's CUDA toolkit or PyTorch provides them, and
 # scripts/gpu-check.sh finds them). Run there: scripts/gpu-check.sh OUTDIR.
-BUNDLE_TARGETS := test_cuda_backend test_cuda_parity runway
+BUNDLE_TARGETS := test_cuda_backend test_cuda_parity test_cuda_model runway
 BUNDLE_SKIP_LIBS := linux-vdso ld-linux libc.so libm.so libdl.so libpthread.so librt.so \
                     libstdc++.so libgcc_s.so libcuda.so libcudart.so libcublas.so libcublasLt.so
 
@@ -66,9 +94,10 @@ gpu-bundle: deps
 	  '-DCMAKE_BUILD_RPATH=$$ORIGIN' -DCMAKE_EXE_LINKER_FLAGS=-Wl,--disable-new-dtags $(CMAKE_FLAGS)
 	cmake --build build-bundle -j$(JOBS) --target $(BUNDLE_TARGETS)
 	rm -rf bundle && mkdir -p bundle
-	cp build-bundle/cuda/test_cuda_backend build-bundle/cuda/test_cuda_parity build-bundle/apps/runway bundle/
+	cp build-bundle/cuda/test_cuda_backend build-bundle/cuda/test_cuda_parity build-bundle/cuda/test_cuda_model \
+	  build-bundle/apps/runway bundle/
 	@set -e; cd bundle; \
-	for lib in $$(ldd test_cuda_backend test_cuda_parity runway | awk '$$2 == "=>" && $$3 ~ /^\// {print $$3}' | sort -u); do \
+	for lib in $$(ldd test_cuda_backend test_cuda_parity test_cuda_model runway | awk '$$2 == "=>" && $$3 ~ /^\// {print $$3}' | sort -u); do \
 	  skip=0; for s in $(BUNDLE_SKIP_LIBS); do case "$$(basename $$lib)" in $$s*) skip=1;; esac; done; \
 	  if [ $$skip = 0 ]; then echo "gpu-bundle: + $$lib"; cp -L "$$lib" .; fi; \
 	done; \
@@ -76,8 +105,8 @@ gpu-bundle: deps
 	  echo "commit: $$(git -C .. rev-parse HEAD 2>/dev/null)$$(git -C .. diff --quiet HEAD 2>/dev/null || echo ' (with local changes)')"; \
 	  echo "built: $$(date -u +%Y-%m-%dT%H:%M:%SZ) on $$(. /etc/os-release && echo $$PRETTY_NAME), $$(nvcc --version 2>/dev/null | tail -1)"; \
 	  echo "flags: Release, CUDA arch 90, -march=x86-64-v3"; \
-	  for f in test_cuda_backend test_cuda_parity runway; do echo "== ldd $$f"; ldd $$f; done; } > MANIFEST.txt; \
-	if ldd test_cuda_backend test_cuda_parity runway | grep -v 'libcud\|libcublas' | grep -q 'not found'; then \
+	  for f in test_cuda_backend test_cuda_parity test_cuda_model runway; do echo "== ldd $$f"; ldd $$f; done; } > MANIFEST.txt; \
+	if ldd test_cuda_backend test_cuda_parity test_cuda_model runway | grep -v 'libcud\|libcublas' | grep -q 'not found'; then \
 	  echo "gpu-bundle: a library is not found from bundle/:" >&2; ldd runway >&2; exit 1; fi; \
 	echo "gpu-bundle: $$(du -sh . | cut -f1) in bundle/ ($$(ls | wc -l) files)"; du -b * | sort -n | sed 's/^/  /'
 

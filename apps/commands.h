@@ -22,4 +22,12 @@ void add_eval_command(CLI::App& app, int* exit_code);
 // Adds `runway generate`: prompted sampling with a KV cache.
 void add_generate_command(CLI::App& app, int* exit_code);
 
+// Adds `runway inspect`: attention heatmaps, runway-cascade diagnostics, index.html.
+void add_inspect_command(CLI::App& app, int* exit_code);
+
+// Adds `runway demo` (standard vs rewired, trained, evaluated, inspected, one report)
+// and `runway compare` (the same for any configs and seeds).
+void add_demo_command(CLI::App& app, int* exit_code);
+void add_compare_command(CLI::App& app, int* exit_code);
+
 }  // namespace runway::apps

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "apps/commands.h"
+#include "apps/device_option.h"
 #include "nn/data.h"
 #include "nn/eval.h"
 #include "nn/train.h"
@@ -37,6 +38,7 @@ struct EvalArgs {
   int64_t recall_trials = 32;            // 0 skips recall
   uint64_t seed = 1;
   std::string data;                      // empty: the checkpoint's corpus
+  std::string device = "cpu";
 };
 
 // "128 (2L)" when the length is a multiple of L, else "100".
@@ -61,9 +63,10 @@ int run_eval(const EvalArgs& args) {
   if (args.recall_trials < 0) throw Error(fmt::format("--recall-trials must be >= 0 (0: skip), got {}", args.recall_trials));
   if (args.recall_pairs < 0 || args.recall_queries < 0)
     throw Error("--recall-pairs and --recall-queries must be >= 1 (or 0 for the default size)");
+  const Device device = device_from_option(args.device);
 
   nn::TrainConfig config;
-  std::unique_ptr<nn::GPT> model = nn::load_model(args.checkpoint, &config);
+  std::unique_ptr<nn::GPT> model = nn::load_model(args.checkpoint, device, &config);
   const nn::GPTConfig& m = config.model;
   const int64_t L = m.seq_len;
   // The recall size, checked before any work.
@@ -81,7 +84,8 @@ int run_eval(const EvalArgs& args) {
 
   const std::string data_path = args.data.empty() ? config.data : args.data;
   const std::vector<uint8_t> val = nn::load_corpus(data_path, config.val_fraction).val;
-  fmt::print("data: {} (validation split, fraction {}: {} bytes)\n", data_path, config.val_fraction, val.size());
+  fmt::print("data: {} (validation split, fraction {}: {} bytes); device: {}\n", data_path, config.val_fraction,
+             val.size(), nn::describe_device(device));
 
   nlohmann::json out;
   out["checkpoint"] = args.checkpoint;
@@ -91,6 +95,7 @@ int run_eval(const EvalArgs& args) {
   out["val_fraction"] = config.val_fraction;
   out["val_bytes"] = val.size();
   out["seed"] = args.seed;
+  out["device"] = device_name(device);
 
   // ---- bits per byte ---------------------------------------------------------------------
   const std::vector<int64_t> lengths = args.lengths.empty() ? std::vector<int64_t>{L, 2 * L, 4 * L, 8 * L} : args.lengths;
@@ -202,6 +207,7 @@ void add_eval_command(CLI::App& app, int* exit_code) {
   cmd->add_option("--recall-trials", args->recall_trials, "Recall examples (0: skip)")->capture_default_str();
   cmd->add_option("--seed", args->seed, "Seed of the passkey keys and recall examples")->capture_default_str();
   cmd->add_option("--data", args->data, "Text file or folder to take the validation split from (default: the checkpoint's)");
+  add_device_option(cmd, &args->device);
   cmd->callback([args, exit_code] {
     try {
       *exit_code = run_eval(*args);

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include "apps/commands.h"
+#include "apps/device_option.h"
 #include "nn/decode.h"
 #include "nn/train.h"
 
@@ -15,6 +16,7 @@ struct GenerateArgs {
   double temperature = 0.8;
   int64_t top_k = 40;
   uint64_t seed = 1;
+  std::string device = "cpu";
 };
 }  // namespace
 
@@ -27,9 +29,11 @@ void add_generate_command(CLI::App& app, int* exit_code) {
   cmd->add_option("--temperature", args->temperature, "Sampling temperature; 0 is greedy")->capture_default_str()->check(CLI::NonNegativeNumber);
   cmd->add_option("--top-k", args->top_k, "Sample among the k most likely bytes; 0 for all")->capture_default_str()->check(CLI::NonNegativeNumber);
   cmd->add_option("--seed", args->seed, "Sampling seed")->capture_default_str();
+  add_device_option(cmd, &args->device);
   cmd->callback([args, exit_code] {
+    const Device device = device_from_option(args->device);
     nn::TrainConfig config;
-    auto model = nn::load_model(args->checkpoint, &config);
+    auto model = nn::load_model(args->checkpoint, device, &config);
     Generator gen(args->seed);
     const std::string text = nn::generate(*model, args->prompt, args->tokens, {args->temperature, args->top_k}, gen);
     fmt::print("{}{}\n", args->prompt, text);

@@ -19,6 +19,9 @@ int main(int argc, char** argv) {
   runway::apps::add_train_command(app, &exit_code);
   runway::apps::add_eval_command(app, &exit_code);
   runway::apps::add_generate_command(app, &exit_code);
+  runway::apps::add_inspect_command(app, &exit_code);
+  runway::apps::add_demo_command(app, &exit_code);
+  runway::apps::add_compare_command(app, &exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

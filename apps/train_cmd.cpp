@@ -10,6 +10,8 @@
 #include <sstream>
 
 #include "apps/commands.h"
+#include "apps/device_option.h"
+#include "nn/device.h"
 #include "nn/train.h"
 
 namespace runway::apps {
@@ -26,6 +28,7 @@ std::string duration(double seconds) {
 
 struct TrainArgs {
   std::string out, config_file;
+  std::string device = "cpu";  // a property of this run, not of the config or checkpoint
   bool resume = false;
   // The flags given on the command line, as TrainConfig JSON keys: they override
   // the config file.
@@ -33,6 +36,7 @@ struct TrainArgs {
 };
 
 int run_train(const TrainArgs& args) {
+  const Device device = device_from_option(args.device);
   nn::TrainConfig config;
   if (!args.config_file.empty()) {
     std::ifstream in(args.config_file);
@@ -55,7 +59,7 @@ int run_train(const TrainArgs& args) {
       if (key != "steps") fmt::print(stderr, "runway train: --resume uses the saved config; ignoring --{}\n", key);
     if (given.contains("steps")) steps_override = given["steps"].get<int64_t>();
   }
-  nn::Trainer trainer(config, args.out, args.resume, steps_override);
+  nn::Trainer trainer(config, args.out, args.resume, steps_override, device);
   const nn::TrainConfig& c = trainer.config();
   fmt::print("runway train: {} attention{}, {} layers, {} heads, width {}, T={}, pos {}\n",
              c.model.rewired ? "rewired" : "standard",
@@ -64,6 +68,7 @@ int run_train(const TrainArgs& args) {
                              : "",
              c.model.n_layer, c.model.n_head, c.model.n_embd, c.model.seq_len, nn::position_encoding_name(c.model.pos));
   fmt::print("parameters: {}\n", trainer.model().parameter_count());
+  fmt::print("device: {}\n", nn::describe_device(device));
   fmt::print("data: {}; {} steps of {} x {} x {} bytes{}\n", c.data, c.steps, c.batch_size, c.grad_accum, c.model.seq_len,
              args.resume ? fmt::format(", resuming at step {}", trainer.step()) : "");
   std::fflush(stdout);
@@ -93,6 +98,7 @@ void add_train_command(CLI::App& app, int* exit_code) {
   cmd->add_option("--out", args->out, "Output folder for checkpoints and metrics")->required();
   cmd->add_option("--config", args->config_file, "JSON file of settings (keys as the flags, with underscores)");
   cmd->add_flag("--resume", args->resume, "Continue from the checkpoint in --out (its config is used; --steps may extend it)");
+  add_device_option(cmd, &args->device);
   // Every TrainConfig key is a flag: --n-layer for n_layer, and so on.
   const nn::TrainConfig default_config;
   const nlohmann::json defaults = default_config.to_json();

@@ -3,6 +3,7 @@
 // Usage: bench_matmul [N=1024] [repeats=20]
 #include <cblas.h>
 #include <fmt/format.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <chrono>
@@ -43,10 +44,14 @@ int main(int argc, char** argv) {
   double engine = 1e30, direct = 1e30;
   for (int round = 0; round < 3; ++round) {
     engine = std::min(engine, best_seconds(repeats, [&] { runway::matmul(a, b); }));
+    // The engine keeps OpenBLAS single-threaded and splits gemms over OpenMP threads
+    // itself; the direct call gets OpenBLAS's own threads, as many.
+    openblas_set_num_threads(omp_get_max_threads());
     direct = std::min(direct, best_seconds(repeats, [&] {
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data<float>(), n,
                   b.data<float>(), n, 0.0f, c.data(), n);
     }));
+    openblas_set_num_threads(1);
   }
   fmt::print("float32 matmul {}x{}x{} (best of {} x 3 rounds)\n", n, n, n, repeats);
   fmt::print("  engine (runway::matmul): {:8.2f} ms  {:7.1f} GFLOP/s\n", engine * 1e3, flops / engine / 1e9);

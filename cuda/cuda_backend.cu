@@ -554,6 +554,24 @@ void CudaBackend::cross_entropy_backward(DType dt, const void* logits, const int
 //     absorption: dP[k,j] = sum_{i>k} dR[i,j] (j < k);  two_hop: dP = L(dR L(P)^T + L(P)^T dR)
 //     dS_r += P * (dP - rowsum(dP P))
 //   dQ = scale * dS K;  dK = scale * dS^T Q
+//
+// Memory: this materialises the (B, H, T, T) logits/attention in `attn` (saved for the
+// backward, which also takes a (B, H, T, T) scratch for dS), i.e. O(B H T^2) floats
+// each: 2 GiB at B=8, H=16, T=2048 in float32. That is the simple, exact reference for
+// the lengths this project trains at (T <= 1024). Where a flash-style kernel would
+// change it:
+//   * standard heads: one kernel per (b, h, query tile) streams K/V tiles through shared
+//     memory with an online softmax (running max and sum per row); nothing (T, T) is
+//     stored, only the row log-sum-exp (B, H, T); the backward recomputes A' tile by
+//     tile from q, k and the lse. The Backend interface would then save lse instead of
+//     `attn` (engine/backend.h attention_forward/backward, engine/attention.cpp).
+//   * rewired: R couples rows (absorption is a column prefix sum of P over earlier rows;
+//     two_hop is L(P) L(P)), so P and R (B, T, T) stay materialised, which is 1/H of the
+//     current memory: a first pass computes the runway head's P and R as now, then the
+//     flash kernel adds -beta R[i, j] to each logit tile of every head. In the backward,
+//     dR = -beta sum_h dS'_h is a (B, T, T) accumulation across heads (per-tile
+//     partial sums, or atomics), after which the runway-head path below is unchanged.
+//   * decoding (nn/decode.cpp) is unaffected: it already works one row at a time.
 
 namespace {
 

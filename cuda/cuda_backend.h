@@ -36,7 +36,10 @@ class CudaBackend : public Backend {
   CudaBackend& operator=(const CudaBackend&) = delete;
 
   Device device() const override { return Device::CUDA; }
-  std::string name() const override { return "cuda"; }
+  // "cuda (NVIDIA H200 (sm_90), device 0)": what `runway train --device cuda` logs.
+  std::string name() const override {
+    return "cuda (" + device_description_ + ", device " + std::to_string(device_index_) + ")";
+  }
 
   // ---- memory ---------------------------------------------------------------
   void* allocate(size_t nbytes) override;

@@ -56,6 +56,16 @@ Tensor rewired_attention(const Tensor& q, const Tensor& k, const Tensor& v,
                          const RunwayOptions& options, RewiredIntermediates* inspect = nullptr,
                          const std::vector<double>& alibi = {});
 
+// Causal self-attention straight from a packed projection: qkv (B, T, 3C) holds q, k, v
+// side by side (C = heads * D each, head-major inside). RoPE with `rope_base` is applied
+// to q and k (rope_base 0: none); standard attention, or rewired with `options` when
+// `rewired`. Returns (B, T, C), the heads side by side. The same values as splitting,
+// rope(), attention() / rewired_attention() and merging the heads, in one op: its
+// backward writes the packed gradient directly, instead of the split's zero-padded
+// gradients and the permute copies on the way.
+Tensor qkv_attention(const Tensor& qkv, int64_t heads, double rope_base, bool rewired,
+                     const RunwayOptions& options, const std::vector<double>& alibi = {});
+
 // The same computations from primitive ops (matmul, causal_mask, softmax, cumsum, ...),
 // their gradients coming from the tape. Used to check the fused ops a second way.
 Tensor attention_composite(const Tensor& q, const Tensor& k, const Tensor& v,

@@ -3,6 +3,7 @@
 // double through the dispatch helper below.
 #include <cblas.h>
 #include <fmt/format.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -12,6 +13,8 @@
 #include <mutex>
 #include <unordered_map>
 #include <vector>
+
+#include <Eigen/Core>
 
 #include "engine/backend.h"
 #include "engine/cpu_attention.h"
@@ -115,8 +118,75 @@ void for_each_run(const BroadcastPlan& plan, Body&& body) {
   }
 }
 
+// One row-major gemm through OpenBLAS in the calling thread.
+template <typename T>
+void blas_gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alpha, const T* a, int64_t lda,
+               const T* b, int64_t ldb, double beta, T* c, int64_t ldc) {
+  const auto opa = ta ? CblasTrans : CblasNoTrans, opb = tb ? CblasTrans : CblasNoTrans;
+  if constexpr (std::is_same_v<T, float>)
+    cblas_sgemm(CblasRowMajor, opa, opb, m, n, k, static_cast<float>(alpha), a, lda, b, ldb,
+                static_cast<float>(beta), c, ldc);
+  else
+    cblas_dgemm(CblasRowMajor, opa, opb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+// y[i] = f(x[i]), split over threads for large n. f is a lambda per op so that the
+// loop body has no switch and vectorises.
+template <typename T, typename F>
+void map_unary(const T* in, T* out, int64_t n, F f) {
+#pragma omp parallel for if (n > 1 << 15) schedule(static)
+  for (int64_t i = 0; i < n; ++i) out[i] = f(in[i]);
+}
+
+template <typename T, typename F>
+void map_binary(const BroadcastPlan& plan, const void* a, const void* b, void* out, F f) {
+  const T* pa = static_cast<const T*>(a);
+  const T* pb = static_cast<const T*>(b);
+  T* po = static_cast<T*>(out);
+  for_each_run(plan, [&](int64_t o, int64_t ao, int64_t bo, int64_t n, int64_t as, int64_t bs) {
+    if (as == 1 && bs == 1) {
+      for (int64_t i = 0; i < n; ++i) po[o + i] = f(pa[ao + i], pb[bo + i]);
+    } else if (as == 1 && bs == 0) {
+      const T bv = pb[bo];
+      for (int64_t i = 0; i < n; ++i) po[o + i] = f(pa[ao + i], bv);
+    } else {
+      for (int64_t i = 0; i < n; ++i) po[o + i] = f(pa[ao + i * as], pb[bo + i * bs]);
+    }
+  });
+}
+
+// float32 GELU (tanh form) or its derivative over n values, in blocks through Eigen
+// arrays, whose float exp is vectorised (libm's scalar tanhf made GELU the largest
+// elementwise cost of a training step). With s = sigmoid(2u) = (1 + tanh u) / 2:
+//   gelu(x) = x s,   gelu'(x) = s + 2 x s (1 - s) c (1 + 3k x^2)
+// which keeps full relative precision in the left tail, where 1 + tanh(u) cancels.
+void gelu_float(bool derivative, const float* in, float* out, int64_t n) {
+  using Arr = Eigen::Array<float, Eigen::Dynamic, 1>;
+  using CMap = Eigen::Map<const Arr>;
+  using OMap = Eigen::Map<Arr>;
+  constexpr int64_t kBlock = 1024;
+  const int64_t blocks = (n + kBlock - 1) / kBlock;
+  const float c = static_cast<float>(kSqrt2OverPi), k = static_cast<float>(kGeluCoeff);
+#pragma omp parallel for if (n > 1 << 14) schedule(static)
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const int64_t begin = blk * kBlock, len = std::min(kBlock, n - begin);
+    CMap x(in + begin, len);
+    OMap y(out + begin, len);
+    const Arr x2 = x.square();
+    const Arr sig = 1.0f / (1.0f + (-2.0f * c * x * (1.0f + k * x2)).exp());
+    if (!derivative) {
+      y = x * sig;
+    } else {
+      y = sig + 2.0f * x * sig * (1.0f - sig) * (c * (1.0f + 3.0f * k * x2));
+    }
+  }
+}
+
 class CpuBackend final : public Backend {
-  static constexpr size_t kCachedMin = size_t(1) << 20;   // cache blocks of 1 MiB and more
+  // Cache blocks of 64 KiB and more: glibc serves blocks from 128 KiB up with mmap, so
+  // without the cache every parameter-sized gradient (128 KiB - 1 MiB in a small model)
+  // was page-faulted and zeroed afresh each step.
+  static constexpr size_t kCachedMin = size_t(64) << 10;
   static constexpr size_t kCacheLimit = size_t(2) << 30;  // hold at most 2 GiB of free blocks
   std::mutex cache_mutex_;
   std::unordered_map<size_t, std::vector<void*>> free_blocks_;
@@ -132,6 +202,8 @@ class CpuBackend final : public Backend {
   }
 
  public:
+  // The engine threads gemm itself (see gemm below): OpenBLAS stays in the calling thread.
+  CpuBackend() { openblas_set_num_threads(1); }
   ~CpuBackend() override { release_cache(); }
   Device device() const override { return Device::CPU; }
   std::string name() const override { return "cpu (OpenBLAS)"; }
@@ -226,8 +298,21 @@ class CpuBackend final : public Backend {
       const T* in = static_cast<const T*>(x);
       T* out = static_cast<T*>(y);
       const T p = static_cast<T>(param);
-#pragma omp parallel for if (n > 1 << 16) schedule(static)
-      for (int64_t i = 0; i < n; ++i) out[i] = apply_unary<T>(op, in[i], p);
+      if constexpr (std::is_same_v<T, float>) {
+        // GELU and its derivative dominate the MLP's elementwise time: vectorised tanh.
+        if (op == UnaryOp::Gelu || op == UnaryOp::GeluGrad) {
+          gelu_float(op == UnaryOp::GeluGrad, in, out, n);
+          return;
+        }
+      }
+      // The switch is hoisted out of the loop (one loop per op) so each loop vectorises.
+      switch (op) {
+        case UnaryOp::Neg: return map_unary(in, out, n, [](T v) { return -v; });
+        case UnaryOp::AddScalar: return map_unary(in, out, n, [p](T v) { return v + p; });
+        case UnaryOp::MulScalar: return map_unary(in, out, n, [p](T v) { return v * p; });
+        case UnaryOp::Relu: return map_unary(in, out, n, [](T v) { return v > T(0) ? v : T(0); });
+        default: return map_unary(in, out, n, [op, p](T v) { return apply_unary<T>(op, v, p); });
+      }
     });
   }
 
@@ -235,37 +320,59 @@ class CpuBackend final : public Backend {
               void* out) override {
     dispatch_float(dt, "binary", [&](auto t) {
       using T = decltype(t);
-      const T* pa = static_cast<const T*>(a);
-      const T* pb = static_cast<const T*>(b);
-      T* po = static_cast<T*>(out);
-      for_each_run(plan, [&](int64_t o, int64_t ao, int64_t bo, int64_t n, int64_t as, int64_t bs) {
-        if (as == 1 && bs == 1) {
-          for (int64_t i = 0; i < n; ++i) po[o + i] = apply_binary<T>(op, pa[ao + i], pb[bo + i]);
-        } else {
-          for (int64_t i = 0; i < n; ++i)
-            po[o + i] = apply_binary<T>(op, pa[ao + i * as], pb[bo + i * bs]);
-        }
-      });
+      switch (op) {
+        case BinaryOp::Add: return map_binary<T>(plan, a, b, out, [](T u, T v) { return u + v; });
+        case BinaryOp::Sub: return map_binary<T>(plan, a, b, out, [](T u, T v) { return u - v; });
+        case BinaryOp::Mul: return map_binary<T>(plan, a, b, out, [](T u, T v) { return u * v; });
+        case BinaryOp::Div: return map_binary<T>(plan, a, b, out, [](T u, T v) { return u / v; });
+        default: return map_binary<T>(plan, a, b, out, [op](T u, T v) { return apply_binary<T>(op, u, v); });
+      }
     });
   }
 
+  // OpenBLAS runs single-threaded (see the constructor); this splits each product over
+  // the OpenMP threads itself: batch items when there are enough of them, else the rows
+  // of C (or its columns when C is wide and short), one single-threaded sgemm per part.
+  // One thread pool for the whole engine: OpenBLAS's own pool spins (sched_yield)
+  // between calls and fought the OpenMP threads of the elementwise kernels for the two
+  // cores; single-threaded OpenBLAS can also be called inside OpenMP regions.
   void gemm(DType dt, const GemmArgs& g, const void* a, const void* b, void* c) override {
-    const auto ta = g.trans_a ? CblasTrans : CblasNoTrans;
-    const auto tb = g.trans_b ? CblasTrans : CblasNoTrans;
     if (g.m == 0 || g.n == 0) return;
     dispatch_float(dt, "gemm", [&](auto t) {
       using T = decltype(t);
       const T* pa = static_cast<const T*>(a);
       const T* pb = static_cast<const T*>(b);
       T* pc = static_cast<T*>(c);
-      for (int64_t i = 0; i < g.batch; ++i) {
-        if constexpr (std::is_same_v<T, float>) {
-          cblas_sgemm(CblasRowMajor, ta, tb, g.m, g.n, g.k, static_cast<float>(g.alpha),
-                      pa + i * g.stride_a, g.lda, pb + i * g.stride_b, g.ldb,
-                      static_cast<float>(g.beta), pc + i * g.stride_c, g.ldc);
-        } else {
-          cblas_dgemm(CblasRowMajor, ta, tb, g.m, g.n, g.k, g.alpha, pa + i * g.stride_a, g.lda,
-                      pb + i * g.stride_b, g.ldb, g.beta, pc + i * g.stride_c, g.ldc);
+      // C[r0:r1, c0:c1] of batch item i.
+      auto part = [&](int64_t i, int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
+        const T* ai = pa + i * g.stride_a + (g.trans_a ? r0 : r0 * g.lda);
+        const T* bi = pb + i * g.stride_b + (g.trans_b ? c0 * g.ldb : c0);
+        T* ci = pc + i * g.stride_c + r0 * g.ldc + c0;
+        blas_gemm<T>(g.trans_a, g.trans_b, r1 - r0, c1 - c0, g.k, g.alpha, ai, g.lda, bi, g.ldb, g.beta, ci, g.ldc);
+      };
+      const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+      const double work = static_cast<double>(g.m) * static_cast<double>(g.n) * static_cast<double>(std::max<int64_t>(g.k, 1));
+      if (threads == 1 || work * static_cast<double>(g.batch) < 1 << 18) {
+        for (int64_t i = 0; i < g.batch; ++i) part(i, 0, g.m, 0, g.n);
+      } else if (g.batch >= threads) {
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < g.batch; ++i) part(i, 0, g.m, 0, g.n);
+      } else {
+        // Split the longer side of C into `threads` parts (rows in multiples of 16,
+        // columns of 64, so the kernels' register blocks stay whole).
+        const bool by_rows = g.m >= g.n;
+        const int64_t len = by_rows ? g.m : g.n, align = by_rows ? 16 : 64;
+        for (int64_t i = 0; i < g.batch; ++i) {
+#pragma omp parallel num_threads(threads)
+          {
+            const int64_t tid = omp_get_thread_num(), nt = omp_get_num_threads();
+            auto cut = [&](int64_t k) { return k == nt ? len : std::min(len, (len * k / nt + align / 2) / align * align); };
+            const int64_t lo = cut(tid), hi = cut(tid + 1);
+            if (hi > lo) {
+              if (by_rows) part(i, lo, hi, 0, g.n);
+              else part(i, 0, g.m, lo, hi);
+            }
+          }
         }
       }
     });
@@ -406,12 +513,10 @@ class CpuBackend final : public Backend {
 #pragma omp parallel for if (rows * cols > 1 << 14) schedule(static)
       for (int64_t r = 0; r < rows; ++r) {
         const T* xr = px + r * cols;
-        T m = 0;
-        for (int64_t c = 0; c < cols; ++c) m += xr[c];
-        m /= static_cast<T>(cols);
-        T v = 0;
-        for (int64_t c = 0; c < cols; ++c) v += (xr[c] - m) * (xr[c] - m);
-        v /= static_cast<T>(cols);
+        // Eigen's reductions vectorise (a plain `m += x[c]` loop is one serial chain).
+        const Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>> xa(xr, cols);
+        const T m = xa.sum() / static_cast<T>(cols);
+        const T v = (xa - m).square().sum() / static_cast<T>(cols);
         const T rs = T(1) / std::sqrt(v + static_cast<T>(eps));
         for (int64_t c = 0; c < cols; ++c) py[r * cols + c] = (xr[c] - m) * rs * w[c] + bb[c];
         pm[r] = m;
@@ -433,28 +538,45 @@ class CpuBackend final : public Backend {
       T* pdx = static_cast<T*>(dx);
       T* pdw = static_cast<T*>(dweight);
       T* pdb = static_cast<T*>(dbias);
-      for (int64_t r = 0; r < rows; ++r) {
-        const T* g = pdy + r * cols;
-        const T* xr = px + r * cols;
-        const T m = pm[r], rs = pr[r];
-        // xhat = (x - mean) * rstd; dxhat = dy * w;
-        // dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
-        T mean_dxhat = 0, mean_dxhat_xhat = 0;
-        for (int64_t c = 0; c < cols; ++c) {
-          const T xhat = (xr[c] - m) * rs;
-          const T dxhat = g[c] * w[c];
-          mean_dxhat += dxhat;
-          mean_dxhat_xhat += dxhat * xhat;
-          pdw[c] += g[c] * xhat;
-          pdb[c] += g[c];
-        }
-        mean_dxhat /= static_cast<T>(cols);
-        mean_dxhat_xhat /= static_cast<T>(cols);
-        for (int64_t c = 0; c < cols; ++c) {
-          const T xhat = (xr[c] - m) * rs;
-          pdx[r * cols + c] = rs * (g[c] * w[c] - mean_dxhat - xhat * mean_dxhat_xhat);
+      // Rows are split over threads; each thread sums its rows' dweight and dbias
+      // contributions into its own partial (no races), and the partials are added in
+      // thread order at the end (deterministic for a given thread count).
+      const int threads = rows * cols > (1 << 14) ? omp_get_max_threads() : 1;
+      std::vector<T> partial(static_cast<size_t>(threads) * 2 * cols, T(0));
+#pragma omp parallel num_threads(threads)
+      {
+        const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+        T* tdw = partial.data() + static_cast<size_t>(tid) * 2 * cols;
+        T* tdb = tdw + cols;
+        const int64_t begin = rows * tid / nt, end = rows * (tid + 1) / nt;
+        for (int64_t r = begin; r < end; ++r) {
+          const T* g = pdy + r * cols;
+          const T* xr = px + r * cols;
+          const T m = pm[r], rs = pr[r];
+          // xhat = (x - mean) * rstd; dxhat = dy * w;
+          // dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+          T mean_dxhat = 0, mean_dxhat_xhat = 0;
+          for (int64_t c = 0; c < cols; ++c) {
+            const T xhat = (xr[c] - m) * rs;
+            const T dxhat = g[c] * w[c];
+            mean_dxhat += dxhat;
+            mean_dxhat_xhat += dxhat * xhat;
+            tdw[c] += g[c] * xhat;
+            tdb[c] += g[c];
+          }
+          mean_dxhat /= static_cast<T>(cols);
+          mean_dxhat_xhat /= static_cast<T>(cols);
+          for (int64_t c = 0; c < cols; ++c) {
+            const T xhat = (xr[c] - m) * rs;
+            pdx[r * cols + c] = rs * (g[c] * w[c] - mean_dxhat - xhat * mean_dxhat_xhat);
+          }
         }
       }
+      for (int t = 0; t < threads; ++t)
+        for (int64_t c = 0; c < cols; ++c) {
+          pdw[c] += partial[static_cast<size_t>(t) * 2 * cols + c];
+          pdb[c] += partial[static_cast<size_t>(t) * 2 * cols + cols + c];
+        }
     });
   }
 
@@ -489,11 +611,15 @@ class CpuBackend final : public Backend {
 #pragma omp parallel for if (rows * cols > 1 << 14) schedule(static)
       for (int64_t r = 0; r < rows; ++r) {
         const T* row = pl + r * cols;
-        T m = -std::numeric_limits<T>::infinity();
-        for (int64_t c = 0; c < cols; ++c) m = std::max(m, row[c]);
-        T total = 0;
-        for (int64_t c = 0; c < cols; ++c) total += std::exp(row[c] - m);
-        const T l = m + std::log(total);
+        if (cols == 0) {  // no classes: only ignored targets can pass the op's checks
+          plse[r] = -std::numeric_limits<T>::infinity();
+          ploss[r] = T(0);
+          continue;
+        }
+        // Eigen arrays: vectorised max, exp and sum over the row.
+        const Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>> ra(row, cols);
+        const T m = ra.maxCoeff();
+        const T l = m + std::log((ra - m).exp().sum());
         plse[r] = l;
         ploss[r] = targets[r] == ignore_index ? T(0) : l - row[targets[r]];
       }
@@ -516,7 +642,8 @@ class CpuBackend final : public Backend {
           std::fill_n(d, cols, T(0));
           continue;
         }
-        for (int64_t c = 0; c < cols; ++c) d[c] = s * std::exp(pl[r * cols + c] - plse[r]);
+        Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>(d, cols) =
+            s * (Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(pl + r * cols, cols) - plse[r]).exp();
         d[targets[r]] -= s;
       }
     });

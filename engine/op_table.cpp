@@ -333,6 +333,30 @@ std::vector<OpEntry> build_table() {
                     }
                     return out;
                   }, true));
+  add_entry(entry("qkv_attention", "attention from the packed (B,T,3C) projection: rope, standard/rewired, merged heads",
+                  [](const std::vector<Tensor>& x) { return qkv_attention(x[0], 2, 10000.0, false, RunwayOptions{}); }, [] {
+                    RunwayOptions two_hop;
+                    two_hop.summary = RunwaySummary::TwoHop;
+                    two_hop.runway_head = 1;
+                    return Samples{
+                        {"standard rope B=2 T=5 H=2 D=2", {rnd({2, 5, 12}, 91, -1.5, 1.5)}},
+                        {"standard no rope, alibi B=1 T=4 H=3 D=2", {rnd({1, 4, 18}, 92, -1.5, 1.5)}, {},
+                         [](const std::vector<Tensor>& x) { return qkv_attention(x[0], 3, 0.0, false, RunwayOptions{}, alibi_slopes(3)); }},
+                        {"rewired absorption rope B=2 T=6 H=2 D=4", {rnd({2, 6, 24}, 93, -1.5, 1.5)}, {},
+                         [](const std::vector<Tensor>& x) { return qkv_attention(x[0], 2, 10000.0, true, RunwayOptions{}); }},
+                        {"rewired two_hop head 1 rope B=1 T=6 H=2 D=2", {rnd({1, 6, 12}, 94, -1.5, 1.5)}, {},
+                         [two_hop](const std::vector<Tensor>& x) { return qkv_attention(x[0], 2, 10.0, true, two_hop); }},
+                    };
+                  }));
+  add_entry(entry("linear", "x @ W + b in one op (gemm with the bias as start value)",
+                  [](const std::vector<Tensor>& x) { return linear(x[0], x[1], x[2]); }, [] {
+                    return Samples{
+                        {"(3,4) W(4,5) b(5)", {rnd({3, 4}, 95), rnd({4, 5}, 96), rnd({5}, 97)}},
+                        {"(2,3,4) W(4,2) b(2)", {rnd({2, 3, 4}, 98), rnd({4, 2}, 99), rnd({2}, 100)}},
+                        {"(2,3,4) W^T view, no bias", {rnd({2, 3, 4}, 101), rnd({5, 4}, 102)}, {},
+                         [](const std::vector<Tensor>& x) { return linear(x[0], transpose(x[1], 0, 1), Tensor()); }},
+                    };
+                  }));
   add_entry(entry("rope", "rotary position embedding (rotate-half), offsets and bases",
                   [](const std::vector<Tensor>& x) { return add(rope(x[0]), rope(x[0], 10.0, 3)); },
                   [] { return Samples{{"(2,3,5,4)", {rnd({2, 3, 5, 4}, 620)}, {}, {}}, {"(4,2)", {rnd({4, 2}, 621)}, {}, {}}}; }));

@@ -398,10 +398,109 @@ Tensor matmul_raw(const Tensor& a, const Tensor& b) {
 static const OpName kMatmul = declare_op("matmul");
 Tensor matmul(const Tensor& a, const Tensor& b) {
   Tensor out = matmul_raw(a, b);
-  // dA = dC B^T, dB = A^T dC (summed over broadcast batch dims by the engine)
-  return record(kMatmul, out, {a, b}, [a = a.detach(), b = b.detach()](const Tensor& g) -> Grads {
-    return {matmul_raw(g, transpose(b, -1, -2)), matmul_raw(transpose(a, -1, -2), g)};
-  });
+  // dA = dC B^T, dB = A^T dC (summed over broadcast batch dims by the engine).
+  // A 2-D B shared by a batched, row-major A (x @ W, logits = h @ wte^T): dB is one
+  // gemm over all rows, (K, rows) @ (rows, N), instead of a (batch, K, N) product that
+  // the engine would then sum over the batch.
+  return record(kMatmul, out, {a, b},
+                [a = a.detach(), b = b.detach(), a_grad = a.requires_grad(),
+                 b_grad = b.requires_grad()](const Tensor& g) -> Grads {
+                  Tensor da = a_grad ? matmul_raw(g, transpose(b, -1, -2)) : Tensor();
+                  if (!b_grad) return {da, Tensor()};
+                  if (b.dim() == 2 && a.dim() > 2 && a.is_contiguous()) {
+                    const int64_t k = a.size(-1), n = g.size(-1);
+                    Tensor a2 = reshape(a, {a.numel() / k, k}), g2 = reshape(g.contiguous(), {g.numel() / n, n});
+                    return {da, matmul_raw(transpose(a2, 0, 1), g2)};
+                  }
+                  return {da, matmul_raw(transpose(a, -1, -2), g)};
+                });
+}
+
+// =====================================================================================
+// linear: x (..., K) @ weight (K, N) + bias (N,), one gemm with the bias as its
+// starting value (beta = 1), and a backward of three gemms over all rows at once:
+//   dx = g W^T,  dW = x^T g,  db = 1^T g
+// (the same math as add(matmul(x, W), b), without the batched dW that the engine would
+// sum over the batch and the transposing copy that summing the bias gradient costs).
+// =====================================================================================
+
+namespace {
+// C (m x n) = op(A) op(B) (+ C when accumulate), all row-major, through the backend.
+void gemm_into(const Tensor& like, bool ta, bool tb, int64_t m, int64_t n, int64_t k, const void* a,
+               int64_t lda, const void* b, int64_t ldb, void* c, bool accumulate) {
+  GemmArgs args;
+  args.trans_a = ta;
+  args.trans_b = tb;
+  args.m = m;
+  args.n = n;
+  args.k = k;
+  args.lda = lda;
+  args.ldb = ldb;
+  args.ldc = n;
+  args.beta = accumulate ? 1.0 : 0.0;
+  be(like).gemm(like.dtype(), args, a, b, c);
+}
+}  // namespace
+
+static const OpName kLinear = declare_op("linear");
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  require_same(x, weight, "linear");
+  const bool has_bias = bias.defined();
+  if (has_bias) require_same(x, bias, "linear");
+  if (x.dim() < 1 || weight.dim() != 2 || x.size(-1) != weight.size(0) ||
+      (has_bias && bias.shape() != Shape{weight.size(1)}))
+    throw Error(fmt::format("linear: x {} needs weight (K, N) with K = {} and bias (N,), got weight {} and bias {}",
+                            x.shape_str(), x.dim() ? x.size(-1) : 0, weight.shape_str(),
+                            has_bias ? bias.shape_str() : "none"));
+  const int64_t k = weight.size(0), n = weight.size(1), rows = k ? x.numel() / k : 0;
+  Shape out_shape = x.shape();
+  out_shape.back() = n;
+  Tensor xc = x.detach().contiguous();
+  Tensor out = Tensor::empty(out_shape, x.dtype(), x.device());
+  if (rows > 0 && n > 0) {
+    if (has_bias) {  // every row starts as the bias: a broadcast read of it (row stride 0)
+      Tensor bc = bias.detach().contiguous();
+      be(x).strided_copy(x.dtype(), StridedView{bc.raw_data(), {rows, n}, {0, 1}, 0}, out.raw_data());
+    }
+    if (k > 0) {
+      const GemmOperand W = gemm_operand(weight.detach(), {});
+      gemm_into(x, false, W.trans, rows, n, k, xc.raw_data(), k, W.data, W.ld, out.raw_data(), has_bias);
+    } else if (!has_bias) {
+      be(x).fill(x.dtype(), out.raw_data(), out.numel(), 0.0);
+    }
+  }
+  const bool x_grad = x.requires_grad(), w_grad = weight.requires_grad(), b_grad = has_bias && bias.requires_grad();
+  std::vector<Tensor> inputs{x, weight};
+  if (has_bias) inputs.push_back(bias);
+  return record(kLinear, out, inputs,
+                [xc, w = weight.detach(), has_bias, x_grad, w_grad, b_grad, rows, k, n](const Tensor& g) -> Grads {
+                  Tensor gc = g.contiguous();
+                  Grads grads(has_bias ? 3 : 2);
+                  if (rows == 0 || n == 0 || k == 0) {  // empty products: zero gradients
+                    grads[0] = x_grad ? Tensor::zeros(xc.shape(), xc.dtype(), xc.device()) : Tensor();
+                    grads[1] = w_grad ? Tensor::zeros({k, n}, xc.dtype(), xc.device()) : Tensor();
+                    if (has_bias) grads[2] = b_grad ? sum(reshape(gc, {rows, n}), {0}) : Tensor();
+                    return grads;
+                  }
+                  if (x_grad) {  // dx (rows, K) = g (rows, N) @ W^T
+                    Tensor dx = Tensor::empty(xc.shape(), xc.dtype(), xc.device());
+                    const GemmOperand W = gemm_operand(w, {});
+                    gemm_into(xc, false, !W.trans, rows, k, n, gc.raw_data(), n, W.data, W.ld, dx.raw_data(), false);
+                    grads[0] = dx;
+                  }
+                  if (w_grad) {  // dW (K, N) = x^T (K, rows) @ g (rows, N)
+                    Tensor dw = Tensor::empty({k, n}, xc.dtype(), xc.device());
+                    gemm_into(xc, true, false, k, n, rows, xc.raw_data(), k, gc.raw_data(), n, dw.raw_data(), false);
+                    grads[1] = dw;
+                  }
+                  if (b_grad) {  // db (1, N) = 1^T (1, rows) @ g (rows, N): column sums as a gemm
+                    Tensor ones = Tensor::ones({rows}, xc.dtype(), xc.device());
+                    Tensor db = Tensor::empty({n}, xc.dtype(), xc.device());
+                    gemm_into(xc, false, false, 1, n, rows, ones.raw_data(), rows, gc.raw_data(), n, db.raw_data(), false);
+                    grads[2] = db;
+                  }
+                  return grads;
+                });
 }
 
 // =====================================================================================

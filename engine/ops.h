@@ -37,6 +37,9 @@ Tensor gelu(const Tensor& x);  // tanh approximation, as GPT-2
 // ---- linear algebra ---------------------------------------------------------------
 // (..., M, K) @ (..., K, N) -> (..., M, N); batch dims broadcast. Both inputs >= 2-D.
 Tensor matmul(const Tensor& a, const Tensor& b);
+// x (..., K) @ weight (K, N) + bias (N,) -> (..., N): a linear layer in one op (bias may
+// be an undefined Tensor: none). Same values as add(matmul(x, weight), bias), faster.
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias);
 
 // ---- shape (views) -----------------------------------------------------------------
 Tensor reshape(const Tensor& x, const Shape& shape);

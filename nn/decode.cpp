@@ -98,13 +98,15 @@ std::string generate(const GPT& model, const std::string& prompt, int64_t tokens
   if (prompt.empty()) throw Error("generate: the prompt is empty; give at least one byte");
   if (tokens < 0) throw Error(fmt::format("generate: tokens must be >= 0, got {}", tokens));
   Decoder decoder(model, 1);
+  const Device device = model.wte.device();  // the ids go where the model is
   Tensor logits;
-  for (unsigned char ch : prompt) logits = decoder.step(Tensor::from_indices({static_cast<int64_t>(ch)}, {1, 1}));
+  for (unsigned char ch : prompt)
+    logits = decoder.step(Tensor::from_indices({static_cast<int64_t>(ch)}, {1, 1}).to(device));
   std::string out;
   for (int64_t i = 0; i < tokens; ++i) {
     const int64_t next = sample_token(logits.to_vector(), options, gen);
     out.push_back(static_cast<char>(next));
-    if (i + 1 < tokens) logits = decoder.step(Tensor::from_indices({next}, {1, 1}));
+    if (i + 1 < tokens) logits = decoder.step(Tensor::from_indices({next}, {1, 1}).to(device));
   }
   return out;
 }

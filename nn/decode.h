@@ -20,7 +20,8 @@ namespace runway::nn {
 class Decoder {
  public:
   Decoder(const GPT& model, int64_t batch);
-  // ids int64 (B, 1): the next token of each sequence -> logits (B, 1, vocab).
+  // ids int64 (B, 1) on the model's device: the next token of each sequence -> logits
+  // (B, 1, vocab). The cache lives on the model's device.
   Tensor step(const Tensor& ids);
   int64_t position() const { return position_; }
 
@@ -41,7 +42,9 @@ struct SampleOptions {
   int64_t top_k = 0;         // 0: no top-k filtering
 };
 
-// Feeds `prompt` then samples `tokens` more bytes; returns only the new bytes.
+// Feeds `prompt` then samples `tokens` more bytes; returns only the new bytes. Runs on
+// the model's device (sampling itself is on the host, so a seed gives the same choices
+// from the same logits on every device).
 std::string generate(const GPT& model, const std::string& prompt, int64_t tokens, const SampleOptions& options,
                      Generator& gen);
 

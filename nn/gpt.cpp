@@ -66,7 +66,7 @@ Linear::Linear(int64_t in, int64_t out, double init_std, Generator& gen, DType d
   bias = add_parameter("bias", Tensor::zeros({out}, dt), false);
 }
 
-Tensor Linear::forward(const Tensor& x) const { return add(matmul(x, weight), bias); }
+Tensor Linear::forward(const Tensor& x) const { return linear(x, weight, bias); }  // x @ W + b, one op
 
 Embedding::Embedding(int64_t rows, int64_t width, double init_std, Generator& gen, DType dt) {
   weight = add_parameter("weight", Tensor::normal({rows, width}, 0.0, init_std, gen, dt), false);
@@ -115,10 +115,16 @@ Tensor CausalSelfAttention::merge_heads(const Tensor& y) const {
 }
 
 Tensor CausalSelfAttention::forward(const Tensor& x, AttentionTrace* trace) const {
-  Tensor q, k, v;
-  project(x, 0, &q, &k, &v);
   const std::vector<double> alibi =
       config.pos == PositionEncoding::Alibi ? alibi_slopes(config.n_head) : std::vector<double>{};
+  if (!trace) {
+    // Training and evaluation: one op from the packed projection to the merged heads
+    // (no split, permute or merge copies; see qkv_attention in engine/attention.h).
+    const double rope_base = config.pos == PositionEncoding::Rope ? config.rope_base : 0.0;
+    return proj->forward(qkv_attention(qkv->forward(x), config.n_head, rope_base, rewired, config.runway, alibi));
+  }
+  Tensor q, k, v;
+  project(x, 0, &q, &k, &v);
   Tensor y;
   if (rewired) {
     y = rewired_attention(q, k, v, config.runway, trace ? &trace->maps : nullptr, alibi);

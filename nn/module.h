@@ -28,6 +28,17 @@ class Module {
   int64_t parameter_count() const;
   void zero_grad();
 
+  // Moves every parameter (this module's and its children's) to `device`, in place:
+  // each parameter keeps its TensorImpl and gets a new storage on the device, so every
+  // handle to it (GPT::wte, Linear::weight, a NamedParameter list taken earlier) follows.
+  // Values are copied exactly; accumulated gradients are dropped. An optimizer keeps its
+  // own state tensors, so move the model before creating one. Throws runway::Error
+  // (from backend_for) when the device has no backend; see parse_device in nn/device.h.
+  void to(Device device);
+  // The device of the parameters (CPU for a module without any). Throws when they are
+  // spread over several devices, which to() never leaves behind.
+  Device device() const;
+
  protected:
   // Returns a handle sharing the registered tensor.
   Tensor add_parameter(const std::string& name, Tensor init, bool decay);

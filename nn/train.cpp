@@ -17,6 +17,7 @@
 #include "engine/ops.h"
 #include "engine/safetensors.h"
 #include "nn/data.h"
+#include "nn/device.h"
 
 namespace runway::nn {
 
@@ -69,6 +70,9 @@ void TrainConfig::update_from_json(const json& j, const std::string& source) {
   const json known = to_json();
   for (const auto& [key, value] : j.items()) {
     if (key == "parameter_count") continue;  // informational, written with checkpoints
+    if (key == "device")
+      throw Error(fmt::format("{}: 'device' is not a config key: the device belongs to a run, not to a model or "
+                              "checkpoint; choose it with --device (cpu or cuda)", source));
     if (!known.contains(key)) {
       std::string allowed;
       for (const auto& [k, v] : known.items()) allowed += (allowed.empty() ? "" : ", ") + k;
@@ -213,8 +217,9 @@ struct Trainer::Data {
 
 Trainer::~Trainer() = default;
 
-Trainer::Trainer(TrainConfig config, std::string out_dir, bool resume, int64_t steps_override)
-    : config_(std::move(config)), out_dir_(std::move(out_dir)), data_gen_(0) {
+Trainer::Trainer(TrainConfig config, std::string out_dir, bool resume, int64_t steps_override, Device device)
+    : config_(std::move(config)), out_dir_(std::move(out_dir)), data_gen_(0), device_(device) {
+  require_device(device_);  // before any file is written
   if (resume) {
     TrainConfig saved;
     saved.update_from_json(read_json_file(out_dir_ + "/config.json"), out_dir_ + "/config.json");
@@ -228,6 +233,7 @@ Trainer::Trainer(TrainConfig config, std::string out_dir, bool resume, int64_t s
   data_->sampler = std::make_unique<WindowSampler>(data_->corpus.train, config_.model.seq_len);
   Generator init(config_.seed);
   model_ = std::make_unique<GPT>(config_.model, init);
+  model_->to(device_);  // before the optimizer, whose moments follow the parameters' device
   optimizer_ = std::make_unique<AdamW>(model_->named_parameters(), config_.adamw);
   data_gen_.manual_seed(config_.seed ^ 0x5eed5eed5eed5eedull);
   if (!resume) {
@@ -297,8 +303,8 @@ double Trainer::validation_loss(int64_t batches, int64_t T) const {
   double total = 0;
   for (int64_t b = 0; b < batches; ++b) {
     val.next_batch(config_.batch_size, gen, &inputs, &targets);
-    total += model_->loss(Tensor::from_indices(inputs, {config_.batch_size, T}),
-                          Tensor::from_indices(targets, {config_.batch_size, T}))
+    total += model_->loss(Tensor::from_indices(inputs, {config_.batch_size, T}).to(device_),
+                          Tensor::from_indices(targets, {config_.batch_size, T}).to(device_))
                  .item();
   }
   return total / static_cast<double>(batches);
@@ -319,7 +325,8 @@ int64_t Trainer::run(const std::function<void(const StepReport&)>& on_step, cons
       if (config_.mix_passkey > 0) mix_passkey(inputs, targets, B, T, config_.mix_passkey, data_gen_);
       if (config_.mix_recall > 0)
         mix_recall(inputs, targets, B, T, config_.mix_recall, config_.recall_pairs, config_.recall_queries, data_gen_);
-      Tensor loss = model_->loss(Tensor::from_indices(inputs, {B, T}), Tensor::from_indices(targets, {B, T}));
+      Tensor loss = model_->loss(Tensor::from_indices(inputs, {B, T}).to(device_),
+                                 Tensor::from_indices(targets, {B, T}).to(device_));
       mul_scalar(loss, 1.0 / static_cast<double>(config_.grad_accum)).backward();
       step_loss += loss.item() / static_cast<double>(config_.grad_accum);
     }
@@ -349,6 +356,11 @@ int64_t Trainer::run(const std::function<void(const StepReport&)>& on_step, cons
 }
 
 std::unique_ptr<GPT> load_model(const std::string& dir, TrainConfig* config_out) {
+  return load_model(dir, Device::CPU, config_out);
+}
+
+std::unique_ptr<GPT> load_model(const std::string& dir, Device device, TrainConfig* config_out) {
+  require_device(device);
   TrainConfig config;
   config.update_from_json(read_json_file(dir + "/config.json"), dir + "/config.json");
   config.model.validate();
@@ -356,6 +368,7 @@ std::unique_ptr<GPT> load_model(const std::string& dir, TrainConfig* config_out)
   auto model = std::make_unique<GPT>(config.model, init);
   const std::string path = dir + "/model.safetensors";
   load_into(model->named_parameters(), read_safetensors(path), "", path);
+  model->to(device);
   if (config_out) *config_out = config;
   return model;
 }

@@ -62,7 +62,14 @@ class Trainer {
   // Starts fresh (writing DIR/config.json) or, with resume, continues from the
   // checkpoint in out_dir: its saved config is used, except that steps_override > 0
   // replaces the total number of steps (to train longer).
-  Trainer(TrainConfig config, std::string out_dir, bool resume, int64_t steps_override = 0);
+  //
+  // `device` is where the run computes: the model is initialised on the CPU (so a seed
+  // gives the same initial weights on every device), then moved there with the AdamW
+  // moments; batches are moved there each step. It is not part of the config or the
+  // checkpoint (always CPU tensors in the files), so a run may resume on another
+  // device. Throws runway::Error when the device is not usable (nn/device.h).
+  Trainer(TrainConfig config, std::string out_dir, bool resume, int64_t steps_override = 0,
+          Device device = Device::CPU);
   ~Trainer();
 
   // Runs until config.steps or until *stop becomes true, then saves a checkpoint.
@@ -76,6 +83,7 @@ class Trainer {
   const GPT& model() const { return *model_; }
   int64_t step() const { return step_; }
   const TrainConfig& config() const { return config_; }
+  Device device() const { return device_; }
 
  private:
   struct Data;
@@ -86,10 +94,13 @@ class Trainer {
   std::unique_ptr<Data> data_;
   Generator data_gen_;
   int64_t step_ = 0;
+  Device device_ = Device::CPU;
 };
 
-// Loads DIR/config.json (as written by Trainer) and DIR/model.safetensors into a model.
+// Loads DIR/config.json (as written by Trainer) and DIR/model.safetensors into a model
+// on `device` (the CPU by default; the checkpoint itself is device independent).
 std::unique_ptr<GPT> load_model(const std::string& dir, TrainConfig* config_out = nullptr);
+std::unique_ptr<GPT> load_model(const std::string& dir, Device device, TrainConfig* config_out = nullptr);
 
 // Writes `text` to `path` atomically (temp file in the same folder, then rename).
 void write_text_file_atomic(const std::string& path, const std::string& text);

@@ -11,6 +11,8 @@
 #   env.txt                where the binaries and CUDA libraries came from, ldd
 #   test_cuda_backend.log  backend-vs-backend kernel parity (cuda/test_cuda_backend.cpp)
 #   test_cuda_parity.log   CPU-vs-CUDA op-table parity, forward and backward
+#   test_cuda_model.log    whole-model CPU-vs-CUDA parity (loss, gradients, 10-step curve)
+#                          and `--device cuda` training, checkpoints, resume across devices
 # Exit code 0 only when every step passed.
 #
 # Environment: RUNWAY_BUNDLE (default <repo>/bundle), RUNWAY_BUILD (default <repo>/build),
@@ -75,7 +77,7 @@ run_step nvidia-smi 60 nvidia-smi.txt nvidia-smi
 GPU_LINE=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1)
 
 # ---- the binaries ------------------------------------------------------------------------
-BINS=(test_cuda_backend test_cuda_parity)
+BINS=(test_cuda_backend test_cuda_parity test_cuda_model)
 BIN_DIR=""
 if [ -x "$BUNDLE/test_cuda_parity" ] && [ -x "$BUNDLE/test_cuda_backend" ]; then
   BIN_DIR=$BUNDLE
@@ -103,7 +105,11 @@ else
   # resolve through another library), then CUDA 13's libcudart/libcublas, which the
   # bundle leaves to this machine: from the CUDA toolkit or PyTorch's nvidia-* wheels.
   export LD_LIBRARY_PATH="$BIN_DIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-  missing() { ldd "$BIN_DIR/${BINS[0]}" "$BIN_DIR/${BINS[1]}" 2>/dev/null | awk '/not found/ {print $1}' | sort -u; }
+  missing() {
+    local b
+    for b in "${BINS[@]}"; do [ -x "$BIN_DIR/$b" ] && ldd "$BIN_DIR/$b" 2>/dev/null; done |
+      awk '/not found/ {print $1}' | sort -u
+  }
   if [ -n "$(missing)" ]; then
     dirs=(/usr/local/cuda/lib64 /usr/local/cuda/lib /usr/local/cuda/targets/x86_64-linux/lib)
     for d in /usr/local/cuda-*/lib64; do [ -d "$d" ] && dirs+=("$d"); done
@@ -137,6 +143,13 @@ else
   # ---- the CUDA tests ------------------------------------------------------------------
   run_step test_cuda_backend 150 test_cuda_backend.log "$BIN_DIR/test_cuda_backend"
   run_step test_cuda_parity 200 test_cuda_parity.log "$BIN_DIR/test_cuda_parity"
+  # Whole model on CPU and CUDA; ~20 s of it is the CPU side on a small machine.
+  if [ -x "$BIN_DIR/test_cuda_model" ]; then
+    run_step test_cuda_model 120 test_cuda_model.log "$BIN_DIR/test_cuda_model"
+  else
+    SUMMARY_ROWS+=("| test_cuda_model | FAIL: no $BIN_DIR/test_cuda_model (rebuild the bundle) | - | - |")
+    FAILED=1
+  fi
 fi
 
 # TODO(gpu-bench): the GPU training benchmark (runway train on CUDA) and the PyTorch
@@ -162,7 +175,7 @@ SUMMARY_ROWS+=("| training benchmark, PyTorch comparison | TODO: not implemented
     echo "Some steps did not pass. First failures:"
     echo
     echo '```'
-    for log in test_cuda_backend.log test_cuda_parity.log; do
+    for log in test_cuda_backend.log test_cuda_parity.log test_cuda_model.log; do
       [ -r "$OUTDIR/$log" ] && grep -E '^(FAIL|SKIP)' "$OUTDIR/$log" | head -20 | sed "s/^/$log: /"
     done
     echo '```'

@@ -270,3 +270,45 @@ TEST_CASE("worked example of docs/attention.md: T=4, q = k = 0, uniform P") {
     }
   }
 }
+
+// qkv_attention (the GPT's training path) against the unfused chain it replaces: split
+// the packed projection, heads, rope, attention / rewired_attention, merge. Same values
+// and the same gradient of the packed input, float64 and float32, all three kinds.
+TEST_CASE("qkv_attention equals split + rope + attention + merge, values and gradient") {
+  const int64_t B = 2, T = 7, H = 3, D = 4, C = H * D;
+  for (DType dt : {DType::Float64, DType::Float32}) {
+    for (int kind = 0; kind < 3; ++kind) {
+      RunwayOptions o;
+      o.summary = kind == 2 ? RunwaySummary::TwoHop : RunwaySummary::Absorption;
+      o.runway_head = 1;
+      const bool rewired = kind > 0;
+      const Tensor x = randn({B, T, 3 * C}, 300 + kind, dt);
+      const Tensor dy = randn({B, T, C}, 310 + kind, dt);
+      auto unfused = [&](const Tensor& qkv) {
+        auto parts = split(qkv, {C, C, C}, -1);
+        auto heads = [&](const Tensor& t) { return permute(reshape(t, {B, T, H, D}), {0, 2, 1, 3}); };
+        Tensor q = rope(heads(parts[0]), 500.0), k = rope(heads(parts[1]), 500.0), v = heads(parts[2]);
+        Tensor y = rewired ? rewired_attention(q, k, v, o) : attention(q, k, v);
+        return reshape(permute(y, {0, 2, 1, 3}), {B, T, C});
+      };
+      auto fused = [&](const Tensor& qkv) { return qkv_attention(qkv, H, 500.0, rewired, o); };
+      Tensor a = x.detach().set_requires_grad(true), b = x.detach().clone().set_requires_grad(true);
+      Tensor ya = fused(a), yb = unfused(b);
+      ya.backward(dy);
+      yb.backward(dy);
+      const double tol = dt == DType::Float64 ? 1e-12 : 1e-5;
+      const auto va = ya.to_vector(), vb = yb.to_vector(), ga = a.grad().to_vector(), gb = b.grad().to_vector();
+      REQUIRE(va.size() == vb.size());
+      REQUIRE(ga.size() == gb.size());
+      for (size_t i = 0; i < va.size(); ++i) CHECK(va[i] == Approx(vb[i]).margin(tol));
+      for (size_t i = 0; i < ga.size(); ++i) CHECK(ga[i] == Approx(gb[i]).margin(tol));
+    }
+  }
+}
+
+TEST_CASE("qkv_attention rejects a projection that does not split into heads, naming the shapes") {
+  CHECK_THROWS_WITH(qkv_attention(randn({2, 5, 10}, 1), 2, 0.0, false, RunwayOptions{}),
+                    Contains("qkv must be (B, T, 3C)") && Contains("(2, 5, 10)"));
+  CHECK_THROWS_WITH(qkv_attention(randn({2, 5, 18}, 1), 2, 10000.0, false, RunwayOptions{}),
+                    Contains("even head width"));
+}

@@ -13,7 +13,10 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <string>
+#include <vector>
 
+#include "engine/backend.h"
 #include "tests/test_support.h"
 
 namespace fs = std::filesystem;
@@ -118,4 +121,36 @@ TEST_CASE("Ctrl-C saves a checkpoint that resumes") {
   CHECK(saved >= 1);
   REQUIRE(run(fmt::format("train --out {} --resume --steps {}", out, saved + 2), dir + "/sig-resume.log") == 0);
   CHECK(nlohmann::json::parse(slurp(out + "/state.json")).at("step") == saved + 2);
+}
+
+TEST_CASE("the device flag: cpu runs, and an unknown name or an unusable device is a clear error with exit code 1") {
+  const std::string dir = setup();
+  const std::string out = dir + "/dev";
+  REQUIRE(run(fmt::format("train --out {} --data {}/corpus --steps 2 --device cpu {}", out, dir, kTiny), dir + "/d1.log") == 0);
+  CHECK(slurp(dir + "/d1.log").find("device: cpu") != std::string::npos);
+  CHECK(slurp(out + "/config.json").find("device") == std::string::npos);  // a run's choice, not the model's
+  REQUIRE(run(fmt::format("train --out {} --resume --steps 3 --device cpu", out), dir + "/d2.log") == 0);
+  CHECK(slurp(dir + "/d2.log").find("ignoring") == std::string::npos);  // --device is not a saved setting
+  REQUIRE(run(fmt::format("eval --checkpoint {} --lengths 16 --max-windows 2 --passkey-trials 0 --recall-trials 0 --device cpu", out),
+              dir + "/d3.log") == 0);
+  CHECK(nlohmann::json::parse(slurp(out + "/eval.json")).at("device") == "cpu");
+  REQUIRE(run(fmt::format("generate --checkpoint {} --prompt Entry --tokens 3 --device cpu", out), dir + "/d4.log") == 0);
+
+  const std::vector<std::string> commands{
+      fmt::format("train --out {}/never --data {}/corpus --steps 1 {}", dir, dir, kTiny),
+      fmt::format("eval --checkpoint {}", out),
+      fmt::format("generate --checkpoint {} --prompt x --tokens 1", out)};
+  for (const std::string& cmd : commands) {
+    INFO(cmd);
+    CHECK(run(cmd + " --device banana", dir + "/bad.log") == 1);
+    const std::string bad = slurp(dir + "/bad.log");
+    CHECK(bad.find("error: --device: unknown device 'banana': allowed values are cpu, cuda") != std::string::npos);
+    if (!runway::backend_available(runway::Device::CUDA)) {
+      CHECK(run(cmd + " --device cuda", dir + "/nocuda.log") == 1);
+      const std::string nocuda = slurp(dir + "/nocuda.log");
+      CHECK(nocuda.find("error: --device: device 'cuda' is not usable: no cuda backend: ") != std::string::npos);
+      CHECK(nocuda.find("terminate") == std::string::npos);
+    }
+  }
+  CHECK_FALSE(fs::exists(dir + "/never"));  // refused before anything was written
 }

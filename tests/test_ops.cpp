@@ -189,3 +189,51 @@ TEST_CASE("pow, div and scalar ops compute the obvious values") {
   CHECK((a / 2.0).to_vector() == std::vector<double>{1, 1.5});
   CHECK(sqrt(a).to_vector()[0] == Approx(std::sqrt(2.0)).epsilon(1e-15));
 }
+
+TEST_CASE("linear equals add(matmul(x, W), b): values and every gradient, with and without bias") {
+  for (DType dt : {DType::Float64, DType::Float32}) {
+    const double tol = dt == DType::Float64 ? 1e-12 : 1e-5;
+    for (bool with_bias : {true, false}) {
+      Tensor x = randn({3, 5, 4}, 41, dt).set_requires_grad(true), w = randn({4, 6}, 42, dt).set_requires_grad(true);
+      Tensor b = randn({6}, 43, dt).set_requires_grad(true);
+      Tensor x2 = x.detach().clone().set_requires_grad(true), w2 = w.detach().clone().set_requires_grad(true);
+      Tensor b2 = b.detach().clone().set_requires_grad(true);
+      const Tensor dy = randn({3, 5, 6}, 44, dt);
+      Tensor y = linear(x, w, with_bias ? b : Tensor());
+      Tensor y2 = with_bias ? add(matmul(x2, w2), b2) : matmul(x2, w2);
+      y.backward(dy);
+      y2.backward(dy);
+      auto same = [&](const Tensor& p, const Tensor& q) {
+        const auto u = p.to_vector(), v = q.to_vector();
+        REQUIRE(u.size() == v.size());
+        for (size_t i = 0; i < u.size(); ++i) CHECK(u[i] == Approx(v[i]).margin(tol));
+      };
+      same(y, y2);
+      same(x.grad(), x2.grad());
+      same(w.grad(), w2.grad());
+      if (with_bias) same(b.grad(), b2.grad());
+      else CHECK_FALSE(b.grad().defined());
+    }
+  }
+}
+
+TEST_CASE("linear names the mismatched shapes") {
+  CHECK_THROWS_WITH(linear(randn({2, 3}, 1), randn({4, 5}, 2), randn({5}, 3)),
+                    Contains("linear") && Contains("(2, 3)") && Contains("(4, 5)"));
+  CHECK_THROWS_WITH(linear(randn({2, 4}, 1), randn({4, 5}, 2), randn({4}, 3)), Contains("bias (N,)"));
+}
+
+TEST_CASE("float32 gelu (vectorised tanh) matches the float64 formula to float rounding") {
+  const Tensor x64 = mul_scalar(randn({5000}, 45), 3.0);
+  const auto ref = gelu(x64).to_vector();
+  const auto got = gelu(x64.to(DType::Float32)).to_vector();
+  Tensor xg = x64.to(DType::Float32).set_requires_grad(true);
+  sum(gelu(xg)).backward();
+  Tensor xr = x64.detach().set_requires_grad(true);
+  sum(gelu(xr)).backward();
+  const auto dg = xg.grad().to_vector(), dr = xr.grad().to_vector();
+  for (size_t i = 0; i < ref.size(); ++i) {
+    CHECK(got[i] == Approx(ref[i]).margin(2e-6));
+    CHECK(dg[i] == Approx(dr[i]).margin(2e-6));
+  }
+}

@@ -8,6 +8,8 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <regex>
+#include <set>
 #include <string>
 #include <system_error>
 #include <vector>
@@ -55,6 +57,36 @@ inline void write_bytes(const std::string& path, const std::string& bytes) {
   std::ofstream out(path, std::ios::binary);
   out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
   REQUIRE(out.good());
+}
+
+// The local files an HTML page refers to (src="..." and href="..."), skipping links to
+// the web, anchors and mailto; relative to the page's folder, without duplicates.
+inline std::vector<std::string> html_local_references(const std::string& html) {
+  static const std::regex attr(R"re((?:src|href)="([^"]*)")re");
+  std::set<std::string> refs;
+  for (auto it = std::sregex_iterator(html.begin(), html.end(), attr); it != std::sregex_iterator(); ++it) {
+    const std::string target = (*it)[1].str();
+    if (target.empty() || target[0] == '#' || target.rfind("http:", 0) == 0 || target.rfind("https:", 0) == 0 ||
+        target.rfind("mailto:", 0) == 0)
+      continue;
+    refs.insert(target);
+  }
+  return std::vector<std::string>(refs.begin(), refs.end());
+}
+
+// Checks that every local file `page` refers to exists and is not empty; returns how
+// many references there were.
+inline size_t check_html_references(const std::string& page) {
+  const std::string html = read_bytes(page);
+  const std::filesystem::path dir = std::filesystem::path(page).parent_path();
+  const std::vector<std::string> refs = html_local_references(html);
+  for (const std::string& ref : refs) {
+    INFO(page << " refers to " << ref);
+    const std::filesystem::path file = dir / ref;
+    REQUIRE(std::filesystem::is_regular_file(file));
+    CHECK(std::filesystem::file_size(file) > 0);
+  }
+  return refs.size();
 }
 
 }  // namespace runway::testing

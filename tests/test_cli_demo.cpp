@@ -1,0 +1,197 @@
+// `runway compare`, `runway demo` and `runway inspect` end to end through the built CLI:
+// the report and the inspect pages exist and every file they refer to is there, the
+// numbers in results.json come from the runs, and bad input is refused before any work.
+#include <catch2/catch.hpp>
+
+#include <fmt/format.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "tests/test_support.h"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using runway::testing::check_html_references;
+using runway::testing::slurp;
+
+namespace {
+
+int run(const std::string& args, const std::string& log) {
+  const int status = std::system(fmt::format("{} {} > {} 2>&1", RUNWAY_CLI_PATH, args, log).c_str());
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+struct Setup {
+  std::string dir;
+  Setup() {
+    dir = fmt::format("/tmp/runway-test-cli-demo-{}", ::getpid());
+    fs::remove_all(dir);
+    fs::create_directories(dir + "/corpus");
+    std::string text;
+    for (int i = 0; i < 1500; ++i) text += fmt::format("Line {}: the runway carries what was read before.\n", i);
+    std::ofstream(dir + "/corpus/a.txt") << text;
+    // A tiny model; L = 64 so that the passkey grid has its 2L = 128 row.
+    const json tiny{{"n_layer", 2}, {"n_head", 2}, {"n_embd", 16}, {"seq_len", 64}, {"batch_size", 4},
+                    {"eval_batches", 1}, {"data", dir + "/corpus"}};
+    json rewired = tiny;
+    rewired["attention"] = "rewired";
+    rewired["runway_summary"] = "two_hop";
+    std::ofstream(dir + "/std.json") << tiny.dump();
+    std::ofstream(dir + "/rew.json") << rewired.dump();
+  }
+  ~Setup() { fs::remove_all(dir); }
+};
+
+}  // namespace
+
+TEST_CASE("compare: two configs x two seeds give one report whose references all exist") {
+  Setup s;
+  const std::string out = s.dir + "/cmp";
+  REQUIRE(run(fmt::format("compare --config {0}/std.json --config {0}/rew.json --label standard --label 'two hop' "
+                          "--seeds 1,2 --steps 4 --out {1} --device cpu",
+                          s.dir, out),
+              s.dir + "/compare.log") == 0);
+  const std::string log = slurp(s.dir + "/compare.log");
+  INFO(log);
+  CHECK(log.find("report: ") != std::string::npos);
+  CHECK(log.find("two hop") != std::string::npos);  // the table is printed
+
+  // Every picture and link of the report and of each inspect page is there.
+  CHECK(check_html_references(out + "/report.html") >= 3 + 2 + 2 * 2 + 2);
+  // Per inspect page: each layer's P and R and each head's A (and A', A' - A when
+  // rewired), plus cascade.svg: 2 x (2 + 2) + 1 standard, 2 x (2 + 2 x 3) + 1 rewired.
+  for (const auto& [run_dir, pictures] : std::vector<std::pair<std::string, size_t>>{
+           {"standard-seed1", 9}, {"standard-seed2", 9}, {"two-hop-seed1", 17}, {"two-hop-seed2", 17}}) {
+    INFO(run_dir);
+    REQUIRE(fs::exists(out + "/runs/" + run_dir + "/eval.json"));
+    CHECK(check_html_references(out + "/runs/" + run_dir + "/inspect/index.html") == pictures);
+  }
+
+  // results.json: both configs, two seeds each, the spread over seeds and the curve.
+  const json results = json::parse(slurp(out + "/results.json"));
+  REQUIRE(results["configs"].size() == 2);
+  const json& rew = results["configs"][1];
+  CHECK(rew["label"] == "two hop");
+  CHECK(rew["seeds"] == 2);
+  CHECK(rew["config"]["runway_summary"] == "two_hop");
+  CHECK(rew["bits_per_byte"].size() == 4);
+  CHECK(rew["runway_share_by_layer"].size() == 2);
+  // The two seeds trained different models, so their final losses differ (sd > 0), and
+  // the mean is the mean of the two runs' own last validation losses.
+  CHECK(rew["final_val_bits_per_byte"]["sd"].get<double>() > 0);
+  double sum = 0;
+  for (const char* run_dir : {"two-hop-seed1", "two-hop-seed2"}) {
+    std::ifstream metrics(out + "/runs/" + run_dir + "/metrics.jsonl");
+    std::string line, last_val;
+    while (std::getline(metrics, line))
+      if (line.find("val_loss") != std::string::npos) last_val = line;
+    sum += json::parse(last_val)["val_loss"].get<double>() / std::log(2.0);
+  }
+  CHECK(rew["final_val_bits_per_byte"]["mean"].get<double>() == Approx(sum / 2).epsilon(1e-12));
+  const std::string report = slurp(out + "/report.html");
+  CHECK(report.find("±") != std::string::npos);  // spread shown with several seeds
+  CHECK(report.find("Passkey retrieval") != std::string::npos);
+
+  // Running again replaces the runs instead of appending to their metrics.
+  REQUIRE(run(fmt::format("compare --config {0}/std.json --seeds 1 --steps 2 --out {1}", s.dir, out),
+              s.dir + "/again.log") == 0);
+  std::ifstream metrics(out + "/runs/std-seed1/metrics.jsonl");
+  int lines = 0;
+  for (std::string line; std::getline(metrics, line);) ++lines;
+  CHECK(lines == 2);
+}
+
+TEST_CASE("compare: without --steps the time budget sets the steps, the same for every run") {
+  Setup s;
+  const std::string out = s.dir + "/budget";
+  REQUIRE(run(fmt::format("compare --config {0}/std.json --config {0}/rew.json --minutes 0.05 --eval-windows 2 "
+                          "--passkey-trials 0 --recall-trials 0 --out {1}",
+                          s.dir, out),
+              s.dir + "/budget.log") == 0);
+  const std::string log = slurp(s.dir + "/budget.log");
+  INFO(log);
+  const std::string said = "budget 0.05 min: ";
+  const size_t at = log.find(said);
+  REQUIRE(at != std::string::npos);
+  const int64_t steps = std::stoll(log.substr(at + said.size()));
+  CHECK(steps >= 10);  // the floor when the budget is tiny
+  const json results = json::parse(slurp(out + "/results.json"));
+  for (const json& c : results["configs"]) {
+    std::ifstream metrics(out + "/" + c["runs"][0]["dir"].get<std::string>() + "/metrics.jsonl");
+    int64_t lines = 0;
+    for (std::string line; std::getline(metrics, line);) ++lines;
+    CHECK(lines == steps);
+  }
+  CHECK_FALSE(fs::exists(out + "/runs/.timing"));  // the timing runs are not left behind
+  // Passkey and recall skipped: the report says so instead of showing empty grids.
+  CHECK(slurp(out + "/report.html").find("not evaluated") != std::string::npos);
+}
+
+TEST_CASE("demo: the standard vs rewired pair, then inspect on a checkpoint it trained") {
+  Setup s;
+  const std::string out = s.dir + "/demo";
+  // The smallest evaluation: the demo's model is the real one, and this also runs under the sanitizers.
+  REQUIRE(run(fmt::format("demo --steps 1 --eval-windows 1 --passkey-trials 1 --recall-trials 1 --out {} --data {}/corpus",
+                          out, s.dir),
+              s.dir + "/demo.log") == 0);
+  INFO(slurp(s.dir + "/demo.log"));
+  check_html_references(out + "/report.html");
+  const json results = json::parse(slurp(out + "/results.json"));
+  REQUIRE(results["configs"].size() == 2);
+  CHECK(results["configs"][0]["config"]["attention"] == "standard");
+  CHECK(results["configs"][1]["config"]["attention"] == "rewired");
+  // Same shape, same parameter count, same seed.
+  CHECK(results["configs"][0]["parameters"] == results["configs"][1]["parameters"]);
+  CHECK(results["configs"][0]["config"]["seed"] == results["configs"][1]["config"]["seed"]);
+
+  const std::string ckpt = out + "/runs/rewired-seed1";
+  REQUIRE(run(fmt::format("inspect --checkpoint {} --text 'Hello, runway!' --out {}/ins", ckpt, s.dir),
+              s.dir + "/inspect.log") == 0);
+  CHECK(slurp(s.dir + "/inspect.log").find("layer 2:") != std::string::npos);
+  CHECK(check_html_references(s.dir + "/ins/index.html") > 0);
+  const json summary = json::parse(slurp(s.dir + "/ins/inspect.json"));
+  CHECK(summary["length"] == 14);
+  CHECK(summary["tokens"][6] == "_");  // the space after the comma
+  REQUIRE(run(fmt::format("inspect --checkpoint {} --passkey 110 --depth 0.5 --out {}/pk --no-npy", ckpt, s.dir),
+              s.dir + "/pk.log") == 0);
+  CHECK(json::parse(slurp(s.dir + "/pk/inspect.json"))["length"] == 110);
+  CHECK_FALSE(fs::exists(s.dir + "/pk/L0_P.npy"));
+}
+
+TEST_CASE("demo, compare and inspect refuse bad input with a message naming it") {
+  Setup s;
+  auto error_of = [&](const std::string& args) {
+    const int code = run(args, s.dir + "/err.log");
+    CHECK(code != 0);
+    return slurp(s.dir + "/err.log");
+  };
+  CHECK_THAT(error_of(fmt::format("compare --config {}/missing.json --steps 1 --out {}/x", s.dir, s.dir)),
+             Catch::Contains("cannot read") && Catch::Contains("missing.json"));
+  CHECK_THAT(error_of(fmt::format("compare --config {0}/std.json --label a --label b --out {0}/x", s.dir)),
+             Catch::Contains("2 labels for 1 --config files"));
+  CHECK_THAT(error_of(fmt::format("compare --config {0}/std.json --seeds 3,3 --out {0}/x", s.dir)),
+             Catch::Contains("seed is listed twice"));
+  CHECK_THAT(error_of(fmt::format("compare --config {0}/std.json --config {0}/std.json --out {0}/x", s.dir)),
+             Catch::Contains("label 'std' is used twice"));
+  CHECK_THAT(error_of(fmt::format("demo --minutes 0 --out {}/x", s.dir)), Catch::Contains("minutes must be > 0"));
+  CHECK_THAT(error_of(fmt::format("demo --device banana --out {}/x", s.dir)), Catch::Contains("--device"));
+  std::ofstream(s.dir + "/bad.json") << R"({"n_layer": 2, "attention": "sideways"})";
+  CHECK_THAT(error_of(fmt::format("compare --config {0}/bad.json --out {0}/x", s.dir)),
+             Catch::Contains("attention"));
+  // A folder in the way of a run folder is not deleted.
+  fs::create_directories(s.dir + "/y/runs/std-seed1/precious");
+  CHECK_THAT(error_of(fmt::format("compare --config {0}/std.json --steps 1 --out {0}/y", s.dir)),
+             Catch::Contains("is not a run folder"));
+  CHECK(fs::exists(s.dir + "/y/runs/std-seed1/precious"));
+  CHECK_THAT(error_of(fmt::format("inspect --checkpoint {0}/nowhere", s.dir)), Catch::Contains("nowhere"));
+  CHECK_THAT(error_of(fmt::format("inspect --checkpoint {0} --text a --file b", s.dir)),
+             Catch::Contains("at most one of --text, --file and --passkey"));
+}

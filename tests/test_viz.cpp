@@ -1,0 +1,296 @@
+// Pictures and pages: colour scales, the raster canvas and its PNG encoding, heatmaps,
+// SVG charts, the runway coefficients recomputed for inspection, and `inspect_model`'s
+// folder (every file its index.html refers to exists).
+#include <catch2/catch.hpp>
+
+#define STB_IMAGE_IMPLEMENTATION
+#define STB_IMAGE_STATIC
+#include <stb/stb_image.h>
+
+#include <filesystem>
+#include <limits>
+#include <regex>
+
+#include "engine/npy.h"
+#include "engine/random.h"
+#include "nn/gpt.h"
+#include "test_support.h"
+#include "viz/canvas.h"
+#include "viz/chart.h"
+#include "viz/colormap.h"
+#include "viz/heatmap.h"
+#include "viz/inspect.h"
+#include "viz/report.h"
+
+using Catch::Matchers::Contains;
+using namespace runway;
+using namespace runway::viz;
+using runway::testing::TempDir;
+
+namespace {
+
+bool same(Rgb a, Rgb b) { return a.r == b.r && a.g == b.g && a.b == b.b; }
+
+size_t count(const std::string& s, const std::string& what) {
+  size_t n = 0;
+  for (size_t pos = s.find(what); pos != std::string::npos; pos = s.find(what, pos + 1)) ++n;
+  return n;
+}
+
+nn::GPTConfig tiny_config(bool rewired, RunwaySummary summary = RunwaySummary::Absorption) {
+  nn::GPTConfig c;
+  c.n_layer = 2;
+  c.n_head = 2;
+  c.n_embd = 16;
+  c.seq_len = 16;
+  c.rewired = rewired;
+  c.runway.summary = summary;
+  c.runway.runway_head = 1;
+  return c;
+}
+
+}  // namespace
+
+TEST_CASE("viz: colour scales hit their anchors and clamp") {
+  CHECK(same(sequential_color(0), {68, 1, 84}));
+  CHECK(same(sequential_color(1), {253, 231, 37}));
+  CHECK(same(sequential_color(-3), sequential_color(0)));
+  CHECK(same(sequential_color(7), sequential_color(1)));
+  CHECK(same(diverging_color(0), {247, 247, 247}));
+  CHECK(same(diverging_color(-1), {33, 102, 172}));
+  CHECK(same(diverging_color(1), {178, 24, 43}));
+  CHECK(hex({255, 0, 16}) == "#ff0010");
+  // Halfway between the two anchors around 0.0625 of viridis.
+  const Rgb mid = sequential_color(1.0 / 16);
+  CHECK(mid.r == 70);  // round((68 + 71) / 2) = 69.5 -> 70
+  CHECK(mid.g == 23);  // round((1 + 44) / 2) = 22.5 -> 23
+}
+
+TEST_CASE("viz: canvas rectangles clip, text stays inside its box, PNG decodes to the pixels") {
+  Canvas c(40, 20, {255, 255, 255});
+  c.fill_rect(-5, -5, 10, 10, {255, 0, 0});  // clipped to the top-left 5 x 5
+  CHECK(same(c.at(4, 4), {255, 0, 0}));
+  CHECK(same(c.at(5, 5), {255, 255, 255}));
+  c.fill_rect(38, 18, 10, 10, {0, 0, 255});
+  CHECK(same(c.at(39, 19), {0, 0, 255}));
+  CHECK_THROWS_WITH(c.at(40, 0), Contains("outside 40x20"));
+
+  const int w = Canvas::text_width("Hi");
+  REQUIRE(w > 0);
+  c.text(10, 6, "Hi", {0, 0, 0});
+  int inked = 0;
+  for (int y = 0; y < 20; ++y)
+    for (int x = 6; x < 38; ++x)
+      if (same(c.at(x, y), {0, 0, 0})) {
+        ++inked;
+        CHECK(x >= 10);
+        CHECK(x < 10 + w);
+        CHECK(y >= 6);
+        CHECK(y < 6 + Canvas::text_height());
+      }
+  CHECK(inked > 10);
+  CHECK(Canvas::text_width("") == 0);
+
+  const std::vector<uint8_t> png = c.encode_png();
+  int pw = 0, ph = 0, channels = 0;
+  unsigned char* decoded = stbi_load_from_memory(png.data(), static_cast<int>(png.size()), &pw, &ph, &channels, 3);
+  REQUIRE(decoded != nullptr);
+  CHECK(pw == 40);
+  CHECK(ph == 20);
+  bool all_equal = true;
+  for (int y = 0; y < 20; ++y)
+    for (int x = 0; x < 40; ++x) {
+      const unsigned char* p = decoded + (y * 40 + x) * 3;
+      all_equal = all_equal && same({p[0], p[1], p[2]}, c.at(x, y));
+    }
+  stbi_image_free(decoded);
+  CHECK(all_equal);
+  CHECK_THROWS_WITH(Canvas(0, 5), Contains("size 0x5"));
+}
+
+TEST_CASE("viz: heatmap cells take the colour of their value; above the diagonal is grey") {
+  // 3 x 3 causal map with range [0, 0.8] (vmin fixed at 0).
+  const std::vector<double> m = {0.8, 9, 9,  //
+                                 0.2, 0.6, 9,
+                                 0.0, 0.4, 0.4};
+  HeatmapOptions o;
+  o.title = "t";
+  o.labels = {"a", "b", "_"};
+  o.vmin = 0;
+  HeatmapLayout layout;
+  const Canvas c = render_heatmap(m, 3, 3, o, &layout);
+  CHECK(layout.cell == 20);
+  CHECK(layout.labels_drawn);
+  CHECK(layout.vmin == 0);
+  CHECK(layout.vmax == Approx(0.8));  // the 9s above the diagonal are not part of the range
+  auto cell = [&](int i, int j) { return c.at(layout.grid_x + j * layout.cell + 3, layout.grid_y + i * layout.cell + 3); };
+  CHECK(same(cell(0, 0), sequential_color(1.0)));
+  CHECK(same(cell(1, 0), sequential_color(0.25)));
+  CHECK(same(cell(2, 1), sequential_color(0.5)));
+  CHECK(same(cell(2, 0), sequential_color(0.0)));
+  CHECK(same(cell(0, 1), {225, 225, 225}));
+  CHECK(same(cell(0, 2), {225, 225, 225}));
+
+  SECTION("signed maps are symmetric around white") {
+    const std::vector<double> d = {0, 0, 0, -0.1, 0.05, 0, 0.2, 0, 0};
+    HeatmapOptions s;
+    s.signed_values = true;
+    HeatmapLayout l2;
+    const Canvas cs = render_heatmap(d, 3, 3, s, &l2);
+    CHECK(l2.vmin == Approx(-0.2));
+    CHECK(l2.vmax == Approx(0.2));
+    CHECK(same(cs.at(l2.grid_x + 3, l2.grid_y + 3), diverging_color(0)));
+    CHECK(same(cs.at(l2.grid_x + 3, l2.grid_y + 2 * l2.cell + 3), diverging_color(1)));
+    CHECK(same(cs.at(l2.grid_x + 3, l2.grid_y + l2.cell + 3), diverging_color(-0.5)));
+  }
+  SECTION("large maps get small cells and no token labels") {
+    const int64_t T = 200;
+    std::vector<double> big(T * T, 0.0);
+    HeatmapOptions b;
+    b.labels.assign(T, "x");
+    HeatmapLayout l3;
+    render_heatmap(big, T, T, b, &l3);
+    CHECK(l3.cell == 3);
+    CHECK_FALSE(l3.labels_drawn);
+  }
+  SECTION("bad input") {
+    CHECK_THROWS_WITH(render_heatmap({1, 2}, 3, 3, o), Contains("2 values for a 3x3 map"));
+    HeatmapOptions few;
+    few.labels = {"a"};
+    CHECK_THROWS_WITH(render_heatmap(m, 3, 3, few), Contains("1 labels"));
+    std::vector<double> nan = m;
+    nan[3] = std::numeric_limits<double>::quiet_NaN();
+    CHECK_THROWS_WITH(render_heatmap(nan, 3, 3, o), Contains("value at (1, 0) is nan"));
+  }
+}
+
+TEST_CASE("viz: byte labels are one printable glyph") {
+  CHECK(byte_label('a') == "a");
+  CHECK(byte_label(' ') == "_");
+  CHECK(byte_label('\n') == "/");
+  CHECK(byte_label(0xC3) == "?");
+}
+
+TEST_CASE("viz: SVG line charts draw each series, escape text, and check their input") {
+  Series a{"loss <std>", {1, 2, 3}, {3, 2, 1.5}, {}, {}, 0, false, false};
+  Series b{"rewired", {1, 2, 3}, {3.1, std::numeric_limits<double>::quiet_NaN(), 1.4}, {2.9, 0, 1.3}, {3.3, 0, 1.5}, 1, true, true};
+  ChartOptions o;
+  o.title = "T & t";
+  o.x_label = "step";
+  o.y_label = "bits/byte";
+  const std::string svg = line_chart_svg(o, {a, b});
+  CHECK(svg.rfind("<svg", 0) == 0);
+  CHECK(svg.find("</svg>") != std::string::npos);
+  CHECK(svg.find("loss &lt;std&gt;") != std::string::npos);
+  CHECK(svg.find("T &amp; t") != std::string::npos);
+  // a: one polyline; b: two pieces around its NaN; plus the band polygon and 2 markers.
+  CHECK(count(svg, "<polyline") == 3);
+  CHECK(count(svg, "<polygon") == 1);
+  CHECK(count(svg, "<circle") == 2);
+  CHECK(count(svg, "stroke-dasharray") == 3);  // b's two line pieces and its legend entry
+  Series bad{"bad", {1, 2}, {1}, {}, {}, 0, false, false};
+  CHECK_THROWS_WITH(line_chart_svg(o, {bad}), Contains("series 'bad' has 2 x values and 1 y values"));
+  ChartOptions log;
+  log.log2_x = true;
+  Series zero{"z", {0, 1}, {1, 1}, {}, {}, 0, false, false};
+  CHECK_THROWS_WITH(line_chart_svg(log, {zero}), Contains("log2 x axis needs x > 0"));
+}
+
+TEST_CASE("viz: nice ticks step by 1, 2 or 5 times a power of ten") {
+  const std::vector<double> t = nice_ticks(0, 1, 5);
+  REQUIRE(t.size() == 6);
+  CHECK(t[1] == Approx(0.2));
+  CHECK(t[5] == Approx(1.0));
+  const std::vector<double> u = nice_ticks(3.3, 8.1, 6);
+  CHECK(u.front() == Approx(4));
+  CHECK(u.back() == Approx(8));
+  CHECK(escape_xml("a\"b'<") == "a&quot;b&#39;&lt;");
+}
+
+TEST_CASE("viz: R recomputed from P matches the rewired attention's own R") {
+  for (RunwaySummary summary : {RunwaySummary::Absorption, RunwaySummary::TwoHop}) {
+    Generator gen(3);
+    nn::GPT model(tiny_config(true, summary), gen);
+    std::vector<nn::AttentionTrace> traces;
+    std::vector<int64_t> ids = {72, 101, 108, 108, 111, 32, 119, 111, 114, 108, 100};
+    const int64_t T = static_cast<int64_t>(ids.size());
+    model.forward(Tensor::from_indices(ids, {1, T}), &traces);
+    for (const auto& trace : traces) {
+      const std::vector<double> p = trace.maps.p.to_vector();
+      const std::vector<double> r = trace.maps.r.to_vector();
+      const std::vector<double> mine = runway_coefficients_from(p, T, summary);
+      double worst = 0;
+      for (size_t i = 0; i < r.size(); ++i) worst = std::max(worst, std::abs(r[i] - mine[i]));
+      CHECK(worst < 1e-5);  // float32 sums of at most T terms in [0, 1]
+    }
+  }
+  // By hand: P = [[1],[.5,.5],[.2,.3,.5]]: absorption R[2,0] = P[1,0] = .5; two_hop R[2,0] = P[2,1] P[1,0] = .15.
+  const std::vector<double> p = {1, 0, 0, 0.5, 0.5, 0, 0.2, 0.3, 0.5};
+  CHECK(runway_coefficients_from(p, 3, RunwaySummary::Absorption)[6] == Approx(0.5));
+  CHECK(runway_coefficients_from(p, 3, RunwaySummary::TwoHop)[6] == Approx(0.15));
+  CHECK(runway_coefficients_from(p, 3, RunwaySummary::TwoHop)[3] == 0);  // i - j = 1: empty runway
+}
+
+TEST_CASE("viz: inspect writes every map, the cascade and an index.html whose references all exist") {
+  TempDir dir;
+  const std::string text = "The runway: tokens between.";
+  const std::vector<uint8_t> bytes(text.begin(), text.end());
+  const int64_t T = static_cast<int64_t>(bytes.size());
+
+  Generator gen(5);
+  nn::GPT rewired(tiny_config(true), gen);
+  const InspectResult r = inspect_model(rewired, bytes, dir / "rew", {"tiny rewired", true, true});
+  for (const char* name : {"L0_P.png", "L0_R.npy", "L1_H0_A.png", "L1_H1_Arew.png", "L1_H1_diff.npy", "cascade.svg",
+                           "cascade.json", "inspect.json", "index.html"})
+    CHECK(std::filesystem::file_size(dir / (std::string("rew/") + name)) > 0);
+  CHECK(runway::testing::check_html_references(dir / "rew/index.html") >= 2 * (2 + 3 * 2) + 1);
+  REQUIRE(r.cascade.layers.size() == 2);
+  CHECK(r.cascade.layers[0].runway_share == 0);  // no mixing before the first layer
+  CHECK(r.cascade.layers[1].runway_share > 0);
+
+  // The saved A' is the model's own: rows sum to 1 and it differs from A (beta = 1).
+  const Tensor arew = read_npy(dir / "rew/L1_H0_Arew.npy");
+  const Tensor a = read_npy(dir / "rew/L1_H0_A.npy");
+  CHECK(arew.shape() == Shape{T, T});
+  const std::vector<double> av = a.to_vector(), rv = arew.to_vector();
+  double row = 0, diff = 0;
+  for (int64_t j = 0; j < T; ++j) row += rv[(T - 1) * T + j];
+  for (size_t i = 0; i < av.size(); ++i) diff = std::max(diff, std::abs(av[i] - rv[i]));
+  CHECK(row == Approx(1).epsilon(1e-5));
+  CHECK(diff > 1e-4);
+
+  nn::GPT standard(tiny_config(false), gen);
+  inspect_model(standard, bytes, dir / "std", {"tiny standard", false, true});
+  CHECK(std::filesystem::exists(dir / "std/L0_R.png"));
+  CHECK_FALSE(std::filesystem::exists(dir / "std/L0_H0_Arew.png"));
+  CHECK_FALSE(std::filesystem::exists(dir / "std/L0_H0_A.npy"));  // write_npy = false
+  runway::testing::check_html_references(dir / "std/index.html");
+
+  CHECK_THROWS_WITH(inspect_model(standard, {}, dir / "x"), Contains("the text is empty"));
+  nn::GPTConfig learned = tiny_config(false);
+  learned.pos = nn::PositionEncoding::Learned;
+  nn::GPT learned_model(learned, gen);
+  CHECK_THROWS_WITH(inspect_model(learned_model, std::vector<uint8_t>(17, 'a'), dir / "x"),
+                    Contains("the text is 17 bytes, this model can inspect at most 16"));
+}
+
+TEST_CASE("report: spread over seeds, and a missing run file named in the error") {
+  const Spread s = spread_of({1.0, 3.0, std::numeric_limits<double>::quiet_NaN(), 2.0});
+  CHECK(s.count == 3);
+  CHECK(s.mean == Approx(2.0));
+  CHECK(s.sd == Approx(1.0));  // sample sd of 1, 2, 3
+  CHECK(s.min == 1.0);
+  CHECK(s.max == 3.0);
+  CHECK(spread_of({5.0}).sd == 0);
+  CHECK(spread_of({}).count == 0);
+
+  TempDir dir;
+  std::filesystem::create_directories(dir / "runs/a");
+  runway::testing::write_bytes(dir / "runs/a/config.json", "{}");
+  CHECK_THROWS_WITH(write_report(dir.path, {{"a", 1, dir / "runs/a", dir / "runs/a/inspect", 0}}),
+                    Contains("run 'a (seed 1)': cannot read") && Contains("eval.json"));
+  runway::testing::write_bytes(dir / "runs/a/eval.json", "{not json");
+  CHECK_THROWS_WITH(write_report(dir.path, {{"a", 1, dir / "runs/a", dir / "runs/a/inspect", 0}}),
+                    Contains("eval.json' is not valid JSON"));
+  CHECK_THROWS_WITH(write_report(dir.path, {}), Contains("no runs"));
+}

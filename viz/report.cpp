@@ -1,0 +1,490 @@
+#include "viz/report.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <map>
+#include <sstream>
+
+#include "engine/dtype.h"
+#include "viz/chart.h"
+#include "viz/colormap.h"
+#include "viz/html.h"
+#include "viz/inspect.h"
+
+namespace runway::viz {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+const double kLn2 = std::log(2.0);
+
+json read_json(const std::string& path, const std::string& who) {
+  std::ifstream in(path);
+  if (!in) throw Error(fmt::format("report: run '{}': cannot read '{}'", who, path));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  try {
+    return json::parse(ss.str());
+  } catch (const json::exception& e) {
+    throw Error(fmt::format("report: run '{}': '{}' is not valid JSON: {}", who, path, e.what()));
+  }
+}
+
+double number_or_nan(const json& j, const char* key) {
+  return j.is_object() && j.contains(key) && j[key].is_number() ? j[key].get<double>() : kNaN;
+}
+
+struct RunData {
+  ReportRun run;
+  std::string name;  // "label (seed N)" for messages
+  json config, eval, inspect;
+  std::vector<double> steps, train_bits;       // every step
+  std::vector<double> val_steps, val_bits;     // evaluated steps
+  double params = kNaN;
+};
+
+RunData load_run(const ReportRun& run) {
+  RunData d;
+  d.run = run;
+  d.name = fmt::format("{} (seed {})", run.label, run.seed);
+  d.config = read_json((fs::path(run.dir) / "config.json").string(), d.name);
+  d.eval = read_json((fs::path(run.dir) / "eval.json").string(), d.name);
+  d.inspect = read_json((fs::path(run.inspect_dir) / "inspect.json").string(), d.name);
+  d.params = number_or_nan(d.eval, "parameter_count");
+  const std::string metrics_path = (fs::path(run.dir) / "metrics.jsonl").string();
+  std::ifstream in(metrics_path);
+  if (!in) throw Error(fmt::format("report: run '{}': cannot read '{}'", d.name, metrics_path));
+  std::string line;
+  for (int64_t n = 1; std::getline(in, line); ++n) {
+    if (line.empty()) continue;
+    try {
+      const json m = json::parse(line);
+      d.steps.push_back(m.at("step").get<double>());
+      d.train_bits.push_back(m.at("loss").get<double>() / kLn2);
+      if (m.contains("val_loss")) {
+        d.val_steps.push_back(d.steps.back());
+        d.val_bits.push_back(m["val_loss"].get<double>() / kLn2);
+      }
+    } catch (const json::exception& e) {
+      throw Error(fmt::format("report: run '{}': '{}' line {}: {}", d.name, metrics_path, n, e.what()));
+    }
+  }
+  if (d.steps.empty()) throw Error(fmt::format("report: run '{}': '{}' has no steps", d.name, metrics_path));
+  return d;
+}
+
+struct Group {
+  std::string label;
+  std::vector<const RunData*> runs;
+};
+
+std::string relative(const std::string& path, const std::string& base) {
+  return fs::relative(fs::absolute(path), fs::absolute(base)).generic_string();
+}
+
+// An exponential moving average over about `window` steps (the first value seeds it).
+std::vector<double> smooth(const std::vector<double>& y, double window) {
+  std::vector<double> out(y.size());
+  const double alpha = 2.0 / (std::max(1.0, window) + 1.0);
+  double s = y.empty() ? 0 : y[0];
+  for (size_t i = 0; i < y.size(); ++i) out[i] = s = alpha * y[i] + (1 - alpha) * s;
+  return out;
+}
+
+// Per-index spread over the runs' vectors (truncated to the shortest).
+std::vector<Spread> spread_by_index(const std::vector<std::vector<double>>& per_run) {
+  size_t n = per_run.empty() ? 0 : per_run[0].size();
+  for (const auto& v : per_run) n = std::min(n, v.size());
+  std::vector<Spread> out;
+  for (size_t i = 0; i < n; ++i) {
+    std::vector<double> column;
+    for (const auto& v : per_run) column.push_back(v[i]);
+    out.push_back(spread_of(column));
+  }
+  return out;
+}
+
+Series series_from(const std::string& name, const std::vector<double>& x, const std::vector<Spread>& s, int color,
+                   bool band) {
+  Series out;
+  out.name = name;
+  out.color = color;
+  for (size_t i = 0; i < s.size() && i < x.size(); ++i) {
+    out.x.push_back(x[i]);
+    out.y.push_back(s[i].mean);
+    if (band) out.y_low.push_back(s[i].min), out.y_high.push_back(s[i].max);
+  }
+  return out;
+}
+
+std::string show(const Spread& s, int precision) {
+  if (s.count == 0) return "n/a";
+  if (s.count == 1) return fmt::format("{:.{}f}", s.mean, precision);
+  return fmt::format("{:.{}f} ± {:.{}f}", s.mean, precision, s.sd, precision);
+}
+
+// The bits per byte at each evaluated length, by length.
+std::map<int64_t, double> curve_of(const RunData& d) {
+  std::map<int64_t, double> out;
+  if (!d.eval.contains("bits_per_byte")) return out;
+  for (const json& p : d.eval["bits_per_byte"]["points"])
+    out[p.at("T").get<int64_t>()] = p.value("available", false) ? p.at("bits_per_byte").get<double>() : kNaN;
+  return out;
+}
+
+// Passkey accuracy (exact match, or per digit) by (length, depth).
+std::map<std::pair<int64_t, double>, double> passkey_of(const RunData& d, const char* key = "accuracy") {
+  std::map<std::pair<int64_t, double>, double> out;
+  if (!d.eval.contains("passkey")) return out;
+  for (const json& c : d.eval["passkey"]["cells"])
+    out[{c.at("length").get<int64_t>(), c.at("depth").get<double>()}] =
+        c.value("available", false) ? c.at(key).get<double>() : kNaN;
+  return out;
+}
+
+std::vector<double> runway_shares(const RunData& d) {
+  std::vector<double> out;
+  for (const json& l : d.inspect.at("cascade").at("layers")) out.push_back(l.at("runway_share").get<double>());
+  return out;
+}
+
+void write_plot(const std::string& out_dir, const std::string& name, const std::string& svg) {
+  write_text_file((fs::path(out_dir) / "plots" / name).string(), svg);
+}
+
+std::string figure_img(const std::string& src, const std::string& caption, const std::string& cls = "") {
+  return fmt::format("<figure{}><a href=\"{}\"><img src=\"{}\" alt=\"{}\"></a><figcaption>{}</figcaption></figure>\n",
+                     cls.empty() ? "" : " class=\"" + cls + "\"", escape_xml(src), escape_xml(src), escape_xml(caption),
+                     escape_xml(caption));
+}
+
+}  // namespace
+
+Spread spread_of(const std::vector<double>& values) {
+  Spread s{0, 0, kNaN, kNaN, 0};
+  for (double v : values)
+    if (std::isfinite(v)) {
+      s.mean += v;
+      s.min = s.count == 0 ? v : std::min(s.min, v);
+      s.max = s.count == 0 ? v : std::max(s.max, v);
+      ++s.count;
+    }
+  if (s.count == 0) return {kNaN, kNaN, kNaN, kNaN, 0};
+  s.mean /= static_cast<double>(s.count);
+  double ss = 0;
+  for (double v : values)
+    if (std::isfinite(v)) ss += (v - s.mean) * (v - s.mean);
+  s.sd = s.count > 1 ? std::sqrt(ss / static_cast<double>(s.count - 1)) : 0.0;
+  return s;
+}
+
+std::string write_report(const std::string& out_dir, const std::vector<ReportRun>& runs, const ReportOptions& options) {
+  if (runs.empty()) throw Error("report: no runs to report");
+  std::vector<RunData> data;
+  for (const ReportRun& r : runs) data.push_back(load_run(r));
+  std::vector<Group> groups;
+  for (const RunData& d : data) {
+    auto it = std::find_if(groups.begin(), groups.end(), [&](const Group& g) { return g.label == d.run.label; });
+    if (it == groups.end()) groups.push_back({d.run.label, {}}), it = groups.end() - 1;
+    it->runs.push_back(&d);
+  }
+  std::error_code ec;
+  fs::create_directories(fs::path(out_dir) / "plots", ec);
+  if (ec) throw Error(fmt::format("report: cannot create '{}/plots': {}", out_dir, ec.message()));
+  const bool several_seeds =
+      std::any_of(groups.begin(), groups.end(), [](const Group& g) { return g.runs.size() > 1; });
+  const std::string spread_note =
+      several_seeds ? "Values are means over seeds ± their sample standard deviation; shaded bands span min..max."
+                    : "One seed per configuration.";
+
+  // ---- loss curves ----
+  std::vector<Series> loss_series;
+  for (size_t g = 0; g < groups.size(); ++g) {
+    std::vector<std::vector<double>> train, val;
+    const RunData& first = *groups[g].runs[0];
+    for (const RunData* d : groups[g].runs) {
+      train.push_back(smooth(d->train_bits, static_cast<double>(d->steps.size()) / 40.0));
+      val.push_back(d->val_bits);
+    }
+    // At most ~300 points per line: keep every k-th step (and the last).
+    const size_t n = spread_by_index(train).size(), k = std::max<size_t>(1, n / 300);
+    std::vector<double> xs;
+    std::vector<std::vector<double>> thin(train.size());
+    for (size_t i = 0; i < n; i += k) {
+      xs.push_back(first.steps[i]);
+      for (size_t r = 0; r < train.size(); ++r) thin[r].push_back(train[r][i]);
+    }
+    loss_series.push_back(series_from(groups[g].label + " train", xs, spread_by_index(thin), static_cast<int>(g),
+                                      groups[g].runs.size() > 1));
+    Series v = series_from(groups[g].label + " validation", first.val_steps, spread_by_index(val), static_cast<int>(g),
+                           groups[g].runs.size() > 1);
+    v.dashed = v.markers = true;
+    loss_series.push_back(v);
+  }
+  ChartOptions loss_chart;
+  loss_chart.title = "Loss during training";
+  loss_chart.x_label = "optimizer step";
+  loss_chart.y_label = "bits per byte";
+  loss_chart.width = 720;
+  write_plot(out_dir, "loss.svg", line_chart_svg(loss_chart, loss_series));
+
+  // ---- extrapolation ----
+  std::vector<int64_t> lengths;
+  for (const auto& [T, bpb] : curve_of(data[0])) lengths.push_back(T);
+  std::vector<Series> extrapolation;
+  std::vector<std::vector<Spread>> curve_spread(groups.size());
+  for (size_t g = 0; g < groups.size(); ++g) {
+    std::vector<std::vector<double>> per_run;
+    for (const RunData* d : groups[g].runs) {
+      const auto curve = curve_of(*d);
+      std::vector<double> ys;
+      for (int64_t T : lengths) ys.push_back(curve.count(T) ? curve.at(T) : kNaN);
+      per_run.push_back(ys);
+    }
+    curve_spread[g] = spread_by_index(per_run);
+    std::vector<double> xs(lengths.begin(), lengths.end());
+    Series s = series_from(groups[g].label, xs, curve_spread[g], static_cast<int>(g), groups[g].runs.size() > 1);
+    s.markers = true;
+    extrapolation.push_back(s);
+  }
+  const int64_t L = data[0].config.value("seq_len", int64_t{0});
+  ChartOptions ex_chart;
+  ex_chart.title = fmt::format("Length extrapolation (trained at L = {})", L);
+  ex_chart.x_label = "context length (bytes, log scale)";
+  ex_chart.y_label = "bits per byte (validation)";
+  ex_chart.log2_x = true;
+  write_plot(out_dir, "extrapolation.svg", line_chart_svg(ex_chart, extrapolation));
+
+  // ---- cascade: runway share per layer ----
+  std::vector<Series> cascade_series;
+  std::vector<std::vector<Spread>> share_spread(groups.size());
+  for (size_t g = 0; g < groups.size(); ++g) {
+    std::vector<std::vector<double>> per_run;
+    for (const RunData* d : groups[g].runs) per_run.push_back(runway_shares(*d));
+    share_spread[g] = spread_by_index(per_run);
+    std::vector<double> xs;
+    for (size_t l = 0; l < share_spread[g].size(); ++l) xs.push_back(static_cast<double>(l));
+    Series s = series_from(groups[g].label, xs, share_spread[g], static_cast<int>(g), groups[g].runs.size() > 1);
+    s.markers = true;
+    cascade_series.push_back(s);
+  }
+  ChartOptions cascade_chart;
+  cascade_chart.title = "Runway share of long-range influence, per layer";
+  cascade_chart.x_label = "layer";
+  cascade_chart.y_label = "runway share (pairs i - j >= 2)";
+  cascade_chart.y_min = 0;
+  cascade_chart.y_max = 1;
+  cascade_chart.integer_x = true;
+  write_plot(out_dir, "cascade.svg", line_chart_svg(cascade_chart, cascade_series));
+
+  // ---- the table ----
+  struct Column {
+    std::string name;
+    std::vector<std::string> cells;
+  };
+  std::vector<Column> columns = {{"config", {}}, {"attention", {}}, {"seeds", {}}, {"parameters", {}},
+                                 {"steps", {}},  {"train s", {}},   {"val bpb", {}}};
+  for (int64_t T : lengths) columns.push_back({T == L ? "bpb@L" : fmt::format("bpb@{}L", T / std::max<int64_t>(L, 1)), {}});
+  std::vector<int64_t> passkey_lengths;
+  for (const auto& [key, acc] : passkey_of(data[0]))
+    if (passkey_lengths.empty() || passkey_lengths.back() != key.first) passkey_lengths.push_back(key.first);
+  for (int64_t T : passkey_lengths) columns.push_back({fmt::format("passkey@{}", T), {}});
+  columns.push_back({"recall", {}});
+  columns.push_back({"runway share (last layer)", {}});
+  json results = json::array();
+  for (size_t g = 0; g < groups.size(); ++g) {
+    const Group& grp = groups[g];
+    std::vector<double> params, steps, seconds, final_val, recall, last_share;
+    std::map<int64_t, std::vector<double>> passkey_mean;
+    for (const RunData* d : grp.runs) {
+      params.push_back(d->params);
+      steps.push_back(d->steps.back());
+      seconds.push_back(d->run.train_seconds);
+      final_val.push_back(d->val_bits.empty() ? kNaN : d->val_bits.back());
+      recall.push_back(d->eval.contains("recall") ? number_or_nan(d->eval["recall"], "accuracy") : kNaN);
+      const std::vector<double> shares = runway_shares(*d);
+      last_share.push_back(shares.empty() ? kNaN : shares.back());
+      const auto pk = passkey_of(*d);
+      for (int64_t T : passkey_lengths) {
+        std::vector<double> accs;
+        for (const auto& [key, acc] : pk)
+          if (key.first == T) accs.push_back(acc);
+        passkey_mean[T].push_back(spread_of(accs).mean);
+      }
+    }
+    size_t c = 0;
+    columns[c++].cells.push_back(grp.label);
+    columns[c++].cells.push_back(grp.runs[0]->config.value("attention", std::string("?")) +
+                                 (grp.runs[0]->config.value("attention", std::string()) == "rewired"
+                                      ? " (" + grp.runs[0]->config.value("runway_summary", std::string()) + ")"
+                                      : ""));
+    columns[c++].cells.push_back(std::to_string(grp.runs.size()));
+    columns[c++].cells.push_back(show(spread_of(params), 0));
+    columns[c++].cells.push_back(show(spread_of(steps), 0));
+    columns[c++].cells.push_back(show(spread_of(seconds), 1));
+    columns[c++].cells.push_back(show(spread_of(final_val), 3));
+    for (size_t i = 0; i < lengths.size(); ++i) columns[c++].cells.push_back(show(curve_spread[g][i], 3));
+    for (int64_t T : passkey_lengths) columns[c++].cells.push_back(show(spread_of(passkey_mean[T]), 2));
+    columns[c++].cells.push_back(show(spread_of(recall), 3));
+    columns[c++].cells.push_back(show(spread_of(last_share), 3));
+
+    json r{{"label", grp.label},
+           {"seeds", grp.runs.size()},
+           {"config", grp.runs[0]->config},
+           {"parameters", spread_of(params).mean},
+           {"final_val_bits_per_byte", {{"mean", spread_of(final_val).mean}, {"sd", spread_of(final_val).sd}}},
+           {"recall_accuracy", {{"mean", spread_of(recall).mean}, {"sd", spread_of(recall).sd}}}};
+    json curve = json::array();
+    for (size_t i = 0; i < lengths.size(); ++i)
+      curve.push_back({{"T", lengths[i]}, {"mean", curve_spread[g][i].mean}, {"sd", curve_spread[g][i].sd}});
+    r["bits_per_byte"] = curve;
+    json shares = json::array();
+    for (const Spread& s : share_spread[g]) shares.push_back({{"mean", s.mean}, {"sd", s.sd}});
+    r["runway_share_by_layer"] = shares;
+    json pk = json::object();
+    for (int64_t T : passkey_lengths) pk[std::to_string(T)] = spread_of(passkey_mean[T]).mean;
+    r["passkey_mean_accuracy_by_length"] = pk;
+    json seeds = json::array();
+    for (const RunData* d : grp.runs)
+      seeds.push_back({{"seed", d->run.seed}, {"dir", relative(d->run.dir, out_dir)}, {"train_seconds", d->run.train_seconds}});
+    r["runs"] = seeds;
+    results.push_back(r);
+  }
+  // JSON has no NaN: nlohmann writes null for it, which is what a missing value should be.
+  write_text_file((fs::path(out_dir) / "results.json").string(), json{{"configs", results}}.dump(2) + "\n");
+
+  // Plain-text table for the terminal.
+  std::vector<size_t> width;
+  for (const Column& col : columns) {
+    size_t w = col.name.size();
+    for (const std::string& s : col.cells) w = std::max(w, fmt::format("{}", s).size());
+    width.push_back(w);
+  }
+  std::string text;
+  for (size_t c = 0; c < columns.size(); ++c) text += fmt::format("{:<{}}  ", columns[c].name, width[c]);
+  text += "\n";
+  for (size_t g = 0; g < groups.size(); ++g) {
+    for (size_t c = 0; c < columns.size(); ++c) text += fmt::format("{:<{}}  ", columns[c].cells[g], width[c]);
+    text += "\n";
+  }
+
+  // ---- the page ----
+  std::string page = html_page_start(options.title);
+  page += fmt::format("<h1>{}</h1>\n", escape_xml(options.title));
+  if (!options.subtitle.empty()) page += fmt::format("<p class=\"note\">{}</p>\n", escape_xml(options.subtitle));
+  page += "<h2>Results</h2>\n<table><tr>";
+  for (const Column& col : columns) page += "<th>" + escape_xml(col.name) + "</th>";
+  page += "</tr>\n";
+  for (size_t g = 0; g < groups.size(); ++g) {
+    page += "<tr>";
+    for (size_t c = 0; c < columns.size(); ++c)
+      page += fmt::format("<td{}>{}</td>", c < 2 ? " class=\"name\"" : "", escape_xml(columns[c].cells[g]));
+    page += "</tr>\n";
+  }
+  page += "</table>\n<p class=\"note\">" + escape_xml(spread_note) +
+          " bpb = bits per byte on the validation split (lower is better); bpb@kL at k times the training "
+          "length L; passkey@N = exact-match accuracy of the 5-digit key in N-byte documents, mean over needle "
+          "depths; recall = associative-recall accuracy (teacher forced); runway share: see the cascade "
+          "section. All numbers are in results.json.</p>\n";
+
+  page += "<h2>Training</h2>\n<div class=\"row\">" + figure_img("plots/loss.svg",
+          "Training loss (exponential moving average over ~1/40 of the run) and validation loss, in bits per byte.") +
+          "</div>\n";
+  page += "<h2>Length extrapolation</h2>\n<div class=\"row\">" + figure_img("plots/extrapolation.svg",
+          "Bits per byte on held-out text at 1, 2, 4 and 8 times the training length (RoPE beyond its training range).") +
+          "</div>\n";
+
+  // Passkey grids: one table per configuration, cells coloured by accuracy.
+  page += "<h2>Passkey retrieval</h2>\n<div class=\"row\">\n";
+  if (passkey_lengths.empty())
+    page += "<p class=\"note\">Passkey retrieval was not evaluated (no trials, or no length of at least the "
+            "passkey minimum).</p>\n";
+  for (const Group& grp : groups) {
+    if (passkey_lengths.empty()) break;
+    std::map<std::pair<int64_t, double>, std::vector<double>> cells, digit_cells;
+    std::vector<double> depths;
+    for (const RunData* d : grp.runs) {
+      for (const auto& [key, acc] : passkey_of(*d)) {
+        cells[key].push_back(acc);
+        if (std::find(depths.begin(), depths.end(), key.second) == depths.end()) depths.push_back(key.second);
+      }
+      for (const auto& [key, acc] : passkey_of(*d, "digit_accuracy")) digit_cells[key].push_back(acc);
+    }
+    std::sort(depths.begin(), depths.end());
+    page += "<table><tr><th colspan=\"" + std::to_string(depths.size() + 1) + "\">" + escape_xml(grp.label) +
+            "</th></tr><tr><th>length \\ depth</th>";
+    for (double dp : depths) page += fmt::format("<th>{:.0f}%</th>", dp * 100);
+    page += "</tr>\n";
+    for (int64_t T : passkey_lengths) {
+      page += fmt::format("<tr><th>{}</th>", T);
+      for (double dp : depths) {
+        const Spread s = spread_of(cells[{T, dp}]);
+        if (s.count == 0) {
+          page += "<td>n/a</td>";
+          continue;
+        }
+        const Rgb bg = sequential_color(s.mean);
+        page += fmt::format("<td style=\"background:{};color:{}\">{:.2f}<br><small>digits {:.2f}</small></td>", hex(bg),
+                            s.mean > 0.6 ? "#000" : "#fff", s.mean, spread_of(digit_cells[{T, dp}]).mean);
+      }
+      page += "</tr>\n";
+    }
+    page += "</table>\n";
+  }
+  page += "</div>\n<p class=\"note\">Exact-match accuracy of the 5 greedily decoded key digits (the colour), and "
+          "below it the fraction of single digits right (chance: 0.1), by document length (bytes) and needle depth "
+          "(0% = start of the document).</p>\n";
+
+  page += "<h2>Runway cascade</h2>\n<p class=\"note\">For each layer, how much of token j's influence on token i "
+          "(pairs at distance &ge; 2) arrives through the runway, the tokens between them, rather than by i "
+          "attending to j directly; from attention rollout over the inspected sample (docs/cascade.md). "
+          "Layer 0 is 0 by construction.</p>\n<div class=\"row\">" +
+          figure_img("plots/cascade.svg", "Runway share per layer (mean over seeds).");
+  for (const Group& grp : groups)
+    page += figure_img(relative((fs::path(grp.runs[0]->run.inspect_dir) / "cascade.svg").string(), out_dir),
+                       grp.label + ": runway share by distance i - j, per layer (seed " +
+                           std::to_string(grp.runs[0]->run.seed) + ")");
+  page += "</div>\n";
+
+  // Heatmaps: the last layer's runway head of each configuration's first seed.
+  page += "<h2>Attention maps</h2>\n<p class=\"note\">The last layer's runway head on the inspected sample: A "
+          "(softmax of the logits), R (runway coefficients; for a standard model what the runway head would measure, "
+          "not applied), A' (the rewired attention actually used) and A' - A. Every layer and head is on each run's "
+          "inspect page.</p>\n";
+  for (const Group& grp : groups) {
+    const RunData& d = *grp.runs[0];
+    const std::string idir = relative(d.run.inspect_dir, out_dir);
+    const int64_t last = static_cast<int64_t>(d.inspect.at("layers").size()) - 1;
+    const int64_t head = d.inspect.value("runway_head", int64_t{0});
+    const bool rewired = d.inspect.at("layers").back().value("rewired", false);
+    page += fmt::format("<h3>{} (seed {}): <a href=\"{}/index.html\">all layers and heads</a></h3>\n<div class=\"row\">\n",
+                        escape_xml(grp.label), d.run.seed, escape_xml(idir));
+    const std::string stem = fmt::format("{}/L{}", idir, last);
+    const std::string head_stem = fmt::format("{}_H{}", stem, head);
+    page += figure_img(head_stem + "_A.png", fmt::format("A, layer {} head {}", last, head), "heat");
+    page += figure_img(stem + "_R.png", fmt::format("R, layer {}", last), "heat");
+    if (rewired) {
+      page += figure_img(head_stem + "_Arew.png", fmt::format("A', layer {} head {}", last, head), "heat");
+      page += figure_img(head_stem + "_diff.png", fmt::format("A' - A, layer {} head {}", last, head), "heat");
+    }
+    page += "</div>\n";
+  }
+
+  page += "<h2>Configurations</h2>\n";
+  for (const Group& grp : groups)
+    page += fmt::format("<details><summary>{}</summary><pre class=\"text\">{}</pre></details>\n", escape_xml(grp.label),
+                        escape_xml(grp.runs[0]->config.dump(2)));
+  page += html_page_end();
+  write_text_file((fs::path(out_dir) / "report.html").string(), page);
+  return text;
+}
+
+}  // namespace runway::viz

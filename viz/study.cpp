@@ -1,0 +1,295 @@
+#include "viz/study.h"
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <set>
+
+#include "nn/data.h"
+#include "nn/device.h"
+#include "nn/eval.h"
+#include "viz/inspect.h"
+#include "viz/report.h"
+
+namespace runway::viz {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+std::string duration(double seconds) {
+  const int64_t s = static_cast<int64_t>(std::max(0.0, std::round(seconds)));
+  return s >= 3600 ? fmt::format("{}h{:02}m", s / 3600, s % 3600 / 60) : fmt::format("{}m{:02}s", s / 60, s % 60);
+}
+
+std::string folder_name(const std::string& label) {
+  std::string out = label;
+  for (char& c : out)
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '_' && c != '.' && c != '-') c = '-';
+  return out;
+}
+
+// One progress line, redrawn in place on a terminal; elsewhere (logs, CI) a line at
+// most every 10 seconds, so the output stays readable.
+class Progress {
+ public:
+  Progress() : tty_(isatty(fileno(stdout)) != 0), start_(Clock::now()), last_(Clock::now() - std::chrono::hours(1)) {}
+  void plan(double total_seconds) { planned_ = total_seconds; }
+  double elapsed() const { return seconds_since(start_); }
+
+  void update(const std::string& what, bool force = false) {
+    const double since_last = std::chrono::duration<double>(Clock::now() - last_).count();
+    if (!force && since_last < (tty_ ? 0.2 : 10.0)) return;
+    last_ = Clock::now();
+    const double e = elapsed();
+    std::string head = fmt::format("[{} elapsed", duration(e));
+    if (planned_ > 0)
+      head += fmt::format(", {:3.0f}%, ~{} left", std::min(99.0, 100 * e / planned_), duration(planned_ - e));
+    const std::string line = head + "] " + what;
+    if (tty_) {
+      fmt::print("\r\033[K{}", line);
+      shown_ = true;
+    } else {
+      fmt::print("{}\n", line);
+    }
+    std::fflush(stdout);
+  }
+
+  // A permanent line above the progress line.
+  void say(const std::string& message) {
+    if (tty_ && shown_) fmt::print("\r\033[K");
+    shown_ = false;
+    fmt::print("{}\n", message);
+    std::fflush(stdout);
+  }
+
+  void finish() {
+    if (tty_ && shown_) fmt::print("\r\033[K");
+    shown_ = false;
+    std::fflush(stdout);
+  }
+
+ private:
+  bool tty_;
+  bool shown_ = false;
+  Clock::time_point start_, last_;
+  double planned_ = 0;
+};
+
+std::string length_name(int64_t T, int64_t L) {
+  return T % L == 0 ? (T == L ? std::string("L") : fmt::format("{}L", T / L)) : std::to_string(T);
+}
+
+// bits per byte at L..8L, the passkey grid and associative recall, in the layout of
+// `runway eval`'s eval.json.
+json evaluate(const nn::GPT& model, const nn::TrainConfig& config, const std::vector<uint8_t>& val,
+              const StudyOptions& o, Progress& progress, const std::string& name) {
+  const int64_t L = config.model.seq_len;
+  json out{{"config", config.to_json()},
+           {"parameter_count", model.parameter_count()},
+           {"data", config.data},
+           {"val_fraction", config.val_fraction},
+           {"val_bytes", val.size()},
+           {"seed", o.eval_seed},
+           {"device", device_name(o.device)}};
+  json points = json::array();
+  for (int64_t T : {L, 2 * L, 4 * L, 8 * L}) {
+    progress.update(fmt::format("evaluating {}: bits per byte at {}", name, length_name(T, L)), true);
+    points.push_back(nn::to_json(nn::bits_per_byte(model, val, T, 0, o.eval_max_windows, 8)));
+  }
+  out["bits_per_byte"] = {{"stride", 0}, {"max_windows", o.eval_max_windows}, {"batch_size", 8}, {"points", points}};
+  if (o.passkey_trials > 0) {
+    std::vector<int64_t> lengths;
+    for (int64_t T : o.passkey_lengths.empty() ? std::vector<int64_t>{L, 2 * L} : o.passkey_lengths)
+      if (T >= nn::passkey_min_length()) lengths.push_back(T);
+    json cells = json::array();
+    for (int64_t T : lengths)
+      for (double depth : nn::default_passkey_depths()) {
+        progress.update(fmt::format("evaluating {}: passkey, length {}, depth {:.0f}%", name, T, depth * 100), true);
+        cells.push_back(nn::to_json(nn::passkey_accuracy(model, T, depth, o.passkey_trials, o.eval_seed, 0)));
+      }
+    out["passkey"] = {{"trials", o.passkey_trials}, {"depths", nn::default_passkey_depths()}, {"lengths", lengths},
+                      {"cells", cells}};
+  }
+  if (o.recall_trials > 0) {
+    progress.update(fmt::format("evaluating {}: associative recall", name), true);
+    int64_t P = 0, Q = 0;
+    nn::default_recall_size(L, &P, &Q);
+    out["recall"] = nn::to_json(nn::recall_eval(model, P, Q, o.recall_trials, o.eval_seed, 0));
+  }
+  return out;
+}
+
+void validate(const StudyOptions& o) {
+  if (o.configs.empty()) throw Error("study: no configurations");
+  if (o.seeds.empty()) throw Error("study: no seeds");
+  if (o.steps < 0) throw Error(fmt::format("steps must be >= 0 (0: from the time budget), got {}", o.steps));
+  if (o.steps == 0 && !(o.minutes > 0 && std::isfinite(o.minutes)))
+    throw Error(fmt::format("minutes must be > 0, got {}", o.minutes));
+  if (o.inspect_length < 1) throw Error(fmt::format("inspect length must be >= 1, got {}", o.inspect_length));
+  std::set<std::string> labels, folders;
+  for (const StudyConfig& c : o.configs) {
+    if (c.label.empty()) throw Error("study: a configuration has an empty label");
+    if (!labels.insert(c.label).second) throw Error(fmt::format("study: the label '{}' is used twice", c.label));
+    if (!folders.insert(folder_name(c.label)).second)
+      throw Error(fmt::format("study: labels '{}' and another one give the same folder name '{}'", c.label,
+                              folder_name(c.label)));
+    try {
+      c.train.validate();
+    } catch (const Error& e) {
+      throw Error(fmt::format("config '{}': {}", c.label, e.what()));
+    }
+  }
+  std::set<uint64_t> seeds(o.seeds.begin(), o.seeds.end());
+  if (seeds.size() != o.seeds.size()) throw Error("study: a seed is listed twice");
+}
+
+// Replaces a previous run folder; refuses to delete anything that does not look like one.
+void fresh_run_folder(const std::string& dir) {
+  if (fs::exists(dir)) {
+    if (!fs::is_directory(dir) || !fs::exists(fs::path(dir) / "config.json"))
+      throw Error(fmt::format("'{}' exists and is not a run folder (no config.json); move it away first", dir));
+    fs::remove_all(dir);
+  }
+}
+
+// Seconds per optimizer step of a configuration, from a few throwaway steps (the first
+// one, which also sizes the allocator caches, is not counted).
+double time_steps(const nn::TrainConfig& base, const std::string& dir, Device device, const std::atomic<bool>* stop) {
+  nn::TrainConfig c = base;
+  c.steps = 4;
+  c.warmup = 1;
+  c.eval_every = 1000000;
+  fs::remove_all(dir);  // a leftover of an interrupted study
+  std::vector<double> seconds;
+  {
+    nn::Trainer trainer(c, dir, false, 0, device);
+    trainer.run(
+        [&](const nn::StepReport& r) {
+          if (r.step > 1)
+            seconds.push_back(static_cast<double>(c.batch_size * c.model.seq_len * c.grad_accum) / r.tokens_per_second);
+        },
+        stop);
+  }
+  fs::remove_all(dir);
+  if (seconds.empty()) return 0;  // interrupted
+  std::sort(seconds.begin(), seconds.end());
+  return seconds[seconds.size() / 2];
+}
+
+}  // namespace
+
+StudyResult run_study(const StudyOptions& o, const std::atomic<bool>* stop) {
+  validate(o);
+  nn::require_device(o.device);
+  const auto study_start = Clock::now();
+  Progress progress;
+  StudyResult result;
+  const fs::path out(o.out_dir);
+  fs::create_directories(out / "runs");
+  auto stopped = [&]() { return stop && stop->load(); };
+
+  // ---- steps: fixed, or from the budget ----
+  int64_t steps = o.steps;
+  const size_t runs_total = o.configs.size() * o.seeds.size();
+  std::vector<double> seconds_per_step(o.configs.size(), 0.0);
+  if (steps == 0) {
+    progress.plan(o.minutes * 60);
+    for (size_t c = 0; c < o.configs.size() && !stopped(); ++c) {
+      progress.update(fmt::format("timing a few steps of '{}' to size the runs", o.configs[c].label), true);
+      seconds_per_step[c] = time_steps(o.configs[c].train, (out / "runs" / ".timing").string(), o.device, stop);
+    }
+    double per_step_all = 0;
+    for (double s : seconds_per_step) per_step_all += s * static_cast<double>(o.seeds.size());
+    const double budget = o.minutes * 60 * 0.85 - progress.elapsed() - 5.0 * static_cast<double>(runs_total);
+    steps = std::max<int64_t>(10, per_step_all > 0 ? static_cast<int64_t>(budget / per_step_all) : 10);
+    std::string timing;
+    for (size_t c = 0; c < o.configs.size(); ++c)
+      timing += fmt::format("{}{} {:.0f} ms", c ? ", " : "", o.configs[c].label, seconds_per_step[c] * 1000);
+    progress.say(fmt::format("budget {:g} min: {} steps per run ({} per step)", o.minutes, steps, timing));
+  }
+  result.steps = steps;
+
+  // ---- train, evaluate, inspect ----
+  std::vector<ReportRun> runs;
+  std::vector<uint8_t> sample;  // the shared inspection sample
+  for (const uint64_t seed : o.seeds) {
+    for (size_t c = 0; c < o.configs.size(); ++c) {
+      if (stopped()) break;
+      const StudyConfig& sc = o.configs[c];
+      nn::TrainConfig config = sc.train;
+      config.seed = seed;
+      config.steps = steps;
+      if (o.steps == 0) config.warmup = std::min(config.warmup, std::max<int64_t>(1, steps / 10));
+      config.eval_every = std::max<int64_t>(1, steps / 10);
+      config.log_every = std::max<int64_t>(1, config.log_every);
+      const std::string name = fmt::format("{} (seed {})", sc.label, seed);
+      const std::string dir = (out / "runs" / fmt::format("{}-seed{}", folder_name(sc.label), seed)).string();
+      fresh_run_folder(dir);
+
+      const auto t0 = Clock::now();
+      nn::Trainer trainer(config, dir, false, 0, o.device);
+      double last_val = std::nan("");
+      trainer.run(
+          [&](const nn::StepReport& r) {
+            if (r.evaluated) last_val = r.val_loss / std::log(2.0);
+            progress.update(fmt::format("training {}: step {}/{}, loss {:.3f} bits/byte{}, {:.1f}k tok/s", name, r.step,
+                                        steps, r.loss / std::log(2.0),
+                                        std::isfinite(last_val) ? fmt::format(", val {:.3f}", last_val) : "",
+                                        r.tokens_per_second / 1000));
+          },
+          stop);
+      const double train_seconds = seconds_since(t0);
+      if (stopped()) {
+        progress.say(fmt::format("interrupted: {} saved at step {} in {}", name, trainer.step(), dir));
+        break;
+      }
+      progress.say(fmt::format("trained {}: {} steps in {}, validation {:.3f} bits/byte", name, steps,
+                               duration(train_seconds), last_val));
+
+      const nn::ByteCorpus corpus = nn::load_corpus(config.data, config.val_fraction);
+      if (sample.empty()) {
+        const size_t n = std::min<size_t>(corpus.val.size(), static_cast<size_t>(o.inspect_length));
+        sample.assign(corpus.val.begin(), corpus.val.begin() + static_cast<std::ptrdiff_t>(n));
+      }
+      const json eval = evaluate(trainer.model(), config, corpus.val, o, progress, name);
+      write_text_file((fs::path(dir) / "eval.json").string(), eval.dump(2) + "\n");
+      progress.update(fmt::format("inspecting {}", name), true);
+      InspectOptions io;
+      io.title = name;
+      const std::string inspect_dir = (fs::path(dir) / "inspect").string();
+      inspect_model(trainer.model(), sample, inspect_dir, io);
+      runs.push_back({sc.label, seed, dir, inspect_dir, train_seconds});
+    }
+  }
+  result.seconds = seconds_since(study_start);
+  if (stopped()) {
+    progress.finish();
+    result.interrupted = true;
+    return result;
+  }
+
+  progress.update("writing the report", true);
+  ReportOptions ro;
+  ro.title = o.title;
+  ro.subtitle = fmt::format("{} steps per run, batch {} x {} bytes, {} seed{}, device {}; {} in all.{}", steps,
+                            o.configs[0].train.batch_size, o.configs[0].train.model.seq_len, o.seeds.size(),
+                            o.seeds.size() > 1 ? "s" : "", device_name(o.device), duration(seconds_since(study_start)),
+                            o.command_line.empty() ? "" : " Command: " + o.command_line);
+  result.table = write_report(o.out_dir, runs, ro);
+  result.report_path = (out / "report.html").string();
+  result.seconds = seconds_since(study_start);
+  progress.finish();
+  return result;
+}
+
+}  // namespace runway::viz
