@@ -84,7 +84,7 @@ sanitize: deps
 # libstdc++/libgcc_s, the driver's libcuda, and CUDA 13's libcudart/libcublas(Lt)
 # (over 500 MiB; the GPU machine's CUDA toolkit or PyTorch provides them, and
 # scripts/gpu-check.sh finds them). Run there: scripts/gpu-check.sh OUTDIR.
-BUNDLE_TARGETS := test_cuda_backend test_cuda_parity test_cuda_model runway
+BUNDLE_TARGETS := test_cuda_backend test_cuda_parity test_cuda_model runway bench_train
 BUNDLE_SKIP_LIBS := linux-vdso ld-linux libc.so libm.so libdl.so libpthread.so librt.so \
                     libstdc++.so libgcc_s.so libcuda.so libcudart.so libcublas.so libcublasLt.so
 
@@ -95,9 +95,9 @@ gpu-bundle: deps
 	cmake --build build-bundle -j$(JOBS) --target $(BUNDLE_TARGETS)
 	rm -rf bundle && mkdir -p bundle
 	cp build-bundle/cuda/test_cuda_backend build-bundle/cuda/test_cuda_parity build-bundle/cuda/test_cuda_model \
-	  build-bundle/apps/runway bundle/
+	  build-bundle/apps/runway build-bundle/bench/bench_train bundle/
 	@set -e; cd bundle; \
-	for lib in $$(ldd test_cuda_backend test_cuda_parity test_cuda_model runway | awk '$$2 == "=>" && $$3 ~ /^\// {print $$3}' | sort -u); do \
+	for lib in $$(ldd test_cuda_backend test_cuda_parity test_cuda_model runway bench_train | awk '$$2 == "=>" && $$3 ~ /^\// {print $$3}' | sort -u); do \
 	  skip=0; for s in $(BUNDLE_SKIP_LIBS); do case "$$(basename $$lib)" in $$s*) skip=1;; esac; done; \
 	  if [ $$skip = 0 ]; then echo "gpu-bundle: + $$lib"; cp -L "$$lib" .; fi; \
 	done; \
@@ -105,8 +105,8 @@ gpu-bundle: deps
 	  echo "commit: $$(git -C .. rev-parse HEAD 2>/dev/null)$$(git -C .. diff --quiet HEAD 2>/dev/null || echo ' (with local changes)')"; \
 	  echo "built: $$(date -u +%Y-%m-%dT%H:%M:%SZ) on $$(. /etc/os-release && echo $$PRETTY_NAME), $$(nvcc --version 2>/dev/null | tail -1)"; \
 	  echo "flags: Release, CUDA arch 90, -march=x86-64-v3"; \
-	  for f in test_cuda_backend test_cuda_parity test_cuda_model runway; do echo "== ldd $$f"; ldd $$f; done; } > MANIFEST.txt; \
-	if ldd test_cuda_backend test_cuda_parity test_cuda_model runway | grep -v 'libcud\|libcublas' | grep -q 'not found'; then \
+	  for f in test_cuda_backend test_cuda_parity test_cuda_model runway bench_train; do echo "== ldd $$f"; ldd $$f; done; } > MANIFEST.txt; \
+	if ldd test_cuda_backend test_cuda_parity test_cuda_model runway bench_train | grep -v 'libcud\|libcublas' | grep -q 'not found'; then \
 	  echo "gpu-bundle: a library is not found from bundle/:" >&2; ldd runway >&2; exit 1; fi; \
 	echo "gpu-bundle: $$(du -sh . | cut -f1) in bundle/ ($$(ls | wc -l) files)"; du -b * | sort -n | sed 's/^/  /'
 

@@ -7,8 +7,6 @@
 #include <atomic>
 #include <csignal>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
 #include "apps/commands.h"
 #include "apps/device_option.h"
@@ -78,18 +76,12 @@ void apply_quick(viz::StudyOptions& o, bool quick) {
 }
 
 nn::TrainConfig read_config(const std::string& path) {
-  std::ifstream in(path);
-  if (!in || std::filesystem::is_directory(path)) throw Error(fmt::format("--config: cannot read '{}'", path));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(ss.str());
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(fmt::format("--config: '{}' is not valid JSON: {}", path, e.what()));
-  }
   nn::TrainConfig config;
-  config.update_from_json(j, path);
+  try {
+    config.update_from_file(path);
+  } catch (const Error& e) {
+    throw Error(fmt::format("--config: {}", e.what()));
+  }
   return config;
 }
 

@@ -39,17 +39,11 @@ int run_train(const TrainArgs& args) {
   const Device device = device_from_option(args.device);
   nn::TrainConfig config;
   if (!args.config_file.empty()) {
-    std::ifstream in(args.config_file);
-    if (!in) throw Error(fmt::format("--config: cannot read '{}'", args.config_file));
-    std::stringstream ss;
-    ss << in.rdbuf();
-    nlohmann::json j;
     try {
-      j = nlohmann::json::parse(ss.str());
-    } catch (const nlohmann::json::exception& e) {
-      throw Error(fmt::format("--config: '{}' is not valid JSON: {}", args.config_file, e.what()));
+      config.update_from_file(args.config_file);
+    } catch (const Error& e) {
+      throw Error(fmt::format("--config: {}", e.what()));
     }
-    config.update_from_json(j, args.config_file);
   }
   const nlohmann::json& given = args.flags;  // only the flags present on the command line
   config.update_from_json(given, "command line");

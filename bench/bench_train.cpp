@@ -3,7 +3,7 @@
 //
 //   bench_train --layers 4 --width 128 --heads 4 --seq 128 --batch 16
 //               --attention standard|rewired --summary absorption|two_hop
-//               --steps 10 --warmup 3 --threads 2 [--dump DIR]
+//               --steps 10 --warmup 3 --threads 2 [--dump DIR] [--device cpu|cuda]
 //
 // Prints one JSON line: tokens/s (from the median step), the median and every step
 // time, the model FLOPs per token and the peak resident memory (VmHWM).
@@ -53,13 +53,14 @@ struct Options {
   double lr = 1e-3, clip = 1.0;
   std::string dump;
   int64_t sgemm_peak = 0;  // > 0: measure the sgemm peak at this size instead
+  runway::Device device = runway::Device::CPU;
 };
 
 [[noreturn]] void usage_error(const std::string& why) {
   throw Error(fmt::format(
       "bench_train: {}\nusage: bench_train [--layers N] [--width C] [--heads H] [--seq T] [--batch B]\n"
       "       [--attention standard|rewired] [--summary absorption|two_hop] [--steps N] [--warmup N]\n"
-      "       [--threads N] [--seed N] [--lr X] [--clip X] [--dump DIR] [--sgemm-peak N]",
+      "       [--threads N] [--seed N] [--lr X] [--clip X] [--dump DIR] [--sgemm-peak N] [--device cpu|cuda]",
       why));
 }
 
@@ -102,18 +103,24 @@ Options parse(int argc, char** argv) {
     else if (flag == "--lr") o.lr = real();
     else if (flag == "--clip") o.clip = real();
     else if (flag == "--dump") o.dump = value;
+    else if (flag == "--device") {
+      if (value != "cpu" && value != "cuda") usage_error(fmt::format("--device '{}': allowed values are cpu, cuda", value));
+      o.device = value == "cuda" ? runway::Device::CUDA : runway::Device::CPU;
+    }
     else if (flag == "--sgemm-peak") o.sgemm_peak = integer(64);
     else usage_error(fmt::format("unknown flag '{}'", flag));
   }
   return o;
 }
 
-// Peak resident set size of this process in bytes (VmHWM), 0 when unknown.
-int64_t peak_rss_bytes() {
+// A memory field of /proc/self/status in bytes ("VmHWM": peak resident set size,
+// "VmRSS": current), 0 when unknown.
+int64_t status_bytes(const char* field) {
   std::ifstream f("/proc/self/status");
   std::string line;
+  const std::string prefix = std::string(field) + ":";
   while (std::getline(f, line))
-    if (line.rfind("VmHWM:", 0) == 0) return std::atoll(line.c_str() + 6) * 1024;
+    if (line.rfind(prefix, 0) == 0) return std::atoll(line.c_str() + prefix.size()) * 1024;
   return 0;
 }
 
@@ -124,14 +131,6 @@ double cpu_seconds() {
   getrusage(RUSAGE_SELF, &u);
   return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
          1e-6 * static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
-}
-
-int64_t current_rss_bytes() {
-  std::ifstream f("/proc/self/status");
-  std::string line;
-  while (std::getline(f, line))
-    if (line.rfind("VmRSS:", 0) == 0) return std::atoll(line.c_str() + 6) * 1024;
-  return 0;
 }
 
 // Model FLOPs per token of one training step (forward + backward), the convention
@@ -216,9 +215,14 @@ int main(int argc, char** argv) {
     config.seq_len = o.seq;
     config.rewired = o.rewired;
     config.runway.summary = runway::parse_runway_summary(o.summary);
-    const int64_t rss_before_model = current_rss_bytes();
+    const int64_t rss_before_model = status_bytes("VmRSS");
     runway::Generator init(o.seed);
     runway::nn::GPT model(config, init);
+    if (o.device == runway::Device::CUDA) {
+      if (!o.dump.empty()) usage_error("--dump writes the CPU run's tensors; use it without --device cuda");
+      runway::backend_for(runway::Device::CUDA);  // a clear error when there is no usable GPU
+      model.to(runway::Device::CUDA);  // before the optimizer, whose moments follow the parameters
+    }
     auto params = model.named_parameters();
     runway::nn::AdamW optimizer(params, runway::nn::AdamWOptions{});
 
@@ -227,8 +231,11 @@ int main(int argc, char** argv) {
     std::vector<int64_t> ids(o.batch * o.seq), targets(o.batch * o.seq);
     for (auto& v : ids) v = static_cast<int64_t>(data.below(256));
     for (auto& v : targets) v = static_cast<int64_t>(data.below(256));
-    const Tensor ids_t = Tensor::from_indices(ids, {o.batch, o.seq});
-    const Tensor targets_t = Tensor::from_indices(targets, {o.batch, o.seq});
+    const Tensor ids_t = Tensor::from_indices(ids, {o.batch, o.seq}).to(o.device);
+    const Tensor targets_t = Tensor::from_indices(targets, {o.batch, o.seq}).to(o.device);
+    // GPU kernels run asynchronously on one stream: each phase ends with a synchronize
+    // so that its time is its own (a no-op on the CPU).
+    runway::Backend& backend = runway::backend_for(o.device);
 
     if (!o.dump.empty()) {
       std::vector<std::pair<std::string, Tensor>> tensors;
@@ -249,8 +256,10 @@ int main(int argc, char** argv) {
       const auto t0 = std::chrono::steady_clock::now();
       optimizer.zero_grad();
       Tensor loss = model.loss(ids_t, targets_t);
+      backend.synchronize();
       const auto t_forward = std::chrono::steady_clock::now();
       loss.backward();
+      backend.synchronize();
       const auto t_backward = std::chrono::steady_clock::now();
       const double norm = runway::nn::global_grad_norm(params);
       if (step == 0 && !o.dump.empty()) {
@@ -267,6 +276,7 @@ int main(int argc, char** argv) {
         for (const auto& p : params) after.emplace_back(p.name, p.tensor);
         runway::write_safetensors(o.dump + "/step1.safetensors", after);
       }
+      backend.synchronize();
       const auto t1 = std::chrono::steady_clock::now();
       if (step == 0) first_loss = loss.item();
       if (step >= o.warmup) {
@@ -289,14 +299,15 @@ int main(int argc, char** argv) {
     std::string step_list;
     for (double t : times) step_list += fmt::format("{}{:.5f}", step_list.empty() ? "" : ", ", t);
     fmt::print(
-        "{{\"engine\": \"runway\", \"layers\": {}, \"width\": {}, \"heads\": {}, \"seq\": {}, \"batch\": {}, "
+        "{{\"engine\": \"runway\", \"device\": \"{}\", \"layers\": {}, \"width\": {}, \"heads\": {}, \"seq\": {}, \"batch\": {}, "
         "\"attention\": \"{}\", \"summary\": \"{}\", \"threads\": {}, \"params\": {}, \"tokens_per_s\": {:.1f}, "
         "\"median_step_s\": {:.5f}, \"min_step_s\": {:.5f}, \"cpu_s_per_step\": {:.5f}, \"forward_s\": {:.5f}, \"backward_s\": {:.5f}, \"optimizer_s\": {:.5f}, \"flops_per_token\": {:.0f}, \"gflops\": {:.2f}, "
         "\"peak_rss_mb\": {:.1f}, \"base_rss_mb\": {:.1f}, \"first_loss\": {:.6f}, \"steps_s\": [{}]}}\n",
-        o.layers, o.width, o.heads, o.seq, o.batch, o.rewired ? "rewired" : "standard", o.summary, o.threads,
+        runway::device_name(o.device), o.layers, o.width, o.heads, o.seq, o.batch, o.rewired ? "rewired" : "standard",
+        o.summary, o.threads,
         model.parameter_count(), tokens / median, median, sorted.front(), cpu_per_step, median_of(forward_s),
         median_of(backward_s), median_of(optimizer_s), fpt, fpt * tokens / median / 1e9,
-        static_cast<double>(peak_rss_bytes()) / (1 << 20), static_cast<double>(rss_before_model) / (1 << 20),
+        static_cast<double>(status_bytes("VmHWM")) / (1 << 20), static_cast<double>(rss_before_model) / (1 << 20),
         first_loss, step_list);
     return 0;
   } catch (const std::exception& e) {

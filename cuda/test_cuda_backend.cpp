@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda/skip_without_gpu.h"
 #include "cuda/cuda_backend.h"
 #include "engine/backend.h"
 
@@ -874,17 +875,7 @@ void test_cuda_specifics(Runner& t, Backend& cuda) {
 int main() {
   try {
     runway::load_backends();
-    if (!runway::backend_available(runway::Device::CUDA)) {
-      // backend_for names the reason that load_backends recorded.
-      std::string why = "CUDA backend not available";
-      try {
-        runway::backend_for(runway::Device::CUDA);
-      } catch (const std::exception& e) {
-        why = e.what();
-      }
-      std::printf("SKIP: %s\n", why.c_str());
-      return 77;
-    }
+    if (runway::testing::skip_without_cuda()) return runway::testing::kSkipExitCode;
     Backend& cpu = runway::backend_for(runway::Device::CPU);
     Backend& cuda = runway::backend_for(runway::Device::CUDA);
     if (auto* cb = dynamic_cast<runway::CudaBackend*>(&cuda)) {

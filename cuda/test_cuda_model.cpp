@@ -32,6 +32,7 @@
 
 #include <unistd.h>
 
+#include "cuda/skip_without_gpu.h"
 #include "cuda/model_parity.h"
 #include "engine/backend.h"
 #include "nn/decode.h"
@@ -409,16 +410,7 @@ int main(int argc, char** argv) {
       static HostBackedCuda* stand_in = new HostBackedCuda();
       runway::register_backend(stand_in);
     }
-    if (!runway::backend_available(Device::CUDA)) {
-      std::string why = "CUDA backend not available";
-      try {
-        runway::backend_for(Device::CUDA);
-      } catch (const std::exception& e) {
-        why = e.what();
-      }
-      std::printf("SKIP: %s\n", why.c_str());
-      return 77;
-    }
+    if (runway::testing::skip_without_cuda()) return runway::testing::kSkipExitCode;
     std::printf("device: %s\n", nn::describe_device(Device::CUDA).c_str());
     for (const auto& v : mp::variants()) model_checks(v);
     const std::string dir = fmt::format("/tmp/runway-test-cuda-model-{}", ::getpid());

@@ -30,6 +30,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda/skip_without_gpu.h"
 #include "cuda/cuda_backend.h"
 #include "engine/attention.h"
 #include "engine/backend.h"
@@ -300,16 +301,7 @@ int run_all(const std::vector<std::string>& only) {
 int main(int argc, char** argv) {
   try {
     runway::load_backends();
-    if (!runway::backend_available(Device::CUDA)) {
-      std::string why = "CUDA backend not available";
-      try {
-        runway::backend_for(Device::CUDA);
-      } catch (const std::exception& e) {
-        why = e.what();
-      }
-      std::printf("SKIP: %s\n", why.c_str());
-      return 77;
-    }
+    if (runway::testing::skip_without_cuda()) return runway::testing::kSkipExitCode;
     if (auto* cb = dynamic_cast<runway::CudaBackend*>(&runway::backend_for(Device::CUDA)))
       std::printf("CUDA device %d: %s\n", cb->device_index(), cb->device_description().c_str());
     std::vector<std::string> only(argv + 1, argv + argc);

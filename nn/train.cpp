@@ -208,6 +208,11 @@ uint64_t parse_hex(const json& j, const std::string& path) {
 
 }  // namespace
 
+void TrainConfig::update_from_file(const std::string& path) {
+  if (std::filesystem::is_directory(path)) throw Error(fmt::format("cannot read '{}': it is a folder", path));
+  update_from_json(read_json_file(path), path);
+}
+
 // ---- trainer --------------------------------------------------------------------------
 
 struct Trainer::Data {

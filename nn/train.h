@@ -43,6 +43,9 @@ struct TrainConfig {
   // Applies the keys of `j` on top of this config; an unknown key or a value of the
   // wrong type is an Error naming the key (and the allowed keys).
   void update_from_json(const nlohmann::json& j, const std::string& source);
+  // update_from_json with the JSON file at `path`; errors name the file (unreadable, not
+  // valid JSON, a bad key or value).
+  void update_from_file(const std::string& path);
   void validate() const;  // model fields and training fields, naming the field
 };
 

@@ -13,6 +13,8 @@
 #   test_cuda_parity.log   CPU-vs-CUDA op-table parity, forward and backward
 #   test_cuda_model.log    whole-model CPU-vs-CUDA parity (loss, gradients, 10-step curve)
 #                          and `--device cuda` training, checkpoints, resume across devices
+#   bench.log              the training benchmark, engine vs PyTorch (bench/bench_gpu.py):
+#                          every run's output; its table is also in summary.md
 # Exit code 0 only when every step passed.
 #
 # Environment: RUNWAY_BUNDLE (default <repo>/bundle), RUNWAY_BUILD (default <repo>/build),
@@ -152,9 +154,32 @@ else
   fi
 fi
 
-# TODO(gpu-bench): the GPU training benchmark (runway train on CUDA) and the PyTorch
-# comparison go here, as further run_step rows; not written yet, so not run.
-SUMMARY_ROWS+=("| training benchmark, PyTorch comparison | TODO: not implemented yet, not run | - | - |")
+# ---- the training benchmark: engine vs PyTorch on this GPU ------------------------------
+# bench/bench_gpu.py alternates bench_train --device cuda and bench/torch_gpt.py --device
+# cuda (GPT 12 x 768, 12 heads, T = 1024, batch 8); its table goes into the summary.
+BENCH_TABLE=""
+ENGINE_BENCH=$BIN_DIR/bench_train
+[ "$BIN_DIR" = "$BUILD/cuda" ] && ENGINE_BENCH=$BUILD/bench/bench_train
+if [ -n "$BIN_DIR" ] && [ -x "$ENGINE_BENCH" ]; then
+  PY=$(command -v python3 || true)
+  if [ -n "$PY" ] && "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+    left=$(($(remaining) - 25))
+    if [ "$left" -gt 60 ]; then
+      run_step "training benchmark vs PyTorch" "$left" bench.log \
+        "$PY" "$ROOT/bench/bench_gpu.py" --engine "$ENGINE_BENCH" --python "$PY" --budget $((left - 10))
+      BENCH_TABLE=$(sed -n '/^GPT /,$p' "$OUTDIR/bench.log")
+    else
+      SUMMARY_ROWS+=("| training benchmark vs PyTorch | NOT RUN (time budget spent) | - | - |")
+      FAILED=1
+    fi
+  else
+    SUMMARY_ROWS+=("| training benchmark vs PyTorch | FAIL: no python3 with a CUDA-enabled torch | - | - |")
+    FAILED=1
+  fi
+else
+  SUMMARY_ROWS+=("| training benchmark vs PyTorch | FAIL: no $ENGINE_BENCH (rebuild the bundle) | - | - |")
+  FAILED=1
+fi
 
 # ---- summary ------------------------------------------------------------------------------
 {
@@ -169,6 +194,12 @@ SUMMARY_ROWS+=("| training benchmark, PyTorch comparison | TODO: not implemented
   echo "|---|---|---|---|"
   printf '%s\n' "${SUMMARY_ROWS[@]}"
   echo
+  if [ -n "$BENCH_TABLE" ]; then
+    echo "## Training step throughput"
+    echo
+    echo "$BENCH_TABLE"
+    echo
+  fi
   if [ "$FAILED" = 0 ]; then
     echo "All steps passed."
   else

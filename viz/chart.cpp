@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <utility>
 
 #include "engine/dtype.h"
 #include "viz/colormap.h"
@@ -25,6 +26,14 @@ std::string escape_xml(const std::string& s) {
     }
   }
   return out;
+}
+
+ChartOptions chart_options(std::string title, std::string x_label, std::string y_label) {
+  ChartOptions o;
+  o.title = std::move(title);
+  o.x_label = std::move(x_label);
+  o.y_label = std::move(y_label);
+  return o;
 }
 
 std::vector<double> nice_ticks(double lo, double hi, int target) {

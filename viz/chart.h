@@ -26,6 +26,9 @@ struct ChartOptions {
   double y_min = 0.0 / 0.0, y_max = 0.0 / 0.0;
 };
 
+// The options with the three texts every chart needs; the rest as defaulted above.
+ChartOptions chart_options(std::string title, std::string x_label, std::string y_label);
+
 // Error when a series' x and y (or band) lengths differ, or log2_x with x <= 0.
 std::string line_chart_svg(const ChartOptions& options, const std::vector<Series>& series);
 

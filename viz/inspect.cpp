@@ -90,10 +90,7 @@ std::string cascade_chart_svg(const nn::CascadeReport& report, const std::string
     }
     series.push_back(std::move(s));
   }
-  ChartOptions o;
-  o.title = title;
-  o.x_label = "distance i - j (tokens)";
-  o.y_label = "runway share of j's influence on i";
+  ChartOptions o = chart_options(title, "distance i - j (tokens)", "runway share of j's influence on i");
   o.y_min = 0, o.y_max = 1;
   return line_chart_svg(o, series);
 }

@@ -229,10 +229,7 @@ std::string write_report(const std::string& out_dir, const std::vector<ReportRun
     v.dashed = v.markers = true;
     loss_series.push_back(v);
   }
-  ChartOptions loss_chart;
-  loss_chart.title = "Loss during training";
-  loss_chart.x_label = "optimizer step";
-  loss_chart.y_label = "bits per byte";
+  ChartOptions loss_chart = chart_options("Loss during training", "optimizer step", "bits per byte");
   loss_chart.width = 720;
   write_plot(out_dir, "loss.svg", line_chart_svg(loss_chart, loss_series));
 
@@ -256,10 +253,8 @@ std::string write_report(const std::string& out_dir, const std::vector<ReportRun
     extrapolation.push_back(s);
   }
   const int64_t L = data[0].config.value("seq_len", int64_t{0});
-  ChartOptions ex_chart;
-  ex_chart.title = fmt::format("Length extrapolation (trained at L = {})", L);
-  ex_chart.x_label = "context length (bytes, log scale)";
-  ex_chart.y_label = "bits per byte (validation)";
+  ChartOptions ex_chart = chart_options(fmt::format("Length extrapolation (trained at L = {})", L),
+                                        "context length (bytes, log scale)", "bits per byte (validation)");
   ex_chart.log2_x = true;
   write_plot(out_dir, "extrapolation.svg", line_chart_svg(ex_chart, extrapolation));
 
@@ -276,10 +271,8 @@ std::string write_report(const std::string& out_dir, const std::vector<ReportRun
     s.markers = true;
     cascade_series.push_back(s);
   }
-  ChartOptions cascade_chart;
-  cascade_chart.title = "Runway share of long-range influence, per layer";
-  cascade_chart.x_label = "layer";
-  cascade_chart.y_label = "runway share (pairs i - j >= 2)";
+  ChartOptions cascade_chart =
+      chart_options("Runway share of long-range influence, per layer", "layer", "runway share (pairs i - j >= 2)");
   cascade_chart.y_min = 0;
   cascade_chart.y_max = 1;
   cascade_chart.integer_x = true;
