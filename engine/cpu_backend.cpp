@@ -161,23 +161,30 @@ void map_binary(const BroadcastPlan& plan, const void* a, const void* b, void* o
 //   gelu(x) = x s,   gelu'(x) = s + 2 x s (1 - s) c (1 + 3k x^2)
 // which keeps full relative precision in the left tail, where 1 + tanh(u) cancels.
 void gelu_float(bool derivative, const float* in, float* out, int64_t n) {
+  // Fixed-size blocks: the temporaries live on the stack (dynamic Eigen arrays were a
+  // heap allocation per block) and every expression has a compile-time length.
+  constexpr int64_t kBlock = 512;
+  using Blk = Eigen::Array<float, kBlock, 1>;
   using Arr = Eigen::Array<float, Eigen::Dynamic, 1>;
-  using CMap = Eigen::Map<const Arr>;
-  using OMap = Eigen::Map<Arr>;
-  constexpr int64_t kBlock = 1024;
   const int64_t blocks = (n + kBlock - 1) / kBlock;
   const float c = static_cast<float>(kSqrt2OverPi), k = static_cast<float>(kGeluCoeff);
-#pragma omp parallel for if (n > 1 << 14) schedule(static)
-  for (int64_t blk = 0; blk < blocks; ++blk) {
-    const int64_t begin = blk * kBlock, len = std::min(kBlock, n - begin);
-    CMap x(in + begin, len);
-    OMap y(out + begin, len);
-    const Arr x2 = x.square();
-    const Arr sig = 1.0f / (1.0f + (-2.0f * c * x * (1.0f + k * x2)).exp());
+  auto body = [&](const auto& x, auto&& y) {
+    using A = std::decay_t<decltype(x.eval())>;
+    const A x2 = x.square();
+    const A sig = 1.0f / (1.0f + (-2.0f * c * x * (1.0f + k * x2)).exp());
     if (!derivative) {
       y = x * sig;
     } else {
       y = sig + 2.0f * x * sig * (1.0f - sig) * (c * (1.0f + 3.0f * k * x2));
+    }
+  };
+#pragma omp parallel for if (n > 1 << 14) schedule(static)
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const int64_t begin = blk * kBlock, len = std::min(kBlock, n - begin);
+    if (len == kBlock) {
+      body(Eigen::Map<const Blk>(in + begin), Eigen::Map<Blk>(out + begin));
+    } else {
+      body(Eigen::Map<const Arr>(in + begin, len), Eigen::Map<Arr>(out + begin, len));
     }
   }
 }
