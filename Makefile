@@ -11,16 +11,22 @@ DEB_PACKAGES := build-essential cmake libeigen3-dev libopenblas-dev libfmt-dev c
 
 all: build
 
-deps:
-	@missing=""; for p in $(DEB_PACKAGES); do \
+# $(call apt_install_missing,TARGET,PACKAGES): apt-get installs those of PACKAGES that
+# are not installed yet (needs root only when some are missing).
+define apt_install_missing
+	@missing=""; for p in $(2); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
-	  echo "make deps: installing$$missing"; \
-	  if [ "$$(id -u)" != 0 ]; then echo "make deps: need root to apt-get install$$missing" >&2; exit 1; fi; \
+	  echo "make $(1): installing$$missing"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "make $(1): need root to apt-get install$$missing" >&2; exit 1; fi; \
 	  export DEBIAN_FRONTEND=noninteractive; \
 	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; \
-	else echo "make deps: all packages present"; fi
+	else echo "make $(1): all packages present"; fi
+endef
+
+deps:
+	$(call apt_install_missing,deps,$(DEB_PACKAGES))
 
 $(BUILD)/CMakeCache.txt:
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release $(CMAKE_FLAGS)
@@ -55,15 +61,7 @@ bench: build
 # needs root like `deps`). Only the benchmark needs them, not the build or the tests.
 BENCH_PACKAGES := python3-torch python3-numpy
 bench-deps:
-	@missing=""; for p in $(BENCH_PACKAGES); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  echo "make bench-deps: installing$$missing"; \
-	  if [ "$$(id -u)" != 0 ]; then echo "make bench-deps: need root to apt-get install$$missing" >&2; exit 1; fi; \
-	  export DEBIAN_FRONTEND=noninteractive; \
-	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; \
-	else echo "make bench-deps: all packages present"; fi
+	$(call apt_install_missing,bench-deps,$(BENCH_PACKAGES))
 
 # CPU training speed, runway vs PyTorch side by side (A B A B, 2 threads each); prints
 # the equivalence check, the sgemm peak and the table of docs/performance.md.

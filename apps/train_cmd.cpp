@@ -21,11 +21,6 @@ namespace {
 std::atomic<bool> g_stop{false};
 void on_sigint(int) { g_stop.store(true); }
 
-std::string duration(double seconds) {
-  const int64_t s = static_cast<int64_t>(std::max(0.0, seconds));
-  return s >= 3600 ? fmt::format("{}h{:02}m", s / 3600, s % 3600 / 60) : fmt::format("{}m{:02}s", s / 60, s % 60);
-}
-
 struct TrainArgs {
   std::string out, config_file;
   std::string device = "cpu";  // a property of this run, not of the config or checkpoint
@@ -71,7 +66,7 @@ int run_train(const TrainArgs& args) {
   const int64_t reached = trainer.run([&](const nn::StepReport& r) {
     if (r.step % c.log_every == 0 || r.step == c.steps || r.evaluated)
       fmt::print("step {:>6}/{} | loss {:.4f} | lr {:.2e} | {:.0f} tok/s | ETA {}{}\n", r.step, c.steps, r.loss, r.lr,
-                 r.tokens_per_second, duration(r.seconds_left),
+                 r.tokens_per_second, nn::format_duration(r.seconds_left),
                  r.evaluated ? fmt::format(" | val loss {:.4f} ({:.3f} bits/byte)", r.val_loss, r.val_loss / std::log(2.0)) : "");
     std::fflush(stdout);
   }, &g_stop);

@@ -79,8 +79,13 @@ std::vector<double> mean_over_heads(const Tensor& attention, int64_t b) {
   if (s.size() != 4 || s[2] != s[3])
     throw Error(fmt::format("mean_over_heads: attention must be (B, H, T, T), got {}", attention.shape_str()));
   if (b < 0 || b >= s[0]) throw Error(fmt::format("mean_over_heads: batch row {} outside 0..{}", b, s[0] - 1));
-  const int64_t H = s[1], T = s[2];
-  const std::vector<double> all = attention.to_vector();
+  return mean_over_heads(attention.to_vector(), s[1], s[2], b);
+}
+
+std::vector<double> mean_over_heads(const std::vector<double>& all, int64_t H, int64_t T, int64_t b) {
+  if (H < 1 || T < 1 || b < 0 || static_cast<int64_t>(all.size()) < (b + 1) * H * T * T)
+    throw Error(fmt::format("mean_over_heads: {} values hold no batch row {} of (H={}, T={}, T) maps", all.size(), b,
+                            H, T));
   std::vector<double> mean(static_cast<size_t>(T * T), 0.0);
   for (int64_t h = 0; h < H; ++h) {
     const double* src = &all[static_cast<size_t>((b * H + h) * T * T)];

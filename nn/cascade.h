@@ -50,6 +50,8 @@ CascadeReport runway_cascade(const std::vector<std::vector<double>>& head_mean_a
 
 // The mean over heads of attention (B, H, T, T) for batch row b, as float64 row-major (T, T).
 std::vector<double> mean_over_heads(const Tensor& attention, int64_t b);
+// The same from attention's values already on the host (row-major (B, H, T, T)).
+std::vector<double> mean_over_heads(const std::vector<double>& attention, int64_t heads, int64_t T, int64_t b);
 
 nlohmann::json to_json(const CascadeReport& report);  // without the rollout matrices
 

@@ -222,6 +222,13 @@ struct Trainer::Data {
 
 Trainer::~Trainer() = default;
 
+const std::vector<uint8_t>& Trainer::validation_bytes() const { return data_->corpus.val; }
+
+std::string format_duration(double seconds) {
+  const int64_t s = static_cast<int64_t>(std::max(0.0, seconds));
+  return s >= 3600 ? fmt::format("{}h{:02}m", s / 3600, s % 3600 / 60) : fmt::format("{}m{:02}s", s / 60, s % 60);
+}
+
 Trainer::Trainer(TrainConfig config, std::string out_dir, bool resume, int64_t steps_override, Device device)
     : config_(std::move(config)), out_dir_(std::move(out_dir)), data_gen_(0), device_(device) {
   require_device(device_);  // before any file is written

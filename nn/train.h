@@ -8,6 +8,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -86,6 +87,8 @@ class Trainer {
   const GPT& model() const { return *model_; }
   int64_t step() const { return step_; }
   const TrainConfig& config() const { return config_; }
+  // The validation split of the corpus this trainer loaded (config.data, val_fraction).
+  const std::vector<uint8_t>& validation_bytes() const;
   Device device() const { return device_; }
 
  private:
@@ -104,6 +107,9 @@ class Trainer {
 // on `device` (the CPU by default; the checkpoint itself is device independent).
 std::unique_ptr<GPT> load_model(const std::string& dir, TrainConfig* config_out = nullptr);
 std::unique_ptr<GPT> load_model(const std::string& dir, Device device, TrainConfig* config_out = nullptr);
+
+// "4m07s", or "1h02m" from an hour on (whole seconds, rounded down), for progress lines.
+std::string format_duration(double seconds);
 
 // Writes `text` to `path` atomically (temp file in the same folder, then rename).
 void write_text_file_atomic(const std::string& path, const std::string& text);

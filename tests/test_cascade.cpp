@@ -146,4 +146,6 @@ TEST_CASE("cascade: mean_over_heads averages one batch row's heads") {
   CHECK(m[3] == Approx(0.6));
   CHECK_THROWS_WITH(runway::nn::mean_over_heads(a, 2), Contains("batch row 2 outside 0..1"));
   CHECK_THROWS_WITH(runway::nn::mean_over_heads(runway::Tensor::zeros({2, 3}), 0), Contains("(B, H, T, T)"));
+  CHECK(runway::nn::mean_over_heads(values, 2, 2, 1) == m);  // the host-values form agrees
+  CHECK_THROWS_WITH(runway::nn::mean_over_heads(values, 2, 2, 2), Contains("no batch row 2"));
 }

@@ -134,7 +134,7 @@ InspectResult inspect_model(const nn::GPT& model, const std::vector<uint8_t>& by
     const std::vector<double> p = rewired ? head_block(m.p.to_vector(), 0, T) : head_block(a, r_head, T);
     const std::vector<double> r =
         rewired ? head_block(m.r.to_vector(), 0, T) : runway_coefficients_from(p, T, cfg.runway.summary);
-    used_attention.push_back(nn::mean_over_heads(rewired ? m.a_rewired : m.a, 0));
+    used_attention.push_back(nn::mean_over_heads(a_rew, H, T, 0));  // a_rew is A in a standard layer
 
     const std::string L = fmt::format("L{}", l);
     body += fmt::format("<section id=\"layer{0}\"><h2>Layer {0}: {1}</h2>\n", l,

@@ -26,11 +26,6 @@ namespace {
 
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
-std::string duration(double seconds) {
-  const int64_t s = static_cast<int64_t>(std::max(0.0, std::round(seconds)));
-  return s >= 3600 ? fmt::format("{}h{:02}m", s / 3600, s % 3600 / 60) : fmt::format("{}m{:02}s", s / 60, s % 60);
-}
-
 std::string folder_name(const std::string& label) {
   std::string out = label;
   for (char& c : out)
@@ -51,9 +46,9 @@ class Progress {
     if (!force && since_last < (tty_ ? 0.2 : 10.0)) return;
     last_ = Clock::now();
     const double e = elapsed();
-    std::string head = fmt::format("[{} elapsed", duration(e));
+    std::string head = fmt::format("[{} elapsed", nn::format_duration(e));
     if (planned_ > 0)
-      head += fmt::format(", {:3.0f}%, ~{} left", std::min(99.0, 100 * e / planned_), duration(planned_ - e));
+      head += fmt::format(", {:3.0f}%, ~{} left", std::min(99.0, 100 * e / planned_), nn::format_duration(planned_ - e));
     const std::string line = head + "] " + what;
     if (tty_) {
       fmt::print("\r\033[K{}", line);
@@ -254,14 +249,14 @@ StudyResult run_study(const StudyOptions& o, const std::atomic<bool>* stop) {
         break;
       }
       progress.say(fmt::format("trained {}: {} steps in {}, validation {:.3f} bits/byte", name, steps,
-                               duration(train_seconds), last_val));
+                               nn::format_duration(train_seconds), last_val));
 
-      const nn::ByteCorpus corpus = nn::load_corpus(config.data, config.val_fraction);
+      const std::vector<uint8_t>& val = trainer.validation_bytes();
       if (sample.empty()) {
-        const size_t n = std::min<size_t>(corpus.val.size(), static_cast<size_t>(o.inspect_length));
-        sample.assign(corpus.val.begin(), corpus.val.begin() + static_cast<std::ptrdiff_t>(n));
+        const size_t n = std::min<size_t>(val.size(), static_cast<size_t>(o.inspect_length));
+        sample.assign(val.begin(), val.begin() + static_cast<std::ptrdiff_t>(n));
       }
-      const json eval = evaluate(trainer.model(), config, corpus.val, o, progress, name);
+      const json eval = evaluate(trainer.model(), config, val, o, progress, name);
       write_text_file((fs::path(dir) / "eval.json").string(), eval.dump(2) + "\n");
       progress.update(fmt::format("inspecting {}", name), true);
       InspectOptions io;
@@ -283,7 +278,7 @@ StudyResult run_study(const StudyOptions& o, const std::atomic<bool>* stop) {
   ro.title = o.title;
   ro.subtitle = fmt::format("{} steps per run, batch {} x {} bytes, {} seed{}, device {}; {} in all.{}", steps,
                             o.configs[0].train.batch_size, o.configs[0].train.model.seq_len, o.seeds.size(),
-                            o.seeds.size() > 1 ? "s" : "", device_name(o.device), duration(seconds_since(study_start)),
+                            o.seeds.size() > 1 ? "s" : "", device_name(o.device), nn::format_duration(seconds_since(study_start)),
                             o.command_line.empty() ? "" : " Command: " + o.command_line);
   result.table = write_report(o.out_dir, runs, ro);
   result.report_path = (out / "report.html").string();
