@@ -314,6 +314,16 @@ void CudaBackend::gemm(DType dt, const GemmArgs& g, const void* a, const void* b
   check_nonnegative("gemm", "n", g.n);
   check_nonnegative("gemm", "k", g.k);
   check_nonnegative("gemm", "batch", g.batch);
+  if (g.row_init) {  // C = broadcast row, then C += alpha op(A) op(B)
+    check_row_init(g);
+    if (g.m > 0 && g.n > 0 && g.batch > 0)
+      strided_copy(dt, StridedView{g.row_init, {g.batch * g.m, g.n}, {0, 1}, 0}, c);
+    GemmArgs rest = g;
+    rest.row_init = nullptr;
+    rest.beta = 1.0;
+    gemm(dt, rest, a, b, c);
+    return;
+  }
   dispatch_float(dt, "gemm", [&](auto tag) {
     using T = decltype(tag);
     if (g.m == 0 || g.n == 0 || g.batch == 0) return;

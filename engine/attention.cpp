@@ -157,18 +157,12 @@ Tensor qkv_attention(const Tensor& qkv, int64_t heads, double rope_base, bool re
   Backend& backend = backend_for(dev);
   const int64_t part = B * H * T * D;  // elements of one of q, k, v in (B, H, T, D)
   const size_t esize = dtype_size(dt);
-  // (B, T, 3C) read as (3, B, H, T, D): one gather puts q, k, v head-major.
+  // (B, T, 3C) read as (3, B, H, T, D): one gather puts q, k, v head-major, rotating
+  // q and k by RoPE on the way.
   Tensor packed = Tensor::empty({3, B, H, T, D}, dt, dev);
   {
     Tensor xc = qkv.detach().contiguous();
-    if (part)
-      backend.strided_copy(dt, StridedView{xc.raw_data(), {3, B, H, T, D}, {C, T * 3 * C, D, 3 * C, 1}, 0},
-                           packed.raw_data());
-  }
-  Tensor qk = packed;  // q and k (the first 2 parts), rotated when rope is on
-  if (rope_base > 0) {
-    qk = Tensor::empty({2, B, H, T, D}, dt, dev);
-    if (part) backend.rope(dt, packed.raw_data(), qk.raw_data(), 2 * B * H, T, D, rope_base, 0, false);
+    if (part) backend.qkv_to_heads(dt, xc.raw_data(), packed.raw_data(), B, T, H, D, rope_base);
   }
   AttentionArgs a;
   a.batch = B;
@@ -185,31 +179,26 @@ Tensor qkv_attention(const Tensor& qkv, int64_t heads, double rope_base, bool re
   {
     NoGradGuard no_grad;
     auto part_of = [&](const Tensor& t, int64_t i) { return reshape(slice(t, 0, i, i + 1), {B, H, T, D}); };
-    y = fused_forward(a, part_of(qk, 0), part_of(qk, 1), part_of(packed, 2), s);
+    y = fused_forward(a, part_of(packed, 0), part_of(packed, 1), part_of(packed, 2), s);
     y = permute(y, {0, 2, 1, 3}).contiguous();  // (B, T, H, D): the heads side by side
     y = reshape(y, {B, T, C});
   }
-  // Backward: dy (B, T, C) -> (B, H, T, D); the fused backward writes dq, dk into one
-  // buffer and dv into the third part of the packed gradient; dq, dk are rotated back
-  // into the first two parts; one gather lays (3, B, H, T, D) out as (B, T, 3C).
+  // Backward: dy (B, T, C) -> (B, H, T, D); the fused backward writes dq, dk, dv into
+  // the three parts of one (3, B, H, T, D) buffer, which one scatter lays out as
+  // (B, T, 3C), rotating dq and dk back.
   return record(kQkvAttention, y, {qkv}, [a, s, B, T, C, H, D, rope_base, part, esize](const Tensor& g) -> Grads {
     Backend& backend = backend_for(g.device());
     const DType dt = g.dtype();
     Tensor dy = permute(reshape(g.contiguous(), {B, T, H, D}), {0, 2, 1, 3}).contiguous();
     Tensor dpacked = Tensor::empty({3, B, H, T, D}, dt, g.device());
-    Tensor dqk = rope_base > 0 ? Tensor::empty({2, B, H, T, D}, dt, g.device()) : dpacked;
-    char* dqk_bytes = static_cast<char*>(dqk.raw_data());
-    char* dv_bytes = static_cast<char*>(dpacked.raw_data()) + 2 * part * esize;
+    char* d_bytes = static_cast<char*>(dpacked.raw_data());
+    Tensor dqkv = Tensor::empty({B, T, 3 * C}, dt, g.device());
     if (part) {
       backend.attention_backward(dt, a, s.q.raw_data(), s.k.raw_data(), s.v.raw_data(), s.attn.raw_data(),
                                  a.rewired ? s.p.raw_data() : nullptr, a.rewired ? s.r.raw_data() : nullptr,
-                                 dy.raw_data(), dqk_bytes, dqk_bytes + part * esize, dv_bytes);
-      if (rope_base > 0) backend.rope(dt, dqk.raw_data(), dpacked.raw_data(), 2 * B * H, T, D, rope_base, 0, true);
+                                 dy.raw_data(), d_bytes, d_bytes + part * esize, d_bytes + 2 * part * esize);
+      backend.heads_to_qkv(dt, dpacked.raw_data(), dqkv.raw_data(), B, T, H, D, rope_base);
     }
-    Tensor dqkv = Tensor::empty({B, T, 3 * C}, dt, g.device());
-    if (part)
-      backend.strided_copy(dt, StridedView{dpacked.raw_data(), {B, T, 3, H, D}, {H * T * D, D, part, T * D, 1}, 0},
-                           dqkv.raw_data());
     return {dqkv};
   });
 }

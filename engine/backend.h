@@ -28,7 +28,10 @@ enum class UnaryOp {
   Abs,
 };
 
-enum class BinaryOp { Add, Sub, Mul, Div, Pow, Equal, Greater };
+enum class BinaryOp {
+  Add, Sub, Mul, Div, Pow, Equal, Greater,
+  GeluBackward,  // a * gelu_tanh'(b): GELU's backward, upstream a at input b, in one pass
+};
 
 // Describes an elementwise op between two broadcast inputs: per-input strides (in
 // elements, from each input's first element; any view's strides work) aligned to
@@ -67,6 +70,21 @@ struct GemmArgs {
   int64_t stride_a = 0, stride_b = 0, stride_c = 0;  // between batch items (0 = shared)
   int64_t batch = 1;
   double alpha = 1.0, beta = 0.0;     // C = alpha op(A) op(B) + beta C
+  // When set: C = row_init (an n-vector broadcast over the rows of every batch item)
+  // + alpha op(A) op(B), and beta is ignored (a linear layer's bias, without a separate
+  // pass). C must then be contiguous: ldc = n and stride_c = m n.
+  const void* row_init = nullptr;
+};
+
+// Throws unless C meets row_init's requirement (a no-op without row_init).
+void check_row_init(const GemmArgs& g);
+
+// One product of a group: C = op(A) op(B) as described by args.
+struct GemmCall {
+  GemmArgs args;
+  const void* a = nullptr;
+  const void* b = nullptr;
+  void* c = nullptr;
 };
 
 class Backend {
@@ -97,6 +115,12 @@ class Backend {
 
   // ---- linear algebra -----------------------------------------------------------
   virtual void gemm(DType dt, const GemmArgs& args, const void* a, const void* b, void* c) = 0;
+  // Independent products (no call reads what another writes), in any order. The CPU
+  // backend runs them in one parallel region, one wake-up of its threads instead of one
+  // per product; the default runs them one by one.
+  virtual void gemm_group(DType dt, const std::vector<GemmCall>& calls) {
+    for (const GemmCall& c : calls) gemm(dt, c.args, c.a, c.b, c.c);
+  }
 
   // ---- row kernels (last dimension) ---------------------------------------------
   virtual void sum_rows(DType dt, const void* x, void* y, int64_t rows, int64_t cols) = 0;
@@ -157,6 +181,15 @@ class Backend {
   // rotated by angle (t + position_offset) * base^(-2c/dim); inverse rotates back.
   virtual void rope(DType dt, const void* x, void* y, int64_t rows, int64_t seq, int64_t dim,
                     double base, int64_t position_offset, bool inverse) = 0;
+  // The packed projection qkv (B, T, 3, H, D) laid out head-major as heads
+  // (3, B, H, T, D), with q and k (parts 0, 1) rotated by RoPE when rope_base > 0.
+  // The default gathers, then rotates in place; the CPU backend does both in one pass.
+  virtual void qkv_to_heads(DType dt, const void* qkv, void* heads, int64_t batch, int64_t seq,
+                            int64_t n_heads, int64_t head_dim, double rope_base);
+  // Its adjoint: dheads (3, B, H, T, D), with dq, dk rotated back, into dqkv (B, T, 3, H, D).
+  // dheads may be overwritten (the default rotates it in place, then scatters).
+  virtual void heads_to_qkv(DType dt, void* dheads, void* dqkv, int64_t batch, int64_t seq,
+                            int64_t n_heads, int64_t head_dim, double rope_base);
 };
 
 // The backend for a device. CPU is always present; CUDA once registered by cuda/

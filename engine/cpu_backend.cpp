@@ -86,6 +86,7 @@ T apply_binary(BinaryOp op, T a, T b) {
     case BinaryOp::Pow: return std::pow(a, b);
     case BinaryOp::Equal: return a == b ? T(1) : T(0);
     case BinaryOp::Greater: return a > b ? T(1) : T(0);
+    case BinaryOp::GeluBackward: return a * apply_unary<T>(UnaryOp::GeluGrad, b, T(0));
   }
   return a;
 }
@@ -155,12 +156,30 @@ void map_binary(const BroadcastPlan& plan, const void* a, const void* b, void* o
   });
 }
 
-// float32 GELU (tanh form) or its derivative over n values, in blocks through Eigen
-// arrays, whose float exp is vectorised (libm's scalar tanhf made GELU the largest
-// elementwise cost of a training step). With s = sigmoid(2u) = (1 + tanh u) / 2:
+int64_t numel_of(const Shape& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+// True when both inputs are laid out exactly like the (contiguous) output.
+bool both_contiguous(const BroadcastPlan& plan) {
+  int64_t stride = 1;
+  for (size_t d = plan.out_shape.size(); d-- > 0;) {
+    if (plan.out_shape[d] != 1 && (plan.a_strides[d] != stride || plan.b_strides[d] != stride)) return false;
+    stride *= plan.out_shape[d];
+  }
+  return true;
+}
+
+// float32 GELU (tanh form), its derivative, or its backward (upstream times derivative)
+// over n values, in blocks through Eigen arrays, whose float exp is vectorised (libm's
+// scalar tanhf made GELU the largest elementwise cost of a training step). With
+// s = sigmoid(2u) = (1 + tanh u) / 2:
 //   gelu(x) = x s,   gelu'(x) = s + 2 x s (1 - s) c (1 + 3k x^2)
 // which keeps full relative precision in the left tail, where 1 + tanh(u) cancels.
-void gelu_float(bool derivative, const float* in, float* out, int64_t n) {
+enum class GeluMode { Value, Derivative, Backward };
+void gelu_float(GeluMode mode, const float* in, const float* upstream, float* out, int64_t n) {
   // Fixed-size blocks: the temporaries live on the stack (dynamic Eigen arrays were a
   // heap allocation per block) and every expression has a compile-time length.
   constexpr int64_t kBlock = 512;
@@ -168,23 +187,28 @@ void gelu_float(bool derivative, const float* in, float* out, int64_t n) {
   using Arr = Eigen::Array<float, Eigen::Dynamic, 1>;
   const int64_t blocks = (n + kBlock - 1) / kBlock;
   const float c = static_cast<float>(kSqrt2OverPi), k = static_cast<float>(kGeluCoeff);
-  auto body = [&](const auto& x, auto&& y) {
+  auto body = [&](const auto& x, const auto& g, auto&& y) {
     using A = std::decay_t<decltype(x.eval())>;
     const A x2 = x.square();
     const A sig = 1.0f / (1.0f + (-2.0f * c * x * (1.0f + k * x2)).exp());
-    if (!derivative) {
+    if (mode == GeluMode::Value) {
       y = x * sig;
-    } else {
+    } else if (mode == GeluMode::Derivative) {
       y = sig + 2.0f * x * sig * (1.0f - sig) * (c * (1.0f + 3.0f * k * x2));
+    } else {
+      y = g * (sig + 2.0f * x * sig * (1.0f - sig) * (c * (1.0f + 3.0f * k * x2)));
     }
   };
+  // Backward reads upstream; the other modes pass their input in its place (unread).
+  const float* g = upstream ? upstream : in;
 #pragma omp parallel for if (n > 1 << 14) schedule(static)
   for (int64_t blk = 0; blk < blocks; ++blk) {
     const int64_t begin = blk * kBlock, len = std::min(kBlock, n - begin);
     if (len == kBlock) {
-      body(Eigen::Map<const Blk>(in + begin), Eigen::Map<Blk>(out + begin));
+      body(Eigen::Map<const Blk>(in + begin), Eigen::Map<const Blk>(g + begin), Eigen::Map<Blk>(out + begin));
     } else {
-      body(Eigen::Map<const Arr>(in + begin, len), Eigen::Map<Arr>(out + begin, len));
+      body(Eigen::Map<const Arr>(in + begin, len), Eigen::Map<const Arr>(g + begin, len),
+           Eigen::Map<Arr>(out + begin, len));
     }
   }
 }
@@ -308,7 +332,7 @@ class CpuBackend final : public Backend {
       if constexpr (std::is_same_v<T, float>) {
         // GELU and its derivative dominate the MLP's elementwise time: vectorised tanh.
         if (op == UnaryOp::Gelu || op == UnaryOp::GeluGrad) {
-          gelu_float(op == UnaryOp::GeluGrad, in, out, n);
+          gelu_float(op == UnaryOp::GeluGrad ? GeluMode::Derivative : GeluMode::Value, in, nullptr, out, n);
           return;
         }
       }
@@ -327,6 +351,13 @@ class CpuBackend final : public Backend {
               void* out) override {
     dispatch_float(dt, "binary", [&](auto t) {
       using T = decltype(t);
+      if constexpr (std::is_same_v<T, float>) {
+        if (op == BinaryOp::GeluBackward && both_contiguous(plan)) {  // the MLP's backward: vectorised
+          gelu_float(GeluMode::Backward, static_cast<const float*>(b), static_cast<const float*>(a),
+                     static_cast<float*>(out), numel_of(plan.out_shape));
+          return;
+        }
+      }
       switch (op) {
         case BinaryOp::Add: return map_binary<T>(plan, a, b, out, [](T u, T v) { return u + v; });
         case BinaryOp::Sub: return map_binary<T>(plan, a, b, out, [](T u, T v) { return u - v; });
@@ -337,50 +368,82 @@ class CpuBackend final : public Backend {
     });
   }
 
-  // OpenBLAS runs single-threaded (see the constructor); this splits each product over
-  // the OpenMP threads itself: batch items when there are enough of them, else the rows
-  // of C (or its columns when C is wide and short), one single-threaded sgemm per part.
-  // One thread pool for the whole engine: OpenBLAS's own pool spins (sched_yield)
+  // OpenBLAS runs single-threaded (see the constructor); the engine splits each product
+  // over its OpenMP threads itself: batch items when there are enough of them, else the
+  // rows of C (or its columns when C is wide and short), one single-threaded sgemm per
+  // part. One thread pool for the whole engine: OpenBLAS's own pool spins (sched_yield)
   // between calls and fought the OpenMP threads of the elementwise kernels for the two
   // cores; single-threaded OpenBLAS can also be called inside OpenMP regions.
   void gemm(DType dt, const GemmArgs& g, const void* a, const void* b, void* c) override {
-    if (g.m == 0 || g.n == 0) return;
+    gemm_group(dt, {GemmCall{g, a, b, c}});
+  }
+
+  // All the products in one parallel region: each thread does its share of each in turn
+  // (a region costs a thread wake-up, ~60 us on a 2-vCPU VM under the PASSIVE wait policy,
+  // as much as a small product itself). Products too small to split go whole to one
+  // thread, taking turns.
+  void gemm_group(DType dt, const std::vector<GemmCall>& calls) override {
+    for (const GemmCall& call : calls) check_row_init(call.args);
     dispatch_float(dt, "gemm", [&](auto t) {
       using T = decltype(t);
-      const T* pa = static_cast<const T*>(a);
-      const T* pb = static_cast<const T*>(b);
-      T* pc = static_cast<T*>(c);
-      // C[r0:r1, c0:c1] of batch item i.
-      auto part = [&](int64_t i, int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
-        const T* ai = pa + i * g.stride_a + (g.trans_a ? r0 : r0 * g.lda);
-        const T* bi = pb + i * g.stride_b + (g.trans_b ? c0 * g.ldb : c0);
-        T* ci = pc + i * g.stride_c + r0 * g.ldc + c0;
-        blas_gemm<T>(g.trans_a, g.trans_b, r1 - r0, c1 - c0, g.k, g.alpha, ai, g.lda, bi, g.ldb, g.beta, ci, g.ldc);
+      auto work_of = [](const GemmArgs& g) {
+        return static_cast<double>(g.m) * static_cast<double>(g.n) *
+               static_cast<double>(std::max<int64_t>(g.k, 1)) * static_cast<double>(g.batch);
       };
-      const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
-      const double work = static_cast<double>(g.m) * static_cast<double>(g.n) * static_cast<double>(std::max<int64_t>(g.k, 1));
-      if (threads == 1 || work * static_cast<double>(g.batch) < 1 << 18) {
-        for (int64_t i = 0; i < g.batch; ++i) part(i, 0, g.m, 0, g.n);
-      } else if (g.batch >= threads) {
-#pragma omp parallel for schedule(static)
-        for (int64_t i = 0; i < g.batch; ++i) part(i, 0, g.m, 0, g.n);
-      } else {
-        // Split the longer side of C into `threads` parts (rows in multiples of 16,
-        // columns of 64, so the kernels' register blocks stay whole).
-        const bool by_rows = g.m >= g.n;
-        const int64_t len = by_rows ? g.m : g.n, align = by_rows ? 16 : 64;
-        for (int64_t i = 0; i < g.batch; ++i) {
-#pragma omp parallel num_threads(threads)
-          {
-            const int64_t tid = omp_get_thread_num(), nt = omp_get_num_threads();
-            auto cut = [&](int64_t k) { return k == nt ? len : std::min(len, (len * k / nt + align / 2) / align * align); };
-            const int64_t lo = cut(tid), hi = cut(tid + 1);
-            if (hi > lo) {
-              if (by_rows) part(i, lo, hi, 0, g.n);
-              else part(i, 0, g.m, lo, hi);
-            }
-          }
+      // C[r0:r1, c0:c1] of batch item i of one call.
+      auto part = [](const GemmCall& call, int64_t i, int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
+        const GemmArgs& g = call.args;
+        const T* ai = static_cast<const T*>(call.a) + i * g.stride_a + (g.trans_a ? r0 : r0 * g.lda);
+        const T* bi = static_cast<const T*>(call.b) + i * g.stride_b + (g.trans_b ? c0 * g.ldb : c0);
+        T* ci = static_cast<T*>(call.c) + i * g.stride_c + r0 * g.ldc + c0;
+        double beta = g.beta;
+        if (g.row_init) {
+          const T* init = static_cast<const T*>(g.row_init) + c0;
+          for (int64_t r = 0; r < r1 - r0; ++r) std::copy(init, init + (c1 - c0), ci + r * g.ldc);
+          beta = 1.0;
         }
+        if (g.k > 0) {
+          blas_gemm<T>(g.trans_a, g.trans_b, r1 - r0, c1 - c0, g.k, g.alpha, ai, g.lda, bi, g.ldb, beta, ci, g.ldc);
+        } else if (!g.row_init) {  // op(A) op(B) is all zeros: C = beta C
+          for (int64_t r = 0; r < r1 - r0; ++r)
+            for (int64_t col = 0; col < c1 - c0; ++col)
+              ci[r * g.ldc + col] = beta == 0.0 ? T(0) : static_cast<T>(beta) * ci[r * g.ldc + col];
+        }
+      };
+      // Thread `tid` of `nt`: its share of call number `index`.
+      auto share = [&](const GemmCall& call, size_t index, int64_t tid, int64_t nt) {
+        const GemmArgs& g = call.args;
+        if (g.m == 0 || g.n == 0) return;
+        if (nt == 1 || work_of(g) < 1 << 18) {
+          if (static_cast<int64_t>(index % static_cast<size_t>(nt)) == tid)
+            for (int64_t i = 0; i < g.batch; ++i) part(call, i, 0, g.m, 0, g.n);
+        } else if (g.batch >= nt) {
+          for (int64_t i = g.batch * tid / nt; i < g.batch * (tid + 1) / nt; ++i) part(call, i, 0, g.m, 0, g.n);
+        } else {
+          // Split the longer side of C into nt parts (rows in multiples of 16, columns
+          // of 64, so the kernels' register blocks stay whole).
+          const bool by_rows = g.m >= g.n;
+          const int64_t len = by_rows ? g.m : g.n, align = by_rows ? 16 : 64;
+          auto cut = [&](int64_t k) { return k == nt ? len : std::min(len, (len * k / nt + align / 2) / align * align); };
+          const int64_t lo = cut(tid), hi = cut(tid + 1);
+          if (hi > lo)
+            for (int64_t i = 0; i < g.batch; ++i) {
+              if (by_rows) part(call, i, lo, hi, 0, g.n);
+              else part(call, i, 0, g.m, lo, hi);
+            }
+        }
+      };
+      double total = 0;
+      for (const GemmCall& call : calls) total += work_of(call.args);
+      const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+      if (threads == 1 || total < 1 << 18) {
+        for (size_t j = 0; j < calls.size(); ++j) share(calls[j], j, 0, 1);
+        return;
+      }
+#pragma omp parallel num_threads(threads)
+      {
+        const int64_t tid = omp_get_thread_num(), nt = omp_get_num_threads();
+        for (size_t j = 0; j < calls.size(); ++j) share(calls[j], j, tid, nt);
       }
     });
   }
@@ -687,6 +750,24 @@ class CpuBackend final : public Backend {
                    position_offset, inverse);
     });
   }
+
+  void qkv_to_heads(DType dt, const void* qkv, void* heads, int64_t batch, int64_t seq, int64_t n_heads,
+                    int64_t head_dim, double rope_base) override {
+    dispatch_float(dt, "qkv_to_heads", [&](auto t) {
+      using T = decltype(t);
+      cpu::qkv_heads<T>(static_cast<const T*>(qkv), static_cast<T*>(heads), batch, seq, n_heads, head_dim,
+                        rope_base, /*to_heads=*/true);
+    });
+  }
+
+  void heads_to_qkv(DType dt, void* dheads, void* dqkv, int64_t batch, int64_t seq, int64_t n_heads,
+                    int64_t head_dim, double rope_base) override {
+    dispatch_float(dt, "heads_to_qkv", [&](auto t) {
+      using T = decltype(t);
+      cpu::qkv_heads<T>(static_cast<const T*>(dheads), static_cast<T*>(dqkv), batch, seq, n_heads, head_dim,
+                        rope_base, /*to_heads=*/false);
+    });
+  }
 };
 
 struct Registry {
@@ -701,6 +782,28 @@ Registry& registry() {
 }
 
 }  // namespace
+
+void Backend::qkv_to_heads(DType dt, const void* qkv, void* heads, int64_t B, int64_t T, int64_t H, int64_t D,
+                           double rope_base) {
+  const int64_t C = H * D;
+  if (B * T * C == 0) return;
+  strided_copy(dt, StridedView{qkv, {3, B, H, T, D}, {C, T * 3 * C, D, 3 * C, 1}, 0}, heads);
+  if (rope_base > 0) rope(dt, heads, heads, 2 * B * H, T, D, rope_base, 0, false);
+}
+
+void Backend::heads_to_qkv(DType dt, void* dheads, void* dqkv, int64_t B, int64_t T, int64_t H, int64_t D,
+                           double rope_base) {
+  const int64_t C = H * D, part = B * T * C;
+  if (part == 0) return;
+  if (rope_base > 0) rope(dt, dheads, dheads, 2 * B * H, T, D, rope_base, 0, true);
+  strided_copy(dt, StridedView{dheads, {B, T, 3, H, D}, {H * T * D, D, part, T * D, 1}, 0}, dqkv);
+}
+
+void check_row_init(const GemmArgs& g) {
+  if (g.row_init && (g.ldc != g.n || (g.batch > 1 && g.stride_c != g.m * g.n)))
+    throw Error(fmt::format("gemm: row_init needs a contiguous C (ldc = n = {}, stride_c = m n = {}); got "
+                            "ldc {}, stride_c {}", g.n, g.m * g.n, g.ldc, g.stride_c));
+}
 
 Backend& backend_for(Device device) {
   static CpuBackend cpu;

@@ -293,7 +293,7 @@ Tensor gelu(const Tensor& x) {
   // gelu(x) = 0.5 x (1 + tanh(u)), u = sqrt(2/pi)(x + 0.044715 x^3);
   // gelu'(x) = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) sqrt(2/pi)(1 + 3*0.044715 x^2)
   return record(kGelu, out, {x}, [x = x.detach()](const Tensor& g) -> Grads {
-    return {mul(g, unary_raw(UnaryOp::GeluGrad, x))};
+    return {binary_raw(BinaryOp::GeluBackward, g, x, "gelu backward")};  // g * gelu'(x), one pass
   });
 }
 
@@ -425,20 +425,23 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
 // =====================================================================================
 
 namespace {
-// C (m x n) = op(A) op(B) (+ C when accumulate), all row-major, through the backend.
-void gemm_into(const Tensor& like, bool ta, bool tb, int64_t m, int64_t n, int64_t k, const void* a,
-               int64_t lda, const void* b, int64_t ldb, void* c, bool accumulate) {
-  GemmArgs args;
-  args.trans_a = ta;
-  args.trans_b = tb;
-  args.m = m;
-  args.n = n;
-  args.k = k;
-  args.lda = lda;
-  args.ldb = ldb;
-  args.ldc = n;
-  args.beta = accumulate ? 1.0 : 0.0;
-  be(like).gemm(like.dtype(), args, a, b, c);
+// C (m x n) = op(A) op(B) (+ C when accumulate), all row-major, as one backend product.
+GemmCall gemm_call(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const void* a, int64_t lda, const void* b,
+                   int64_t ldb, void* c, bool accumulate) {
+  GemmCall call;
+  call.args.trans_a = ta;
+  call.args.trans_b = tb;
+  call.args.m = m;
+  call.args.n = n;
+  call.args.k = k;
+  call.args.lda = lda;
+  call.args.ldb = ldb;
+  call.args.ldc = n;
+  call.args.beta = accumulate ? 1.0 : 0.0;
+  call.a = a;
+  call.b = b;
+  call.c = c;
+  return call;
 }
 }  // namespace
 
@@ -458,16 +461,12 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   Tensor xc = x.detach().contiguous();
   Tensor out = Tensor::empty(out_shape, x.dtype(), x.device());
   if (rows > 0 && n > 0) {
-    if (has_bias) {  // every row starts as the bias: a broadcast read of it (row stride 0)
-      Tensor bc = bias.detach().contiguous();
-      be(x).strided_copy(x.dtype(), StridedView{bc.raw_data(), {rows, n}, {0, 1}, 0}, out.raw_data());
-    }
-    if (k > 0) {
-      const GemmOperand W = gemm_operand(weight.detach(), {});
-      gemm_into(x, false, W.trans, rows, n, k, xc.raw_data(), k, W.data, W.ld, out.raw_data(), has_bias);
-    } else if (!has_bias) {
-      be(x).fill(x.dtype(), out.raw_data(), out.numel(), 0.0);
-    }
+    // out (rows, N) = bias (every row starts as it) + x (rows, K) @ W (K, N)
+    const GemmOperand W = gemm_operand(weight.detach(), {});
+    Tensor bc = has_bias ? bias.detach().contiguous() : Tensor();
+    GemmCall call = gemm_call(false, W.trans, rows, n, k, xc.raw_data(), k, W.data, W.ld, out.raw_data(), false);
+    if (has_bias) call.args.row_init = bc.raw_data();
+    be(x).gemm(x.dtype(), call.args, call.a, call.b, call.c);
   }
   const bool x_grad = x.requires_grad(), w_grad = weight.requires_grad(), b_grad = has_bias && bias.requires_grad();
   std::vector<Tensor> inputs{x, weight};
@@ -482,23 +481,28 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
                     if (has_bias) grads[2] = b_grad ? sum(reshape(gc, {rows, n}), {0}) : Tensor();
                     return grads;
                   }
+                  // dx, dW and db read g and write their own buffers: one group (on the
+                  // CPU, one parallel region instead of three).
+                  std::vector<GemmCall> calls;
+                  Tensor ones;
                   if (x_grad) {  // dx (rows, K) = g (rows, N) @ W^T
-                    Tensor dx = Tensor::empty(xc.shape(), xc.dtype(), xc.device());
+                    grads[0] = Tensor::empty(xc.shape(), xc.dtype(), xc.device());
                     const GemmOperand W = gemm_operand(w, {});
-                    gemm_into(xc, false, !W.trans, rows, k, n, gc.raw_data(), n, W.data, W.ld, dx.raw_data(), false);
-                    grads[0] = dx;
+                    calls.push_back(gemm_call(false, !W.trans, rows, k, n, gc.raw_data(), n, W.data, W.ld,
+                                              grads[0].raw_data(), false));
                   }
                   if (w_grad) {  // dW (K, N) = x^T (K, rows) @ g (rows, N)
-                    Tensor dw = Tensor::empty({k, n}, xc.dtype(), xc.device());
-                    gemm_into(xc, true, false, k, n, rows, xc.raw_data(), k, gc.raw_data(), n, dw.raw_data(), false);
-                    grads[1] = dw;
+                    grads[1] = Tensor::empty({k, n}, xc.dtype(), xc.device());
+                    calls.push_back(gemm_call(true, false, k, n, rows, xc.raw_data(), k, gc.raw_data(), n,
+                                              grads[1].raw_data(), false));
                   }
                   if (b_grad) {  // db (1, N) = 1^T (1, rows) @ g (rows, N): column sums as a gemm
-                    Tensor ones = Tensor::ones({rows}, xc.dtype(), xc.device());
-                    Tensor db = Tensor::empty({n}, xc.dtype(), xc.device());
-                    gemm_into(xc, false, false, 1, n, rows, ones.raw_data(), rows, gc.raw_data(), n, db.raw_data(), false);
-                    grads[2] = db;
+                    ones = Tensor::ones({rows}, xc.dtype(), xc.device());
+                    grads[2] = Tensor::empty({n}, xc.dtype(), xc.device());
+                    calls.push_back(gemm_call(false, false, 1, n, rows, ones.raw_data(), rows, gc.raw_data(), n,
+                                              grads[2].raw_data(), false));
                   }
+                  be(xc).gemm_group(xc.dtype(), calls);
                   return grads;
                 });
 }

@@ -2,6 +2,9 @@
 
 #include <fmt/format.h>
 
+#include <omp.h>
+
+#include <algorithm>
 #include <cmath>
 
 #include "engine/autograd.h"
@@ -36,23 +39,49 @@ bool fusable(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v)
   return is_floating(p.dtype()) && g.shape() == p.shape() && m.shape() == p.shape() && v.shape() == p.shape();
 }
 
-// The update of AdamW::step for one parameter, in place, in one pass over the five
-// arrays (the tensor-op path below makes ten passes and ten new buffers per parameter;
-// in a small model's step that was as long as the rest of the step).
+// The AdamW update of several parameters (each in place, in one pass over its five
+// arrays), split over the OpenMP threads as one run of elements across all of them, so
+// the whole update is one parallel region: a region per parameter cost a thread wake-up
+// each (about 60 us on a 2-vCPU VM, docs/performance.md), more than a small parameter's
+// update itself. The tensor-op path in AdamW::step makes ten passes and ten buffers.
 template <typename T>
-void fused_adamw(T* p, const T* g, T* m, T* v, int64_t n, double grad_scale, double b1, double b2,
-                 double correction1, double correction2, double eps, double lr, double decay) {
+struct AdamWJob {
+  T* p;
+  const T* g;
+  T* m;
+  T* v;
+  int64_t n;
+  T decay;  // 1 - lr * weight_decay, or 1 for parameters without decay
+};
+
+template <typename T>
+void fused_adamw(const std::vector<AdamWJob<T>>& jobs, double grad_scale, double b1, double b2,
+                 double correction1, double correction2, double eps, double lr) {
   const T s = static_cast<T>(grad_scale), tb1 = static_cast<T>(b1), tb2 = static_cast<T>(b2);
   const T one_b1 = static_cast<T>(1.0 - b1), one_b2 = static_cast<T>(1.0 - b2);
   const T inv_c2 = static_cast<T>(1.0 / correction2), step = static_cast<T>(lr / correction1);
-  const T teps = static_cast<T>(eps), tdecay = static_cast<T>(decay);
-#pragma omp parallel for if (n > 1 << 15) schedule(static)
-  for (int64_t i = 0; i < n; ++i) {
-    const T gi = g[i] * s;
-    m[i] = tb1 * m[i] + one_b1 * gi;
-    v[i] = tb2 * v[i] + one_b2 * (gi * gi);
-    const T denom = std::sqrt(v[i] * inv_c2) + teps;
-    p[i] = p[i] * tdecay - (m[i] / denom) * step;
+  const T teps = static_cast<T>(eps);
+  int64_t total = 0;
+  for (const auto& j : jobs) total += j.n;
+  // Elements [lo, hi) of the jobs laid end to end.
+  auto update = [&](int64_t lo, int64_t hi) {
+    int64_t start = 0;
+    for (const auto& j : jobs) {
+      const int64_t a = std::max(lo, start) - start, b = std::min(hi, start + j.n) - start;
+      start += j.n;
+      for (int64_t i = a; i < b; ++i) {
+        const T gi = j.g[i] * s;
+        j.m[i] = tb1 * j.m[i] + one_b1 * gi;
+        j.v[i] = tb2 * j.v[i] + one_b2 * (gi * gi);
+        const T denom = std::sqrt(j.v[i] * inv_c2) + teps;
+        j.p[i] = j.p[i] * j.decay - (j.m[i] / denom) * step;
+      }
+    }
+  };
+#pragma omp parallel if (total > 1 << 15)
+  {
+    const int64_t nt = omp_get_num_threads(), tid = omp_get_thread_num();
+    update(total * tid / nt, total * (tid + 1) / nt);
   }
 }
 
@@ -76,18 +105,20 @@ void AdamW::step(double lr, double grad_scale) {
   const double b1 = options_.beta1, b2 = options_.beta2;
   const double correction1 = 1.0 - std::pow(b1, static_cast<double>(t_));
   const double correction2 = 1.0 - std::pow(b2, static_cast<double>(t_));
+  std::vector<AdamWJob<float>> jobs32;
+  std::vector<AdamWJob<double>> jobs64;
   for (size_t i = 0; i < params_.size(); ++i) {
     Tensor& p = params_[i].tensor;
     Tensor g = p.grad();
     if (!g.defined()) continue;
+    const double decay = params_[i].decay ? 1.0 - lr * options_.weight_decay : 1.0;
     if (fusable(p, g, m_[i], v_[i])) {
-      const double decay = params_[i].decay ? 1.0 - lr * options_.weight_decay : 1.0;
       if (p.dtype() == DType::Float32)
-        fused_adamw(p.data<float>(), g.data<float>(), m_[i].data<float>(), v_[i].data<float>(), p.numel(),
-                    grad_scale, b1, b2, correction1, correction2, options_.eps, lr, decay);
+        jobs32.push_back({p.data<float>(), g.data<float>(), m_[i].data<float>(), v_[i].data<float>(), p.numel(),
+                          static_cast<float>(decay)});
       else
-        fused_adamw(p.data<double>(), g.data<double>(), m_[i].data<double>(), v_[i].data<double>(), p.numel(),
-                    grad_scale, b1, b2, correction1, correction2, options_.eps, lr, decay);
+        jobs64.push_back({p.data<double>(), g.data<double>(), m_[i].data<double>(), v_[i].data<double>(),
+                          p.numel(), decay});
       continue;
     }
     if (grad_scale != 1.0) g = mul_scalar(g, grad_scale);
@@ -95,9 +126,10 @@ void AdamW::step(double lr, double grad_scale) {
     v_[i] = add(mul_scalar(v_[i], b2), mul_scalar(mul(g, g), 1.0 - b2));
     const Tensor denom = add_scalar(sqrt(mul_scalar(v_[i], 1.0 / correction2)), options_.eps);
     const Tensor update = mul_scalar(div(m_[i], denom), lr / correction1);
-    const double decay = params_[i].decay ? 1.0 - lr * options_.weight_decay : 1.0;
     assign(p, sub(decay == 1.0 ? p.detach() : mul_scalar(p.detach(), decay), update));
   }
+  if (!jobs32.empty()) fused_adamw(jobs32, grad_scale, b1, b2, correction1, correction2, options_.eps, lr);
+  if (!jobs64.empty()) fused_adamw(jobs64, grad_scale, b1, b2, correction1, correction2, options_.eps, lr);
 }
 
 void AdamW::zero_grad() {
