@@ -180,7 +180,6 @@ __device__ inline T binary_value(BinaryOp op, T a, T b) {
     case BinaryOp::Pow: return dev_pow(a, b);
     case BinaryOp::Equal: return a == b ? T(1) : T(0);
     case BinaryOp::Greater: return a > b ? T(1) : T(0);
-    case BinaryOp::GeluBackward: return a * unary_value(UnaryOp::GeluGrad, b, T(0));
   }
   return a;  // unreachable
 }

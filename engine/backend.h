@@ -28,10 +28,7 @@ enum class UnaryOp {
   Abs,
 };
 
-enum class BinaryOp {
-  Add, Sub, Mul, Div, Pow, Equal, Greater,
-  GeluBackward,  // a * gelu_tanh'(b): GELU's backward, upstream a at input b, in one pass
-};
+enum class BinaryOp { Add, Sub, Mul, Div, Pow, Equal, Greater };
 
 // Describes an elementwise op between two broadcast inputs: per-input strides (in
 // elements, from each input's first element; any view's strides work) aligned to
@@ -110,6 +107,12 @@ class Backend {
 
   // ---- elementwise ------------------------------------------------------------
   virtual void unary(UnaryOp op, DType dt, const void* x, void* y, int64_t n, double param) = 0;
+  // y = gelu_tanh(x) and, when dydx is not null, dydx = gelu_tanh'(x) for the backward,
+  // from one evaluation of the tanh. The default makes the two unary calls.
+  virtual void gelu_forward(DType dt, const void* x, void* y, void* dydx, int64_t n) {
+    unary(UnaryOp::Gelu, dt, x, y, n, 0.0);
+    if (dydx) unary(UnaryOp::GeluGrad, dt, x, dydx, n, 0.0);
+  }
   virtual void binary(BinaryOp op, DType dt, const BroadcastPlan& plan, const void* a,
                       const void* b, void* out) = 0;
 

@@ -86,7 +86,6 @@ T apply_binary(BinaryOp op, T a, T b) {
     case BinaryOp::Pow: return std::pow(a, b);
     case BinaryOp::Equal: return a == b ? T(1) : T(0);
     case BinaryOp::Greater: return a > b ? T(1) : T(0);
-    case BinaryOp::GeluBackward: return a * apply_unary<T>(UnaryOp::GeluGrad, b, T(0));
   }
   return a;
 }
@@ -156,30 +155,13 @@ void map_binary(const BroadcastPlan& plan, const void* a, const void* b, void* o
   });
 }
 
-int64_t numel_of(const Shape& shape) {
-  int64_t n = 1;
-  for (int64_t d : shape) n *= d;
-  return n;
-}
-
-// True when both inputs are laid out exactly like the (contiguous) output.
-bool both_contiguous(const BroadcastPlan& plan) {
-  int64_t stride = 1;
-  for (size_t d = plan.out_shape.size(); d-- > 0;) {
-    if (plan.out_shape[d] != 1 && (plan.a_strides[d] != stride || plan.b_strides[d] != stride)) return false;
-    stride *= plan.out_shape[d];
-  }
-  return true;
-}
-
-// float32 GELU (tanh form), its derivative, or its backward (upstream times derivative)
-// over n values, in blocks through Eigen arrays, whose float exp is vectorised (libm's
-// scalar tanhf made GELU the largest elementwise cost of a training step). With
-// s = sigmoid(2u) = (1 + tanh u) / 2:
+// float32 GELU (tanh form) and/or its derivative over n values, in blocks through Eigen
+// arrays, whose float exp is vectorised (libm's scalar tanhf made GELU the largest
+// elementwise cost of a training step). With s = sigmoid(2u) = (1 + tanh u) / 2:
 //   gelu(x) = x s,   gelu'(x) = s + 2 x s (1 - s) c (1 + 3k x^2)
 // which keeps full relative precision in the left tail, where 1 + tanh(u) cancels.
-enum class GeluMode { Value, Derivative, Backward };
-void gelu_float(GeluMode mode, const float* in, const float* upstream, float* out, int64_t n) {
+// value and/or derivative may be null.
+void gelu_float(const float* in, float* value, float* derivative, int64_t n) {
   // Fixed-size blocks: the temporaries live on the stack (dynamic Eigen arrays were a
   // heap allocation per block) and every expression has a compile-time length.
   constexpr int64_t kBlock = 512;
@@ -187,29 +169,19 @@ void gelu_float(GeluMode mode, const float* in, const float* upstream, float* ou
   using Arr = Eigen::Array<float, Eigen::Dynamic, 1>;
   const int64_t blocks = (n + kBlock - 1) / kBlock;
   const float c = static_cast<float>(kSqrt2OverPi), k = static_cast<float>(kGeluCoeff);
-  auto body = [&](const auto& x, const auto& g, auto&& y) {
+  auto body = [&](const auto& x, int64_t begin, int64_t len) {
     using A = std::decay_t<decltype(x.eval())>;
     const A x2 = x.square();
     const A sig = 1.0f / (1.0f + (-2.0f * c * x * (1.0f + k * x2)).exp());
-    if (mode == GeluMode::Value) {
-      y = x * sig;
-    } else if (mode == GeluMode::Derivative) {
-      y = sig + 2.0f * x * sig * (1.0f - sig) * (c * (1.0f + 3.0f * k * x2));
-    } else {
-      y = g * (sig + 2.0f * x * sig * (1.0f - sig) * (c * (1.0f + 3.0f * k * x2)));
-    }
+    if (value) Eigen::Map<A>(value + begin, len) = x * sig;
+    if (derivative)
+      Eigen::Map<A>(derivative + begin, len) = sig + 2.0f * x * sig * (1.0f - sig) * (c * (1.0f + 3.0f * k * x2));
   };
-  // Backward reads upstream; the other modes pass their input in its place (unread).
-  const float* g = upstream ? upstream : in;
 #pragma omp parallel for if (n > 1 << 14) schedule(static)
   for (int64_t blk = 0; blk < blocks; ++blk) {
     const int64_t begin = blk * kBlock, len = std::min(kBlock, n - begin);
-    if (len == kBlock) {
-      body(Eigen::Map<const Blk>(in + begin), Eigen::Map<const Blk>(g + begin), Eigen::Map<Blk>(out + begin));
-    } else {
-      body(Eigen::Map<const Arr>(in + begin, len), Eigen::Map<const Arr>(g + begin, len),
-           Eigen::Map<Arr>(out + begin, len));
-    }
+    if (len == kBlock) body(Eigen::Map<const Blk>(in + begin), begin, len);
+    else body(Eigen::Map<const Arr>(in + begin, len), begin, len);
   }
 }
 
@@ -332,7 +304,8 @@ class CpuBackend final : public Backend {
       if constexpr (std::is_same_v<T, float>) {
         // GELU and its derivative dominate the MLP's elementwise time: vectorised tanh.
         if (op == UnaryOp::Gelu || op == UnaryOp::GeluGrad) {
-          gelu_float(op == UnaryOp::GeluGrad ? GeluMode::Derivative : GeluMode::Value, in, nullptr, out, n);
+          if (op == UnaryOp::Gelu) gelu_float(in, out, nullptr, n);
+          else gelu_float(in, nullptr, out, n);
           return;
         }
       }
@@ -347,17 +320,15 @@ class CpuBackend final : public Backend {
     });
   }
 
+  void gelu_forward(DType dt, const void* x, void* y, void* dydx, int64_t n) override {
+    if (dt != DType::Float32) return Backend::gelu_forward(dt, x, y, dydx, n);
+    gelu_float(static_cast<const float*>(x), static_cast<float*>(y), static_cast<float*>(dydx), n);
+  }
+
   void binary(BinaryOp op, DType dt, const BroadcastPlan& plan, const void* a, const void* b,
               void* out) override {
     dispatch_float(dt, "binary", [&](auto t) {
       using T = decltype(t);
-      if constexpr (std::is_same_v<T, float>) {
-        if (op == BinaryOp::GeluBackward && both_contiguous(plan)) {  // the MLP's backward: vectorised
-          gelu_float(GeluMode::Backward, static_cast<const float*>(b), static_cast<const float*>(a),
-                     static_cast<float*>(out), numel_of(plan.out_shape));
-          return;
-        }
-      }
       switch (op) {
         case BinaryOp::Add: return map_binary<T>(plan, a, b, out, [](T u, T v) { return u + v; });
         case BinaryOp::Sub: return map_binary<T>(plan, a, b, out, [](T u, T v) { return u - v; });

@@ -289,11 +289,18 @@ Tensor relu(const Tensor& x) {
 static const OpName kGelu = declare_op("gelu");
 Tensor gelu(const Tensor& x) {
   require_float(x, "gelu");
-  Tensor out = unary_raw(UnaryOp::Gelu, x);
   // gelu(x) = 0.5 x (1 + tanh(u)), u = sqrt(2/pi)(x + 0.044715 x^3);
   // gelu'(x) = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) sqrt(2/pi)(1 + 3*0.044715 x^2)
-  return record(kGelu, out, {x}, [x = x.detach()](const Tensor& g) -> Grads {
-    return {binary_raw(BinaryOp::GeluBackward, g, x, "gelu backward")};  // g * gelu'(x), one pass
+  // The forward keeps gelu'(x) when a backward will need it (one tanh per element
+  // instead of two; the backward is then one multiply).
+  Tensor xc = x.contiguous();
+  Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
+  const bool keep_derivative = grad_mode_enabled() && x.requires_grad();
+  Tensor derivative = keep_derivative ? Tensor::empty(x.shape(), x.dtype(), x.device()) : Tensor();
+  be(x).gelu_forward(x.dtype(), xc.raw_data(), out.raw_data(), keep_derivative ? derivative.raw_data() : nullptr,
+                     x.numel());
+  return record(kGelu, out, {x}, [derivative](const Tensor& g) -> Grads {
+    return {binary_raw(BinaryOp::Mul, g, derivative, "gelu backward")};  // g * gelu'(x)
   });
 }
 
