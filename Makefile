@@ -65,7 +65,7 @@ bench-deps:
 
 # CPU training speed, runway vs PyTorch side by side (A B A B, 2 threads each); prints
 # the equivalence check, the sgemm peak and the table of docs/performance.md.
-BENCH_ROUNDS ?= 3
+BENCH_ROUNDS ?= 5
 bench-cpu: build bench-deps
 	/usr/bin/python3 bench/bench_cpu.py --engine $(BUILD)/bench/bench_train --rounds $(BENCH_ROUNDS) \
 	  --json $(BUILD)/bench_cpu.json
