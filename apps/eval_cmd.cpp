@@ -47,6 +47,71 @@ std::string length_label(int64_t T, int64_t L) {
   return fmt::format("{}", T);
 }
 
+// Prints each measurement of the suite as a table row as soon as it is known.
+class TablePrinter : public nn::EvalSuiteObserver {
+ public:
+  TablePrinter(const EvalArgs& args, int64_t L, int64_t pairs, int64_t queries)
+      : args_(args), L_(L), pairs_(pairs), queries_(queries) {}
+
+  void bits_per_byte_done(const nn::EvalCurvePoint& p) override {
+    if (p.available)
+      fmt::print("  {:>12} | {:>13} | {:>9} | {:>9.4f}\n", length_label(p.T, L_),
+                 fmt::format("{}/{}", p.windows, p.windows_total), p.targets, p.bits_per_byte);
+    else
+      fmt::print("  {:>12} | not available: {}\n", length_label(p.T, L_), p.note);
+    std::fflush(stdout);
+  }
+
+  void passkey_starting(const std::vector<int64_t>& lengths, const std::vector<int64_t>& skipped) override {
+    fmt::print("\npasskey retrieval (5 digits decoded greedily, exact match; {} trials per cell; seed {})\n",
+               args_.passkey_trials, args_.seed);
+    for (int64_t T : skipped)
+      fmt::print("  length {}: skipped, a passkey document needs at least {} bytes\n", T, nn::passkey_min_length());
+    if (!lengths.empty()) {
+      std::string header = fmt::format("  {:>12} |", "length");
+      for (double d : nn::default_passkey_depths()) header += fmt::format(" {:>10}", fmt::format("depth {:.2f}", d));
+      fmt::print("{} | {:>6}\n", header, "mean");
+    }
+    std::fflush(stdout);
+  }
+
+  void passkey_done(const nn::PasskeyCell& c, bool last_of_length) override {
+    if (row_.empty()) row_ = fmt::format("  {:>12} |", length_label(c.length, L_));
+    if (c.available) {
+      row_ += fmt::format(" {:>10.2f}", c.accuracy);
+      total_ += c.accuracy;
+      ++counted_;
+    } else {
+      row_ += fmt::format(" {:>10}", "n/a");
+      note_ = c.note;
+    }
+    if (!last_of_length) return;
+    row_ += counted_ > 0 ? fmt::format(" | {:>6.2f}", total_ / static_cast<double>(counted_)) : fmt::format(" | {:>6}", "n/a");
+    fmt::print("{}{}\n", row_, note_.empty() ? "" : "  (" + note_ + ")");
+    std::fflush(stdout);
+    row_.clear();
+    note_.clear();
+    total_ = 0;
+    counted_ = 0;
+  }
+
+  void recall_done(const nn::RecallResult& r) override {
+    fmt::print("\nassociative recall ({} pairs, {} queries, {} input bytes, {} trials, teacher forced; seed {})\n", pairs_,
+               queries_, r.length, args_.recall_trials, args_.seed);
+    if (r.available)
+      fmt::print("  accuracy {:.4f} ({}/{} value bytes)\n", r.accuracy, r.correct, r.scored);
+    else
+      fmt::print("  not available: {}\n", r.note);
+  }
+
+ private:
+  const EvalArgs& args_;
+  int64_t L_, pairs_, queries_;
+  std::string row_, note_;  // the passkey row being filled
+  double total_ = 0;
+  int64_t counted_ = 0;
+};
+
 int run_eval(const EvalArgs& args) {
   namespace fs = std::filesystem;
   if (!fs::is_directory(args.checkpoint))
@@ -69,12 +134,20 @@ int run_eval(const EvalArgs& args) {
   std::unique_ptr<nn::GPT> model = nn::load_model(args.checkpoint, device, &config);
   const nn::GPTConfig& m = config.model;
   const int64_t L = m.seq_len;
+  nn::EvalSuiteOptions suite;
+  suite.lengths = args.lengths;
+  suite.stride = args.stride;
+  suite.max_windows = args.max_windows;
+  suite.batch_size = args.batch_size;
+  suite.passkey_trials = args.passkey_trials;
+  suite.passkey_lengths = args.passkey_lengths;
+  suite.recall_trials = args.recall_trials;
+  suite.recall_pairs = args.recall_pairs;
+  suite.recall_queries = args.recall_queries;
+  suite.seed = args.seed;
   // The recall size, checked before any work.
   int64_t P = 0, Q = 0;
-  nn::default_recall_size(L, &P, &Q);
-  if (args.recall_pairs > 0) P = args.recall_pairs;
-  if (args.recall_queries > 0) Q = args.recall_queries;
-  else Q = std::min(Q, P);  // a default Q never exceeds a given P
+  nn::eval_suite_recall_size(suite, L, &P, &Q);
   if (args.recall_trials > 0 && (P > 676 || Q > P))
     throw Error(fmt::format("--recall-pairs {} / --recall-queries {}: pairs must be at most 676 (distinct 2-letter keys) "
                             "and queries at most the pairs (each query asks a distinct pair)", P, Q));
@@ -97,8 +170,6 @@ int run_eval(const EvalArgs& args) {
   out["seed"] = args.seed;
   out["device"] = device_name(device);
 
-  // ---- bits per byte ---------------------------------------------------------------------
-  const std::vector<int64_t> lengths = args.lengths.empty() ? std::vector<int64_t>{L, 2 * L, 4 * L, 8 * L} : args.lengths;
   fmt::print("\nbits per byte ({}, {}; batch {})\n",
              args.stride == 0 ? "non-overlapping windows" : fmt::format("stride {}", args.stride),
              args.max_windows == 0 ? std::string("all windows")
@@ -106,75 +177,8 @@ int run_eval(const EvalArgs& args) {
              args.batch_size);
   fmt::print("  {:>12} | {:>13} | {:>9} | {:>9}\n", "length", "windows", "targets", "bits/byte");
   std::fflush(stdout);
-  nlohmann::json points = nlohmann::json::array();
-  for (int64_t T : lengths) {
-    const nn::EvalCurvePoint p =
-        nn::bits_per_byte(*model, val, T, std::min(args.stride, T), args.max_windows, args.batch_size);
-    if (p.available)
-      fmt::print("  {:>12} | {:>13} | {:>9} | {:>9.4f}\n", length_label(T, L),
-                 fmt::format("{}/{}", p.windows, p.windows_total), p.targets, p.bits_per_byte);
-    else
-      fmt::print("  {:>12} | not available: {}\n", length_label(T, L), p.note);
-    std::fflush(stdout);
-    points.push_back(nn::to_json(p));
-  }
-  out["bits_per_byte"] = {{"stride", args.stride}, {"max_windows", args.max_windows},
-                          {"batch_size", args.batch_size}, {"points", points}};
-
-  // ---- passkey retrieval ------------------------------------------------------------------
-  if (args.passkey_trials > 0) {
-    const std::vector<int64_t> requested =
-        args.passkey_lengths.empty() ? std::vector<int64_t>{L, 2 * L} : args.passkey_lengths;
-    std::vector<int64_t> plengths, skipped;
-    for (int64_t T : requested) (T < nn::passkey_min_length() ? skipped : plengths).push_back(T);
-    const std::vector<double>& depths = nn::default_passkey_depths();
-    fmt::print("\npasskey retrieval (5 digits decoded greedily, exact match; {} trials per cell; seed {})\n",
-               args.passkey_trials, args.seed);
-    for (int64_t T : skipped)
-      fmt::print("  length {}: skipped, a passkey document needs at least {} bytes\n", T, nn::passkey_min_length());
-    nlohmann::json cells = nlohmann::json::array();
-    if (!plengths.empty()) {
-      std::string header = fmt::format("  {:>12} |", "length");
-      for (double d : depths) header += fmt::format(" {:>10}", fmt::format("depth {:.2f}", d));
-      fmt::print("{} | {:>6}\n", header, "mean");
-      std::fflush(stdout);
-      for (int64_t T : plengths) {
-        std::string row = fmt::format("  {:>12} |", length_label(T, L));
-        std::string note;
-        double total = 0;
-        int64_t counted = 0;
-        for (double d : depths) {
-          const nn::PasskeyCell c = nn::passkey_accuracy(*model, T, d, args.passkey_trials, args.seed, args.batch_size);
-          if (c.available) {
-            row += fmt::format(" {:>10.2f}", c.accuracy);
-            total += c.accuracy;
-            ++counted;
-          } else {
-            row += fmt::format(" {:>10}", "n/a");
-            note = c.note;
-          }
-          cells.push_back(nn::to_json(c));
-        }
-        row += counted > 0 ? fmt::format(" | {:>6.2f}", total / static_cast<double>(counted)) : fmt::format(" | {:>6}", "n/a");
-        fmt::print("{}{}\n", row, note.empty() ? "" : "  (" + note + ")");
-        std::fflush(stdout);
-      }
-    }
-    out["passkey"] = {{"trials", args.passkey_trials}, {"depths", depths}, {"lengths", plengths},
-                      {"skipped_lengths", skipped}, {"cells", cells}};
-  }
-
-  // ---- associative recall -----------------------------------------------------------------
-  if (args.recall_trials > 0) {
-    const nn::RecallResult r = nn::recall_eval(*model, P, Q, args.recall_trials, args.seed, args.batch_size);
-    fmt::print("\nassociative recall ({} pairs, {} queries, {} input bytes, {} trials, teacher forced; seed {})\n", P, Q,
-               r.length, args.recall_trials, args.seed);
-    if (r.available)
-      fmt::print("  accuracy {:.4f} ({}/{} value bytes)\n", r.accuracy, r.correct, r.scored);
-    else
-      fmt::print("  not available: {}\n", r.note);
-    out["recall"] = nn::to_json(r);
-  }
+  TablePrinter printer(args, L, P, Q);
+  out.update(nn::run_eval_suite(*model, val, L, suite, printer));
 
   const std::string path = (fs::path(args.checkpoint) / "eval.json").string();
   nn::write_text_file_atomic(path, out.dump(2) + "\n");

@@ -318,4 +318,53 @@ nlohmann::json to_json(const RecallResult& r) {
   return j;
 }
 
+void eval_suite_recall_size(const EvalSuiteOptions& o, int64_t L, int64_t* pairs, int64_t* queries) {
+  default_recall_size(L, pairs, queries);
+  if (o.recall_pairs > 0) *pairs = o.recall_pairs;
+  *queries = o.recall_queries > 0 ? o.recall_queries : std::min(*queries, *pairs);
+}
+
+json run_eval_suite(const GPT& model, const std::vector<uint8_t>& val, int64_t L, const EvalSuiteOptions& o,
+                    EvalSuiteObserver& observer) {
+  json out;
+  const std::vector<int64_t> lengths = o.lengths.empty() ? std::vector<int64_t>{L, 2 * L, 4 * L, 8 * L} : o.lengths;
+  json points = json::array();
+  for (int64_t T : lengths) {
+    observer.starting(fmt::format("bits per byte at length {}", T));
+    const EvalCurvePoint p = bits_per_byte(model, val, T, std::min(o.stride, T), o.max_windows, o.batch_size);
+    observer.bits_per_byte_done(p);
+    points.push_back(to_json(p));
+  }
+  out["bits_per_byte"] = {{"stride", o.stride}, {"max_windows", o.max_windows}, {"batch_size", o.batch_size},
+                          {"points", points}};
+
+  if (o.passkey_trials > 0) {
+    std::vector<int64_t> plengths, skipped;
+    for (int64_t T : o.passkey_lengths.empty() ? std::vector<int64_t>{L, 2 * L} : o.passkey_lengths)
+      (T < passkey_min_length() ? skipped : plengths).push_back(T);
+    const std::vector<double>& depths = default_passkey_depths();
+    observer.passkey_starting(plengths, skipped);
+    json cells = json::array();
+    for (int64_t T : plengths)
+      for (size_t d = 0; d < depths.size(); ++d) {
+        observer.starting(fmt::format("passkey, length {}, depth {:.0f}%", T, depths[d] * 100));
+        const PasskeyCell c = passkey_accuracy(model, T, depths[d], o.passkey_trials, o.seed, o.batch_size);
+        observer.passkey_done(c, d + 1 == depths.size());
+        cells.push_back(to_json(c));
+      }
+    out["passkey"] = {{"trials", o.passkey_trials}, {"depths", depths}, {"lengths", plengths},
+                      {"skipped_lengths", skipped}, {"cells", cells}};
+  }
+
+  if (o.recall_trials > 0) {
+    int64_t P = 0, Q = 0;
+    eval_suite_recall_size(o, L, &P, &Q);
+    observer.starting("associative recall");
+    const RecallResult r = recall_eval(model, P, Q, o.recall_trials, o.seed, o.batch_size);
+    observer.recall_done(r);
+    out["recall"] = to_json(r);
+  }
+  return out;
+}
+
 }  // namespace runway::nn

@@ -142,4 +142,46 @@ nlohmann::json to_json(const EvalCurvePoint& p);
 nlohmann::json to_json(const PasskeyCell& c);
 nlohmann::json to_json(const RecallResult& r);
 
+// ============================================================================
+// The evaluation suite (runway eval, and the studies behind runway demo / compare)
+// ============================================================================
+
+struct EvalSuiteOptions {
+  std::vector<int64_t> lengths;          // bits per byte; empty: L, 2L, 4L, 8L
+  int64_t stride = 0;                    // clamped to each length
+  int64_t max_windows = 0;               // per length (0: all)
+  int64_t batch_size = 8;                // windows or trials per forward pass
+  int64_t passkey_trials = 0;            // per (length, depth) cell; 0: no passkey grid
+  std::vector<int64_t> passkey_lengths;  // empty: L, 2L (lengths below passkey_min_length() are skipped)
+  int64_t recall_trials = 0;             // 0: no recall
+  int64_t recall_pairs = 0, recall_queries = 0;  // 0: default_recall_size(L)
+  uint64_t seed = 0;                     // passkey keys and recall examples
+};
+
+// Told about each measurement as it starts and ends (progress lines, printed tables).
+class EvalSuiteObserver {
+ public:
+  virtual ~EvalSuiteObserver() = default;
+  virtual void starting(const std::string& /*what*/) {}
+  virtual void bits_per_byte_done(const EvalCurvePoint& /*point*/) {}
+  // Before the first cell: the lengths that will be measured and those skipped.
+  virtual void passkey_starting(const std::vector<int64_t>& /*lengths*/, const std::vector<int64_t>& /*skipped*/) {}
+  // last_of_length: the cell at the last depth of its length (a table row is complete).
+  virtual void passkey_done(const PasskeyCell& /*cell*/, bool /*last_of_length*/) {}
+  virtual void recall_done(const RecallResult& /*result*/) {}
+};
+
+// The recall size the suite will use for training length L: the options' pairs and
+// queries where given, else default_recall_size(L), with a default Q never above a
+// given P.
+void eval_suite_recall_size(const EvalSuiteOptions& options, int64_t L, int64_t* pairs, int64_t* queries);
+
+// bits per byte at each length over `val`, the passkey grid over passkey lengths x
+// default_passkey_depths(), and associative recall, for a model trained at length L.
+// Returns {"bits_per_byte": {stride, max_windows, batch_size, points}, "passkey":
+// {trials, depths, lengths, skipped_lengths, cells} (when passkey_trials > 0), "recall"
+// (when recall_trials > 0)}: the measurement part of eval.json.
+nlohmann::json run_eval_suite(const GPT& model, const std::vector<uint8_t>& val, int64_t L,
+                              const EvalSuiteOptions& options, EvalSuiteObserver& observer);
+
 }  // namespace runway::nn

@@ -3,6 +3,8 @@
 // seq_len; passkey and recall plumbing against unbatched hand decoding and against
 // models whose predictions are known (all-zero: byte 0 everywhere; "constant": '7').
 #include <catch2/catch.hpp>
+#include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <cmath>
@@ -436,4 +438,71 @@ TEST_CASE("eval json carries the numbers, or the note when not available") {
   RecallResult r;
   r.accuracy = 0.25;
   CHECK(to_json(r)["accuracy"] == 0.25);
+}
+
+namespace {
+// Records the order of the suite's calls.
+struct RecordingObserver : EvalSuiteObserver {
+  std::vector<std::string> events;
+  void starting(const std::string& what) override { events.push_back("start " + what); }
+  void bits_per_byte_done(const EvalCurvePoint& p) override { events.push_back(fmt::format("bpb {}", p.T)); }
+  void passkey_starting(const std::vector<int64_t>& lengths, const std::vector<int64_t>& skipped) override {
+    events.push_back(fmt::format("passkey {} skipped {}", fmt::join(lengths, ","), fmt::join(skipped, ",")));
+  }
+  void passkey_done(const PasskeyCell& c, bool last) override {
+    events.push_back(fmt::format("cell {} {:.2f}{}", c.length, c.depth, last ? " last" : ""));
+  }
+  void recall_done(const RecallResult& r) override { events.push_back(fmt::format("recall {} {}", r.num_pairs, r.num_queries)); }
+};
+}  // namespace
+
+TEST_CASE("the evaluation suite: the single measurements in eval.json's layout, the observer told in order") {
+  Generator g(31);
+  GPTConfig c = tiny();
+  c.seq_len = 64;
+  GPT model(c, g);
+  const std::vector<uint8_t> val = random_bytes(400, 32);
+  EvalSuiteOptions o;
+  o.lengths = {16, 32};
+  o.stride = 20;  // clamped to 16 at length 16
+  o.max_windows = 3;
+  o.batch_size = 2;
+  o.passkey_trials = 2;
+  o.passkey_lengths = {50, 110};  // 50 is below passkey_min_length()
+  o.recall_trials = 3;
+  o.recall_pairs = 5;
+  o.seed = 9;
+  RecordingObserver obs;
+  const nlohmann::json j = run_eval_suite(model, val, 64, o, obs);
+
+  CHECK(j.at("bits_per_byte").at("points") ==
+        nlohmann::json::array({to_json(bits_per_byte(model, val, 16, 16, 3, 2)), to_json(bits_per_byte(model, val, 32, 20, 3, 2))}));
+  CHECK(j.at("bits_per_byte").at("stride") == 20);
+  const auto& depths = default_passkey_depths();
+  REQUIRE(j.at("passkey").at("cells").size() == depths.size());
+  for (size_t d = 0; d < depths.size(); ++d)
+    CHECK(j.at("passkey").at("cells")[d] == to_json(passkey_accuracy(model, 110, depths[d], 2, 9, 2)));
+  CHECK(j.at("passkey").at("lengths") == nlohmann::json::array({110}));
+  CHECK(j.at("passkey").at("skipped_lengths") == nlohmann::json::array({50}));
+  // Recall: 5 pairs given; the default Q for L = 64 (4) kept, since it is <= 5.
+  CHECK(j.at("recall") == to_json(recall_eval(model, 5, 4, 3, 9, 2)));
+
+  std::vector<std::string> expected{"start bits per byte at length 16", "bpb 16", "start bits per byte at length 32",
+                                    "bpb 32", "passkey 110 skipped 50"};
+  for (size_t d = 0; d < depths.size(); ++d) {
+    expected.push_back(fmt::format("start passkey, length 110, depth {:.0f}%", depths[d] * 100));
+    expected.push_back(fmt::format("cell 110 {:.2f}{}", depths[d], d + 1 == depths.size() ? " last" : ""));
+  }
+  expected.push_back("start associative recall");
+  expected.push_back("recall 5 4");
+  CHECK(obs.events == expected);
+
+  // Nothing asked, nothing measured: no passkey or recall sections.
+  EvalSuiteOptions bare;
+  bare.lengths = {16};
+  RecordingObserver quiet;
+  const nlohmann::json b = run_eval_suite(model, val, 64, bare, quiet);
+  CHECK_FALSE(b.contains("passkey"));
+  CHECK_FALSE(b.contains("recall"));
+  CHECK(quiet.events.size() == 2);
 }

@@ -80,15 +80,21 @@ class Progress {
   double planned_ = 0;
 };
 
-std::string length_name(int64_t T, int64_t L) {
-  return T % L == 0 ? (T == L ? std::string("L") : fmt::format("{}L", T / L)) : std::to_string(T);
-}
+// Shows the suite's progress on the study's progress line.
+class ProgressObserver : public nn::EvalSuiteObserver {
+ public:
+  ProgressObserver(Progress& progress, const std::string& name) : progress_(progress), name_(name) {}
+  void starting(const std::string& what) override { progress_.update(fmt::format("evaluating {}: {}", name_, what), true); }
+
+ private:
+  Progress& progress_;
+  const std::string& name_;
+};
 
 // bits per byte at L..8L, the passkey grid and associative recall, in the layout of
-// `runway eval`'s eval.json.
+// `runway eval`'s eval.json (the same suite).
 json evaluate(const nn::GPT& model, const nn::TrainConfig& config, const std::vector<uint8_t>& val,
               const StudyOptions& o, Progress& progress, const std::string& name) {
-  const int64_t L = config.model.seq_len;
   json out{{"config", config.to_json()},
            {"parameter_count", model.parameter_count()},
            {"data", config.data},
@@ -96,31 +102,14 @@ json evaluate(const nn::GPT& model, const nn::TrainConfig& config, const std::ve
            {"val_bytes", val.size()},
            {"seed", o.eval_seed},
            {"device", device_name(o.device)}};
-  json points = json::array();
-  for (int64_t T : {L, 2 * L, 4 * L, 8 * L}) {
-    progress.update(fmt::format("evaluating {}: bits per byte at {}", name, length_name(T, L)), true);
-    points.push_back(nn::to_json(nn::bits_per_byte(model, val, T, 0, o.eval_max_windows, 8)));
-  }
-  out["bits_per_byte"] = {{"stride", 0}, {"max_windows", o.eval_max_windows}, {"batch_size", 8}, {"points", points}};
-  if (o.passkey_trials > 0) {
-    std::vector<int64_t> lengths;
-    for (int64_t T : o.passkey_lengths.empty() ? std::vector<int64_t>{L, 2 * L} : o.passkey_lengths)
-      if (T >= nn::passkey_min_length()) lengths.push_back(T);
-    json cells = json::array();
-    for (int64_t T : lengths)
-      for (double depth : nn::default_passkey_depths()) {
-        progress.update(fmt::format("evaluating {}: passkey, length {}, depth {:.0f}%", name, T, depth * 100), true);
-        cells.push_back(nn::to_json(nn::passkey_accuracy(model, T, depth, o.passkey_trials, o.eval_seed, 0)));
-      }
-    out["passkey"] = {{"trials", o.passkey_trials}, {"depths", nn::default_passkey_depths()}, {"lengths", lengths},
-                      {"cells", cells}};
-  }
-  if (o.recall_trials > 0) {
-    progress.update(fmt::format("evaluating {}: associative recall", name), true);
-    int64_t P = 0, Q = 0;
-    nn::default_recall_size(L, &P, &Q);
-    out["recall"] = nn::to_json(nn::recall_eval(model, P, Q, o.recall_trials, o.eval_seed, 0));
-  }
+  nn::EvalSuiteOptions suite;
+  suite.max_windows = o.eval_max_windows;
+  suite.passkey_trials = o.passkey_trials;
+  suite.passkey_lengths = o.passkey_lengths;
+  suite.recall_trials = o.recall_trials;
+  suite.seed = o.eval_seed;
+  ProgressObserver observer(progress, name);
+  out.update(nn::run_eval_suite(model, val, config.model.seq_len, suite, observer));
   return out;
 }
 
