@@ -160,16 +160,6 @@ int run_eval(const EvalArgs& args) {
   fmt::print("data: {} (validation split, fraction {}: {} bytes); device: {}\n", data_path, config.val_fraction,
              val.size(), nn::describe_device(device));
 
-  nlohmann::json out;
-  out["checkpoint"] = args.checkpoint;
-  out["config"] = config.to_json();
-  out["parameter_count"] = model->parameter_count();
-  out["data"] = data_path;
-  out["val_fraction"] = config.val_fraction;
-  out["val_bytes"] = val.size();
-  out["seed"] = args.seed;
-  out["device"] = device_name(device);
-
   fmt::print("\nbits per byte ({}, {}; batch {})\n",
              args.stride == 0 ? "non-overlapping windows" : fmt::format("stride {}", args.stride),
              args.max_windows == 0 ? std::string("all windows")
@@ -178,7 +168,8 @@ int run_eval(const EvalArgs& args) {
   fmt::print("  {:>12} | {:>13} | {:>9} | {:>9}\n", "length", "windows", "targets", "bits/byte");
   std::fflush(stdout);
   TablePrinter printer(args, L, P, Q);
-  out.update(nn::run_eval_suite(*model, val, L, suite, printer));
+  nlohmann::json out = nn::run_eval_suite(*model, config, data_path, val, device, suite, printer);
+  out["checkpoint"] = args.checkpoint;
 
   const std::string path = (fs::path(args.checkpoint) / "eval.json").string();
   nn::write_text_file_atomic(path, out.dump(2) + "\n");

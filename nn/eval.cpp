@@ -324,9 +324,17 @@ void eval_suite_recall_size(const EvalSuiteOptions& o, int64_t L, int64_t* pairs
   *queries = o.recall_queries > 0 ? o.recall_queries : std::min(*queries, *pairs);
 }
 
-json run_eval_suite(const GPT& model, const std::vector<uint8_t>& val, int64_t L, const EvalSuiteOptions& o,
+json run_eval_suite(const GPT& model, const TrainConfig& config, const std::string& data,
+                    const std::vector<uint8_t>& val, Device device, const EvalSuiteOptions& o,
                     EvalSuiteObserver& observer) {
-  json out;
+  const int64_t L = config.model.seq_len;
+  json out{{"config", config.to_json()},
+           {"parameter_count", model.parameter_count()},
+           {"data", data},
+           {"val_fraction", config.val_fraction},
+           {"val_bytes", val.size()},
+           {"seed", o.seed},
+           {"device", device_name(device)}};
   const std::vector<int64_t> lengths = o.lengths.empty() ? std::vector<int64_t>{L, 2 * L, 4 * L, 8 * L} : o.lengths;
   json points = json::array();
   for (int64_t T : lengths) {

@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include "nn/gpt.h"
+#include "nn/train.h"
 
 namespace runway::nn {
 
@@ -176,12 +177,14 @@ class EvalSuiteObserver {
 // given P.
 void eval_suite_recall_size(const EvalSuiteOptions& options, int64_t L, int64_t* pairs, int64_t* queries);
 
-// bits per byte at each length over `val`, the passkey grid over passkey lengths x
-// default_passkey_depths(), and associative recall, for a model trained at length L.
-// Returns {"bits_per_byte": {stride, max_windows, batch_size, points}, "passkey":
-// {trials, depths, lengths, skipped_lengths, cells} (when passkey_trials > 0), "recall"
-// (when recall_trials > 0)}: the measurement part of eval.json.
-nlohmann::json run_eval_suite(const GPT& model, const std::vector<uint8_t>& val, int64_t L,
-                              const EvalSuiteOptions& options, EvalSuiteObserver& observer);
+// eval.json for a model trained with `config` (L = config.model.seq_len): what was
+// measured on ({config, parameter_count, data, val_fraction, val_bytes, seed, device}),
+// then bits per byte at each length over `val` ({stride, max_windows, batch_size,
+// points}), the passkey grid over passkey lengths x default_passkey_depths() ("passkey":
+// {trials, depths, lengths, skipped_lengths, cells}, when passkey_trials > 0) and
+// associative recall ("recall", when recall_trials > 0). `data` names where val came from.
+nlohmann::json run_eval_suite(const GPT& model, const TrainConfig& config, const std::string& data,
+                              const std::vector<uint8_t>& val, Device device, const EvalSuiteOptions& options,
+                              EvalSuiteObserver& observer);
 
 }  // namespace runway::nn

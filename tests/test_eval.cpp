@@ -458,9 +458,11 @@ struct RecordingObserver : EvalSuiteObserver {
 
 TEST_CASE("the evaluation suite: the single measurements in eval.json's layout, the observer told in order") {
   Generator g(31);
-  GPTConfig c = tiny();
-  c.seq_len = 64;
-  GPT model(c, g);
+  TrainConfig config;
+  config.model = tiny();
+  config.model.seq_len = 64;
+  config.val_fraction = 0.25;
+  GPT model(config.model, g);
   const std::vector<uint8_t> val = random_bytes(400, 32);
   EvalSuiteOptions o;
   o.lengths = {16, 32};
@@ -473,7 +475,16 @@ TEST_CASE("the evaluation suite: the single measurements in eval.json's layout, 
   o.recall_pairs = 5;
   o.seed = 9;
   RecordingObserver obs;
-  const nlohmann::json j = run_eval_suite(model, val, 64, o, obs);
+  const nlohmann::json j = run_eval_suite(model, config, "corpus.txt", val, Device::CPU, o, obs);
+
+  // What it was measured on.
+  CHECK(j.at("config") == config.to_json());
+  CHECK(j.at("parameter_count") == model.parameter_count());
+  CHECK(j.at("data") == "corpus.txt");
+  CHECK(j.at("val_fraction") == 0.25);
+  CHECK(j.at("val_bytes") == 400);
+  CHECK(j.at("seed") == 9);
+  CHECK(j.at("device") == "cpu");
 
   CHECK(j.at("bits_per_byte").at("points") ==
         nlohmann::json::array({to_json(bits_per_byte(model, val, 16, 16, 3, 2)), to_json(bits_per_byte(model, val, 32, 20, 3, 2))}));
@@ -501,7 +512,7 @@ TEST_CASE("the evaluation suite: the single measurements in eval.json's layout, 
   EvalSuiteOptions bare;
   bare.lengths = {16};
   RecordingObserver quiet;
-  const nlohmann::json b = run_eval_suite(model, val, 64, bare, quiet);
+  const nlohmann::json b = run_eval_suite(model, config, "corpus.txt", val, Device::CPU, bare, quiet);
   CHECK_FALSE(b.contains("passkey"));
   CHECK_FALSE(b.contains("recall"));
   CHECK(quiet.events.size() == 2);

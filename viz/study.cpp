@@ -95,13 +95,6 @@ class ProgressObserver : public nn::EvalSuiteObserver {
 // `runway eval`'s eval.json (the same suite).
 json evaluate(const nn::GPT& model, const nn::TrainConfig& config, const std::vector<uint8_t>& val,
               const StudyOptions& o, Progress& progress, const std::string& name) {
-  json out{{"config", config.to_json()},
-           {"parameter_count", model.parameter_count()},
-           {"data", config.data},
-           {"val_fraction", config.val_fraction},
-           {"val_bytes", val.size()},
-           {"seed", o.eval_seed},
-           {"device", device_name(o.device)}};
   nn::EvalSuiteOptions suite;
   suite.max_windows = o.eval_max_windows;
   suite.passkey_trials = o.passkey_trials;
@@ -109,8 +102,7 @@ json evaluate(const nn::GPT& model, const nn::TrainConfig& config, const std::ve
   suite.recall_trials = o.recall_trials;
   suite.seed = o.eval_seed;
   ProgressObserver observer(progress, name);
-  out.update(nn::run_eval_suite(model, val, config.model.seq_len, suite, observer));
-  return out;
+  return nn::run_eval_suite(model, config, config.data, val, o.device, suite, observer);
 }
 
 void validate(const StudyOptions& o) {
