@@ -7,7 +7,7 @@ CMAKE_FLAGS ?=
 DEB_PACKAGES := build-essential cmake libeigen3-dev libopenblas-dev libfmt-dev catch2 \
                 libcli11-dev nlohmann-json3-dev libstb-dev fortunes fortunes-min
 
-.PHONY: all deps configure build test test-long run gradcheck bench bench-deps bench-cpu sanitize clean gpu-bundle
+.PHONY: all deps configure build test test-long run gradcheck bench bench-deps bench-cpu sanitize fuzz fuzz-deps clean gpu-bundle
 
 all: build
 
@@ -36,9 +36,11 @@ configure: deps $(BUILD)/CMakeCache.txt
 build: configure
 	cmake --build $(BUILD) -j$(JOBS)
 
-# The whole suite except checks labelled "long".
+# The whole suite except checks labelled "long". --no-tests=error: a run that matches no
+# test fails. The entry catch_cases_match_ctest_entries checks that every Catch2 case is
+# exactly one CTest entry (scripts/check-test-count.sh).
 test: build
-	cd $(BUILD) && ctest --output-on-failure -j$(JOBS) -LE long
+	cd $(BUILD) && ctest --output-on-failure --no-tests=error -j$(JOBS) -LE long
 
 test-long: build
 	cd $(BUILD) && ctest --output-on-failure -j$(JOBS) -L long
@@ -75,6 +77,36 @@ sanitize: deps
 	cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DRUNWAY_SANITIZE=ON -DRUNWAY_CUDA=OFF
 	cmake --build build-asan -j$(JOBS)
 	cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j$(JOBS) -LE long
+
+# Fuzzing (fuzz/README.md): each libFuzzer harness runs for FUZZ_SECONDS under ASan +
+# UBSan, built with clang in build-fuzz. New inputs go to build-fuzz/corpus-NAME; the
+# seeds in fuzz/corpus and fuzz/regressions are read, never written. Crashing inputs land
+# in build-fuzz/artifacts-NAME/ and stop the run.
+FUZZ_SECONDS ?= 60
+FUZZ_HARNESSES ?= npy safetensors config checkpoint
+FUZZ_CXX ?= clang++-14
+FUZZ_PACKAGES := clang-14 libfuzzer-14-dev libclang-rt-14-dev libomp-14-dev
+fuzz-deps:
+	$(call apt_install_missing,fuzz-deps,$(FUZZ_PACKAGES))
+
+fuzz: deps fuzz-deps
+	cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=$(FUZZ_CXX) \
+	  -DRUNWAY_FUZZ=ON -DRUNWAY_CUDA=OFF -DRUNWAY_WERROR=OFF
+	cmake --build build-fuzz -j$(JOBS) --target $(addprefix fuzz_,$(FUZZ_HARNESSES))
+	@set -e; for h in $(FUZZ_HARNESSES); do \
+	  mkdir -p build-fuzz/corpus-$$h build-fuzz/artifacts-$$h; \
+	  max_len=4096; if [ $$h = checkpoint ]; then max_len=16384; fi; \
+	  seeds=fuzz/corpus/$$h; if [ -d fuzz/regressions/$$h ]; then seeds="$$seeds fuzz/regressions/$$h"; fi; \
+	  dict=; if [ -f fuzz/dict/$$h.dict ]; then dict=-dict=fuzz/dict/$$h.dict; fi; \
+	  echo "make fuzz: $$h for $(FUZZ_SECONDS) s (log: build-fuzz/fuzz-$$h.log)"; \
+	  if ! build-fuzz/fuzz/fuzz_$$h -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -max_len=$$max_len \
+	       -timeout=10 -print_final_stats=1 -artifact_prefix=build-fuzz/artifacts-$$h/ $$dict \
+	       build-fuzz/corpus-$$h $$seeds > build-fuzz/fuzz-$$h.log 2>&1; then \
+	    tail -n 60 build-fuzz/fuzz-$$h.log; \
+	    echo "make fuzz: $$h FOUND A PROBLEM; the input is in build-fuzz/artifacts-$$h/" >&2; exit 1; fi; \
+	  awk -v h=$$h '/number_of_executed_units/ {n=$$2} /average_exec_per_sec/ {r=$$2} \
+	    END {printf "make fuzz: %s: %d executions, %d exec/s, no findings\n", h, n, r}' build-fuzz/fuzz-$$h.log; \
+	done
 
 # bundle/: the CUDA tests and the runway CLI built for the H200 (sm_90, x86-64-v3), with
 # the shared libraries a GPU machine without Debian packages lacks, found by $ORIGIN

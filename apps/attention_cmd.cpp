@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "apps/commands.h"
+#include "apps/parse.h"
 #include "engine/attention.h"
 #include "engine/npy.h"
 
@@ -158,27 +159,14 @@ void add_attention_command(CLI::App& app, int* exit_code) {
   cmd->add_option("--v", args->v, "Values, (B, H, T, D) .npy")->required();
   cmd->add_option("--dy", args->dy, "Upstream gradient of the output y, (B, H, T, D) .npy")->required();
   cmd->add_option("--out", args->out, "Output directory (created with its parents if missing)")->required();
-  cmd->add_option("--kind", args->kind, "Attention kind")
-      ->check(CLI::IsMember({"standard", "rewired"}))
-      ->capture_default_str();
-  cmd->add_option("--summary", args->summary, "Runway summary R (rewired only)")
-      ->check(CLI::IsMember({"absorption", "two_hop"}))
-      ->capture_default_str();
-  cmd->add_option("--beta", args->beta, "Rewiring strength: S' = S - beta R (rewired only)")->capture_default_str();
-  cmd->add_option("--runway-head", args->runway_head, "The runway head r, in [0, H) (rewired only)")
-      ->capture_default_str();
+  add_choice_option(cmd, "--kind", &args->kind, "Attention kind", {"standard", "rewired"});
+  add_choice_option(cmd, "--summary", &args->summary, "Runway summary R (rewired only)", {"absorption", "two_hop"});
+  add_float_option(cmd, "--beta", &args->beta, "Rewiring strength: S' = S - beta R (rewired only)");
+  add_int_option(cmd, "--runway-head", &args->runway_head, "The runway head r, in [0, H) (rewired only)");
   cmd->add_flag("--detach", args->detach, "Treat R as a constant in the backward (rewired only)");
-  cmd->add_option("--dtype", args->dtype, "Compute and output dtype; inputs are converted to it")
-      ->check(CLI::IsMember({"float32", "float64"}))
-      ->capture_default_str();
-  cmd->callback([args, cmd, exit_code] {
-    try {
-      *exit_code = run_attention(*args, *cmd);
-    } catch (const std::exception& e) {
-      fmt::print(stderr, "runway attention: error: {}\n", e.what());
-      *exit_code = 1;
-    }
-  });
+  add_choice_option(cmd, "--dtype", &args->dtype, "Compute and output dtype; inputs are converted to it",
+                    {"float32", "float64"});
+  cmd->callback([args, cmd, exit_code] { *exit_code = run_attention(*args, *cmd); });  // errors: main() reports them
 }
 
 }  // namespace runway::apps

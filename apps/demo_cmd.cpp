@@ -10,6 +10,7 @@
 
 #include "apps/commands.h"
 #include "apps/device_option.h"
+#include "apps/parse.h"
 #include "viz/study.h"
 
 namespace runway::apps {
@@ -96,15 +97,21 @@ struct CommonArgs {
 
 void add_common(CLI::App* cmd, CommonArgs* a) {
   cmd->add_option("--out", a->out, "Output folder (report.html, results.json, plots/, runs/)")->capture_default_str();
-  cmd->add_option("--minutes", a->minutes, "Time budget for everything; sets the number of steps")
-      ->capture_default_str();
-  cmd->add_option("--steps", a->steps, "Train exactly this many steps per run instead (ignores --minutes)");
+  add_float_option(cmd, "--minutes", &a->minutes, "Time budget for everything; sets the number of steps",
+                   NumberRange{0, 1e6, true, false});  // bounded: the budget becomes an int64 step count
+  add_int_option(cmd, "--steps", &a->steps, "Train exactly this many steps per run instead (ignores --minutes)",
+                 NumberRange::closed(1, 1e12), false);
   cmd->add_flag("--quick", a->quick, "A smaller budget (under a minute) and a lighter evaluation");
-  cmd->add_option("--device", a->device, "cpu, cuda, or auto (cuda when usable, else cpu)")->capture_default_str();
-  cmd->add_option("--eval-windows", a->eval_windows, "Windows per length for bits per byte (default 48; --quick 12)");
-  cmd->add_option("--passkey-trials", a->passkey_trials,
-                  "Passkey documents per (length, depth) cell, 0 to skip (default 8; --quick 3)");
-  cmd->add_option("--recall-trials", a->recall_trials, "Associative-recall examples, 0 to skip (default 32; --quick 16)");
+  add_choice_option(cmd, "--device", &a->device, "cpu, cuda, or auto (cuda when usable, else cpu)",
+                    {"cpu", "cuda", "auto"});
+  add_int_option(cmd, "--eval-windows", &a->eval_windows, "Windows per length for bits per byte (default 48; --quick 12)",
+                 NumberRange::closed(1, 1 << 30), false);
+  add_int_option(cmd, "--passkey-trials", &a->passkey_trials,
+                 "Passkey documents per (length, depth) cell, 0 to skip (default 8; --quick 3)",
+                 NumberRange::closed(0, 1 << 30), false);
+  add_int_option(cmd, "--recall-trials", &a->recall_trials,
+                 "Associative-recall examples, 0 to skip (default 32; --quick 16)", NumberRange::closed(0, 1 << 30),
+                 false);
 }
 
 // The budget flags as given, for the report's subtitle.
@@ -118,7 +125,6 @@ viz::StudyOptions common_options(const CommonArgs& a) {
   o.out_dir = a.out;
   o.minutes = a.minutes;
   apply_quick(o, a.quick);
-  if (a.eval_windows == 0) throw Error("--eval-windows must be >= 1");
   if (a.eval_windows > 0) o.eval_max_windows = a.eval_windows;
   if (a.passkey_trials >= 0) o.passkey_trials = a.passkey_trials;
   if (a.recall_trials >= 0) o.recall_trials = a.recall_trials;
@@ -143,7 +149,7 @@ void add_demo_command(CLI::App& app, int* exit_code) {
       "Train a standard and a rewired model of the same shape (3 layers, width 96, 4 heads, L = 128) on the same "
       "data and budget, evaluate and inspect both, and write runs/demo/report.html (about 5 minutes on 2 cores)");
   add_common(cmd, &args->common);
-  cmd->add_option("--seed", args->seed, "Seed of both models (and of their data order)")->capture_default_str();
+  add_uint_option(cmd, "--seed", &args->seed, "Seed of both models (and of their data order)");
   cmd->add_option("--data", args->data, "Training text (file or folder; default: Debian's fortunes)");
   cmd->callback([args, exit_code]() {
     viz::StudyOptions o = common_options(args->common);
@@ -169,13 +175,11 @@ void add_compare_command(CLI::App& app, int* exit_code) {
       "seeds for the same number of steps, and write one report with means and spread over seeds");
   cmd->add_option("--config", args->configs, "A configuration file (repeat for each configuration)")->required();
   cmd->add_option("--label", args->labels, "Names of the configurations, in order (default: the file names)");
-  cmd->add_option("--seeds", args->seeds, "Seeds, comma separated (each configuration runs once per seed)")
-      ->delimiter(',')
-      ->capture_default_str();
+  add_uint_list_option(cmd, "--seeds", &args->seeds, "Seeds (each configuration runs once per seed)");
   add_common(cmd, &args->common);
   cmd->callback([args, exit_code]() {
     if (!args->labels.empty() && args->labels.size() != args->configs.size())
-      throw Error(fmt::format("--label: {} labels for {} --config files", args->labels.size(), args->configs.size()));
+      throw UsageError(fmt::format("--label: {} labels for {} --config files", args->labels.size(), args->configs.size()));
     viz::StudyOptions o = common_options(args->common);
     for (size_t i = 0; i < args->configs.size(); ++i)
       o.configs.push_back({args->labels.empty() ? std::filesystem::path(args->configs[i]).stem().string()

@@ -7,6 +7,8 @@
 // Prints tables and writes every number to DIR/eval.json (atomically).
 #include <fmt/format.h>
 
+#include <cmath>
+
 #include <algorithm>
 #include <cstdint>
 #include <exception>
@@ -17,6 +19,8 @@
 
 #include "apps/commands.h"
 #include "apps/device_option.h"
+#include "apps/parse.h"
+#include "nn/config.h"
 #include "nn/data.h"
 #include "nn/eval.h"
 #include "nn/train.h"
@@ -60,6 +64,10 @@ class TablePrinter : public nn::EvalSuiteObserver {
     else
       fmt::print("  {:>12} | not available: {}\n", length_label(p.T, L_), p.note);
     std::fflush(stdout);
+    // A NaN or infinite result is a broken model, not a measurement: no eval.json.
+    if (p.available && !std::isfinite(p.bits_per_byte))
+      throw Error(fmt::format("bits per byte at length {} is {}: the model's outputs are not finite (the weights of a "
+                              "diverged run?); not reporting it and not writing eval.json", p.T, p.bits_per_byte));
   }
 
   void passkey_starting(const std::vector<int64_t>& lengths, const std::vector<int64_t>& skipped) override {
@@ -117,20 +125,22 @@ int run_eval(const EvalArgs& args) {
   if (!fs::is_directory(args.checkpoint))
     throw Error(fmt::format("checkpoint folder '{}' does not exist (expected the --out folder of `runway train`)",
                             args.checkpoint));
-  for (int64_t T : args.lengths)
-    if (T < 1) throw Error(fmt::format("--lengths: every length must be >= 1, got {}", T));
-  for (int64_t T : args.passkey_lengths)
-    if (T < 1) throw Error(fmt::format("--passkey-lengths: every length must be >= 1, got {}", T));
-  if (args.stride < 0) throw Error(fmt::format("--stride must be >= 0 (0: non-overlapping), got {}", args.stride));
-  if (args.max_windows < 0) throw Error(fmt::format("--max-windows must be >= 0 (0: all), got {}", args.max_windows));
-  if (args.batch_size < 1) throw Error(fmt::format("--batch-size must be >= 1, got {}", args.batch_size));
-  if (args.passkey_trials < 0) throw Error(fmt::format("--passkey-trials must be >= 0 (0: skip), got {}", args.passkey_trials));
-  if (args.recall_trials < 0) throw Error(fmt::format("--recall-trials must be >= 0 (0: skip), got {}", args.recall_trials));
-  if (args.recall_pairs < 0 || args.recall_queries < 0)
-    throw Error("--recall-pairs and --recall-queries must be >= 1 (or 0 for the default size)");
+  // The flags' values were checked when parsed (apps/parse.h).
   const Device device = device_from_option(args.device);
 
+  // The memory a forward pass at the longest length needs, before the model is built.
   nn::TrainConfig config;
+  config.update_from_file((fs::path(args.checkpoint) / "config.json").string());
+  {
+    const int64_t L = config.model.seq_len;
+    int64_t longest = args.lengths.empty() ? 8 * L : 0;
+    for (int64_t T : args.lengths) longest = std::max(longest, T);
+    for (int64_t T : args.passkey_lengths) longest = std::max(longest, T);
+    if (args.passkey_lengths.empty() && args.passkey_trials > 0) longest = std::max(longest, 2 * L);
+    nn::check_fits_in_memory(nn::inference_memory_bytes(config.model, args.batch_size, longest),
+                             fmt::format("evaluating this model on batches of {} x {} bytes", args.batch_size, longest),
+                             "choose a smaller --batch-size or shorter --lengths / --passkey-lengths");
+  }
   std::unique_ptr<nn::GPT> model = nn::load_model(args.checkpoint, device, &config);
   const nn::GPTConfig& m = config.model;
   const int64_t L = m.seq_len;
@@ -186,32 +196,28 @@ void add_eval_command(CLI::App& app, int* exit_code) {
       "Evaluate a checkpoint: bits per byte on the validation split at several context lengths,\n"
       "passkey retrieval over lengths x needle depths, associative recall. Writes DIR/eval.json.");
   cmd->add_option("--checkpoint", args->checkpoint, "Checkpoint folder (the --out of `runway train`)")->required();
-  cmd->add_option("--lengths", args->lengths, "Context lengths for bits per byte, comma separated (default L,2L,4L,8L)")
-      ->delimiter(',');
-  cmd->add_option("--stride", args->stride, "Window stride for bits per byte (0: non-overlapping; clamped to each length)")
-      ->capture_default_str();
-  cmd->add_option("--max-windows", args->max_windows, "At most this many windows per length, evenly spread (0: all)")
-      ->capture_default_str();
-  cmd->add_option("--batch-size", args->batch_size, "Windows (or trials) per forward pass")->capture_default_str();
-  cmd->add_option("--passkey-trials", args->passkey_trials, "Passkey documents per (length, depth) cell (0: skip)")
-      ->capture_default_str();
-  cmd->add_option("--passkey-lengths", args->passkey_lengths, "Passkey document lengths, comma separated (default L,2L)")
-      ->delimiter(',');
-  cmd->add_option("--recall-pairs", args->recall_pairs, "Recall key-value pairs (default: sized so the example fits in L)");
-  cmd->add_option("--recall-queries", args->recall_queries, "Recall queries (default: sized so the example fits in L)");
-  cmd->add_option("--recall-trials", args->recall_trials, "Recall examples (0: skip)")->capture_default_str();
-  cmd->add_option("--seed", args->seed, "Seed of the passkey keys and recall examples")->capture_default_str();
+  const NumberRange any_length = NumberRange::closed(1, 1 << 24), count = NumberRange::closed(0, 1 << 30);
+  add_int_list_option(cmd, "--lengths", &args->lengths,
+                      "Context lengths for bits per byte (default L,2L,4L,8L)", any_length);
+  add_int_option(cmd, "--stride", &args->stride, "Window stride for bits per byte (0: non-overlapping; clamped to each length)",
+                 NumberRange::closed(0, 1 << 24));
+  add_int_option(cmd, "--max-windows", &args->max_windows, "At most this many windows per length, evenly spread (0: all)",
+                 count);
+  add_int_option(cmd, "--batch-size", &args->batch_size, "Windows (or trials) per forward pass",
+                 NumberRange::closed(1, 1 << 20));
+  add_int_option(cmd, "--passkey-trials", &args->passkey_trials, "Passkey documents per (length, depth) cell (0: skip)",
+                 count);
+  add_int_list_option(cmd, "--passkey-lengths", &args->passkey_lengths, "Passkey document lengths (default L,2L)",
+                      any_length);
+  add_int_option(cmd, "--recall-pairs", &args->recall_pairs,
+                 "Recall key-value pairs (0: sized so the example fits in L)", NumberRange::closed(0, 676));
+  add_int_option(cmd, "--recall-queries", &args->recall_queries,
+                 "Recall queries, at most the pairs (0: sized so the example fits in L)", NumberRange::closed(0, 676));
+  add_int_option(cmd, "--recall-trials", &args->recall_trials, "Recall examples (0: skip)", count);
+  add_uint_option(cmd, "--seed", &args->seed, "Seed of the passkey keys and recall examples");
   cmd->add_option("--data", args->data, "Text file or folder to take the validation split from (default: the checkpoint's)");
   add_device_option(cmd, &args->device);
-  cmd->callback([args, exit_code] {
-    try {
-      *exit_code = run_eval(*args);
-    } catch (const std::exception& e) {
-      std::fflush(stdout);
-      fmt::print(stderr, "runway eval: error: {}\n", e.what());
-      *exit_code = 1;
-    }
-  });
+  cmd->callback([args, exit_code] { *exit_code = run_eval(*args); });  // errors: main() reports them
 }
 
 }  // namespace runway::apps

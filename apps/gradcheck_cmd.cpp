@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "apps/commands.h"
+#include "apps/parse.h"
 #include "engine/gradcheck.h"
 #include "engine/op_table.h"
 
@@ -30,22 +31,18 @@ int run_gradcheck(const GradcheckArgs& args) {
   } else {
     for (const auto& name : args.ops) {
       const OpEntry* e = find_op(name);
-      if (!e) {
-        fmt::print(stderr, "runway gradcheck: unknown op '{}'; `runway gradcheck --list` lists the ops\n", name);
-        return 2;
-      }
+      if (!e) throw UsageError(fmt::format("--op: unknown op '{}'; `runway gradcheck --list` lists the ops", name));
       entries.push_back(e);
     }
   }
   fmt::print("{:<28} {:<36} {:>5} {:>11} {:>11}  {}\n", "op", "sample", "input", "max abs err",
              "max rel err", "result");
-  int passed = 0, failed = 0;
+  int passed = 0, failed = 0, projected = 0;
   for (const OpEntry* e : entries) {
-    GradcheckOptions opts;
-    opts.atol = e->atol;
-    opts.rtol = e->rtol;
-    opts.fast = e->fast || args.fast;
     for (const auto& sample : e->samples()) {
+      GradcheckOptions opts = sample_options(*e, sample);
+      opts.fast = opts.fast || args.fast;
+      projected += opts.fast;
       GradcheckResult r;
       std::string error;
       try {
@@ -63,7 +60,9 @@ int run_gradcheck(const GradcheckArgs& args) {
     }
   }
   fmt::print("\ngradcheck: {} passed, {} failed (samples; float64, central differences, eps {:g}, {})\n",
-             passed, failed, GradcheckOptions{}.eps, args.fast ? "random projections" : "full Jacobians");
+             passed, failed, GradcheckOptions{}.eps,
+             projected == passed + failed ? std::string("random projections")
+                                          : fmt::format("full Jacobians, {} by random projections", projected));
   return failed == 0 ? 0 : 1;
 }
 

@@ -9,6 +9,9 @@
 
 #include "apps/commands.h"
 #include "apps/device_option.h"
+#include "apps/parse.h"
+#include "engine/file_io.h"
+#include "nn/config.h"
 #include "engine/random.h"
 #include "nn/data.h"
 #include "nn/train.h"
@@ -32,12 +35,7 @@ std::vector<uint8_t> choose_text(const InspectArgs& args, const nn::TrainConfig&
   if (!args.text.empty()) {
     text = args.text;
   } else if (!args.file.empty()) {
-    std::ifstream in(args.file, std::ios::binary);
-    if (!in || std::filesystem::is_directory(args.file))
-      throw Error(fmt::format("--file: cannot read '{}'", args.file));
-    std::stringstream ss;
-    ss << in.rdbuf();
-    text = ss.str();
+    text = read_regular_file(args.file, "--file", "a text file");  // a FIFO or device is refused, never read
     if (text.empty()) throw Error(fmt::format("--file: '{}' is empty", args.file));
   } else if (args.passkey_length > 0) {
     if (args.depth < 0 || args.depth > 1) throw Error(fmt::format("--depth must be in [0, 1], got {}", args.depth));
@@ -57,13 +55,16 @@ std::vector<uint8_t> choose_text(const InspectArgs& args, const nn::TrainConfig&
 
 int run_inspect(const InspectArgs& args) {
   const int given = !args.text.empty() + !args.file.empty() + (args.passkey_length > 0);
-  if (given > 1) throw Error("give at most one of --text, --file and --passkey");
-  if (args.max_len < 0) throw Error(fmt::format("--max-len must be >= 1 (0: the training length), got {}", args.max_len));
+  if (given > 1) throw UsageError("give at most one of --text, --file and --passkey");
   const Device device = device_from_option(args.device);
   nn::TrainConfig config;
-  std::unique_ptr<nn::GPT> model = nn::load_model(args.checkpoint, device, &config);
+  config.update_from_file(args.checkpoint + "/config.json");
   const int64_t max_len = args.max_len > 0 ? args.max_len : config.model.seq_len;
   const std::vector<uint8_t> bytes = choose_text(args, config, max_len);
+  const int64_t length = static_cast<int64_t>(bytes.size());
+  nn::check_fits_in_memory(nn::inference_memory_bytes(config.model, 1, length),
+                           fmt::format("running this model on {} bytes", length), "choose a smaller --max-len");
+  std::unique_ptr<nn::GPT> model = nn::load_model(args.checkpoint, device, &config);
   const std::string out = args.out.empty() ? (std::filesystem::path(args.checkpoint) / "inspect").string() : args.out;
   viz::InspectOptions options;
   options.title = args.checkpoint;
@@ -91,10 +92,12 @@ void add_inspect_command(CLI::App& app, int* exit_code) {
   cmd->add_option("--out", args->out, "Output folder (default: CHECKPOINT/inspect)");
   cmd->add_option("--text", args->text, "The text to run (default: the start of the validation split)");
   cmd->add_option("--file", args->file, "Read the text from this file");
-  cmd->add_option("--passkey", args->passkey_length, "Use a passkey document of this many bytes instead");
-  cmd->add_option("--depth", args->depth, "Needle depth in [0, 1] for --passkey")->capture_default_str();
-  cmd->add_option("--seed", args->seed, "Seed of the passkey key")->capture_default_str();
-  cmd->add_option("--max-len", args->max_len, "Use at most this many bytes (default: the training length)");
+  add_int_option(cmd, "--passkey", &args->passkey_length, "Use a passkey document of this many bytes instead",
+                 NumberRange::closed(1, 1 << 24), false);
+  add_float_option(cmd, "--depth", &args->depth, "Needle depth for --passkey", NumberRange::closed(0, 1));
+  add_uint_option(cmd, "--seed", &args->seed, "Seed of the passkey key");
+  add_int_option(cmd, "--max-len", &args->max_len, "Use at most this many bytes (default: the training length)",
+                 NumberRange::closed(1, 1 << 24), false);
   cmd->add_flag("--no-npy", args->no_npy, "Write only the pictures, not the .npy arrays");
   add_device_option(cmd, &args->device);
   cmd->callback([args, exit_code]() { *exit_code = run_inspect(*args); });

@@ -1,6 +1,8 @@
 // `runway train`: trains a byte-level GPT, standard or runway-rewired, on a text file or
 // folder (default: Debian's fortunes), with periodic validation, a metrics log, and
-// checkpoints that resume exactly. Ctrl-C saves a checkpoint before exiting.
+// checkpoints that resume exactly. Checkpoints are saved every --save-every steps and
+// every --save-every-seconds, and when Ctrl-C (SIGINT, exit 130) or SIGTERM (exit 143)
+// stops the run; see docs/reliability.md.
 #include <fmt/format.h>
 
 #include <atomic>
@@ -11,6 +13,8 @@
 
 #include "apps/commands.h"
 #include "apps/device_option.h"
+#include "apps/parse.h"
+#include "nn/config.h"
 #include "nn/device.h"
 #include "nn/train.h"
 
@@ -19,12 +23,18 @@ namespace runway::apps {
 namespace {
 
 std::atomic<bool> g_stop{false};
-void on_sigint(int) { g_stop.store(true); }
+std::atomic<int> g_signal{0};  // the signal that stopped the run
+void on_stop_signal(int signal) {
+  g_signal.store(signal);
+  g_stop.store(true);
+}
 
 struct TrainArgs {
   std::string out, config_file;
   std::string device = "cpu";  // a property of this run, not of the config or checkpoint
   bool resume = false;
+  bool overwrite = false;
+  nn::SaveSchedule save;
   // The flags given on the command line, as TrainConfig JSON keys: they override
   // the config file.
   nlohmann::json flags = nlohmann::json::object();
@@ -48,7 +58,21 @@ int run_train(const TrainArgs& args) {
       if (key != "steps") fmt::print(stderr, "runway train: --resume uses the saved config; ignoring --{}\n", key);
     if (given.contains("steps")) steps_override = given["steps"].get<int64_t>();
   }
-  nn::Trainer trainer(config, args.out, args.resume, steps_override, device);
+  // Handlers first: a SIGTERM while the trainer loads makes it save at once and stop.
+  g_stop.store(false);
+  g_signal.store(0);
+  auto previous_int = std::signal(SIGINT, on_stop_signal);
+  auto previous_term = std::signal(SIGTERM, on_stop_signal);
+  struct RestoreHandlers {
+    void (*int_handler)(int);
+    void (*term_handler)(int);
+    ~RestoreHandlers() {
+      std::signal(SIGINT, int_handler);
+      std::signal(SIGTERM, term_handler);
+    }
+  } restore{previous_int, previous_term};
+  nn::Trainer trainer(config, args.out, args.resume, steps_override, device, args.overwrite);
+  trainer.set_save_schedule(args.save);
   const nn::TrainConfig& c = trainer.config();
   fmt::print("runway train: {} attention{}, {} layers, {} heads, width {}, T={}, pos {}\n",
              c.model.rewired ? "rewired" : "standard",
@@ -61,22 +85,54 @@ int run_train(const TrainArgs& args) {
   fmt::print("data: {}; {} steps of {} x {} x {} bytes{}\n", c.data, c.steps, c.batch_size, c.grad_accum, c.model.seq_len,
              args.resume ? fmt::format(", resuming at step {}", trainer.step()) : "");
   std::fflush(stdout);
-  g_stop.store(false);
-  auto previous = std::signal(SIGINT, on_sigint);
   const int64_t reached = trainer.run([&](const nn::StepReport& r) {
     if (r.step % c.log_every == 0 || r.step == c.steps || r.evaluated)
       fmt::print("step {:>6}/{} | loss {:.4f} | lr {:.2e} | {:.0f} tok/s | ETA {}{}\n", r.step, c.steps, r.loss, r.lr,
                  r.tokens_per_second, nn::format_duration(r.seconds_left),
                  r.evaluated ? fmt::format(" | val loss {:.4f} ({:.3f} bits/byte)", r.val_loss, r.val_loss / std::log(2.0)) : "");
+    if (r.checkpointed) fmt::print("checkpoint: step {} saved\n", r.step);
     std::fflush(stdout);
   }, &g_stop);
-  std::signal(SIGINT, previous);
   if (reached < c.steps) {
-    fmt::print("interrupted at step {}: checkpoint saved in {}\n", reached, args.out);
-    return 130;
+    const int signal = g_signal.load();
+    fmt::print("interrupted at step {} by {}: checkpoint saved in {}\n", reached, signal == SIGTERM ? "SIGTERM" : "SIGINT",
+               args.out);
+    return signal == SIGTERM ? 143 : 130;  // the shell's codes for death by these signals
   }
-  fmt::print("done: checkpoint in {}/model.safetensors (config.json, optimizer.safetensors, state.json, metrics.jsonl)\n", args.out);
+  fmt::print("done: checkpoint of step {} in {}/checkpoints/ (with config.json and metrics.jsonl)\n", reached, args.out);
   return 0;
+}
+
+// The JSON value of a config flag's text, parsed strictly by the field's type (the
+// range and the allowed names are checked by nn::check_field_value after).
+nlohmann::json config_flag_value(const nn::ConfigField& field, const std::string& flag, const std::string& text) {
+  switch (field.type) {
+    case nn::FieldType::Int: return parse_int(flag, text);
+    case nn::FieldType::UInt: return parse_uint(flag, text);
+    case nn::FieldType::Float: return parse_float(flag, text);
+    case nn::FieldType::IntList: return text.empty() ? std::vector<int64_t>{} : parse_int_list(flag, text);
+    case nn::FieldType::Bool: return text == "true";
+    case nn::FieldType::String:
+    case nn::FieldType::Enum: return text;
+  }
+  return text;
+}
+
+std::string config_flag_type(const nn::ConfigField& field) {
+  switch (field.type) {
+    case nn::FieldType::Int: return "INT";
+    case nn::FieldType::UInt: return "UINT";
+    case nn::FieldType::Float: return "FLOAT";
+    case nn::FieldType::IntList: return "INT,...";
+    case nn::FieldType::Bool: return "";
+    case nn::FieldType::String: return "TEXT";
+    case nn::FieldType::Enum: {
+      std::string names;
+      for (const std::string& a : field.allowed) names += (names.empty() ? "" : ",") + a;
+      return "{" + names + "}";
+    }
+  }
+  return "TEXT";
 }
 
 }  // namespace
@@ -86,36 +142,43 @@ void add_train_command(CLI::App& app, int* exit_code) {
   CLI::App* cmd = app.add_subcommand("train", "Train a byte-level GPT (standard or runway-rewired attention)");
   cmd->add_option("--out", args->out, "Output folder for checkpoints and metrics")->required();
   cmd->add_option("--config", args->config_file, "JSON file of settings (keys as the flags, with underscores)");
-  cmd->add_flag("--resume", args->resume, "Continue from the checkpoint in --out (its config is used; --steps may extend it)");
+  CLI::Option* resume_flag =
+      cmd->add_flag("--resume", args->resume, "Continue from the checkpoint in --out (its config is used; --steps may extend it)");
+  // Checkpointing and ownership (docs/reliability.md); not part of the config.
+  cmd->add_flag("--overwrite", args->overwrite, "Replace the run already in --out (without it, an existing run is refused)")
+      ->excludes(resume_flag);
+  add_int_option(cmd, "--save-every", &args->save.every_steps, "Also save a checkpoint every this many steps (0: off)",
+                 NumberRange::at_least(0));
+  add_float_option(cmd, "--save-every-seconds", &args->save.every_seconds,
+                   "Also save a checkpoint when this many seconds have passed since the last one (0: off)",
+                   NumberRange::at_least(0));
   add_device_option(cmd, &args->device);
-  // Every TrainConfig key is a flag: --n-layer for n_layer, and so on.
-  const nn::TrainConfig default_config;
-  const nlohmann::json defaults = default_config.to_json();
-  for (const auto& [key, value] : defaults.items()) {
-    std::string flag = "--" + key;
-    for (auto& ch : flag) if (ch == '_') ch = '-';
-    const std::string k = key;
-    auto set = [args, k, d = nlohmann::json(value)](const std::string& text) {
-      try {
-        if (d.is_string()) args->flags[k] = text;
-        else if (d.is_boolean()) args->flags[k] = text != "false" && text != "0";
-        else if (d.is_array()) {
-          std::vector<int64_t> list;
-          std::stringstream ss(text);
-          std::string item;
-          while (std::getline(ss, item, ',')) if (!item.empty()) list.push_back(std::stoll(item));
-          args->flags[k] = list;
-        } else if (d.is_number_integer() || d.is_number_unsigned()) args->flags[k] = std::stoll(text);
-        else args->flags[k] = std::stod(text);
-      } catch (const std::exception&) {
-        throw CLI::ValidationError("--" + k, "'" + text + "' is not a valid value");
-      }
-    };
-    if (value.is_boolean()) {
-      cmd->add_flag_callback(flag, [set] { set("true"); }, "(default false)");
-    } else {
-      cmd->add_option_function<std::string>(flag, set, fmt::format("(default {})", value.dump()));
+  // Every TrainConfig field is a flag (the table of nn/config.h): --n-layer for n_layer,
+  // and so on. A value is checked as it is parsed (type, range, allowed names), so a bad
+  // one is a usage error naming the flag; cross-field rules are checked by the trainer.
+  for (const nn::ConfigField& field : nn::train_config_fields()) {
+    const std::string flag = field.flag();
+    if (field.type == nn::FieldType::Bool) {
+      cmd->add_flag_callback(flag, [args, key = field.key] { args->flags[key] = true; },
+                             fmt::format("{} (default {})", field.help, field.default_text()));
+      continue;
     }
+    const std::string help = fmt::format("{} (default {}; {})", field.help, field.default_text(), field.allowed_text());
+    cmd->add_option_function<std::string>(
+           flag,
+           [args, &field, flag](const std::string& text) {
+             const nlohmann::json value = config_flag_value(field, flag, text);
+             try {
+               nn::check_field_value(field, value, flag);
+             } catch (const UsageError&) {
+               throw;
+             } catch (const Error& e) {
+               throw UsageError(e.what());
+             }
+             args->flags[field.key] = value;
+           },
+           help)
+        ->type_name(config_flag_type(field));
   }
   cmd->callback([args, exit_code] { *exit_code = run_train(*args); });
 }

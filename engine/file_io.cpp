@@ -1,6 +1,8 @@
 #include "engine/file_io.h"
 
 #include <fmt/format.h>
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -16,6 +18,13 @@
 namespace runway {
 
 namespace {
+const char* file_type_description(mode_t mode) {
+  if (S_ISFIFO(mode)) return "a FIFO (named pipe)";
+  if (S_ISCHR(mode)) return "a character device";
+  if (S_ISBLK(mode)) return "a block device";
+  if (S_ISSOCK(mode)) return "a socket";
+  return "not a regular file";
+}
 struct FileCloser {
   void operator()(std::FILE* f) const { std::fclose(f); }
 };
@@ -63,10 +72,29 @@ void write_file_atomic(const std::string& path, const char* who, const std::func
 }
 
 InputFile::InputFile(const std::string& path, const char* who, const char* kind) : path_(path), who_(who) {
-  std::error_code ec;
-  if (std::filesystem::is_directory(path, ec)) fail(fmt::format("is a directory, not {}", kind));
-  std::FILE* f = std::fopen(path.c_str(), "rb");
-  if (!f) fail(fmt::format("cannot open: {}", std::strerror(errno)));
+  // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer. The
+  // descriptor's type is then checked on the open file itself (no race with a rename),
+  // and only a regular file is read.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) fail(fmt::format("cannot open: {}", std::strerror(errno)));
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    const int saved_errno = errno;
+    ::close(fd);
+    fail(fmt::format("cannot open: {}", std::strerror(saved_errno)));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    if (S_ISDIR(st.st_mode)) fail(fmt::format("is a directory, not {}", kind));
+    fail(fmt::format("is {}, not a regular file ({} expected)", file_type_description(st.st_mode), kind));
+  }
+  ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);  // a regular file: plain blocking reads
+  std::FILE* f = ::fdopen(fd, "rb");
+  if (!f) {
+    const int saved_errno = errno;
+    ::close(fd);
+    fail(fmt::format("cannot open: {}", std::strerror(saved_errno)));
+  }
   file_ = f;
   if (std::fseek(f, 0, SEEK_END) != 0) fail(fmt::format("cannot seek: {}", std::strerror(errno)));
   const long end_pos = std::ftell(f);
@@ -89,6 +117,22 @@ void InputFile::read_exact(void* dst, size_t n, const std::string& what) {
   if (std::fread(dst, 1, n, f) != n)
     fail(fmt::format("read error in {}: {}", what,
                      std::ferror(f) ? std::strerror(errno) : "unexpected end of file (was it truncated while being read?)"));
+}
+
+std::string read_regular_file(const std::string& path, const char* who, const char* kind) {
+  InputFile in(path, who, kind);
+  std::string bytes(static_cast<size_t>(in.size()), '\0');
+  in.read_exact(bytes.data(), bytes.size(), "the file");
+  return bytes;
+}
+
+void MemoryInput::read_exact(void* dst, size_t n, const std::string& what) {
+  if (n == 0) return;
+  if (n > size_ - pos_)
+    throw Error(fmt::format("{}: '{}': read error in {}: unexpected end of data ({} bytes wanted, {} left)", who_,
+                            name_, what, n, size_ - pos_));
+  std::memcpy(dst, data_ + pos_, n);
+  pos_ += n;
 }
 
 std::string printable_excerpt(const std::string& s, size_t max_len) {

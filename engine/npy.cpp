@@ -317,12 +317,15 @@ void byte_swap(void* data, size_t count, size_t width) {
 
 // ---- reading -----------------------------------------------------------------------------
 
-Tensor read_npy(const std::string& path) {
+namespace {
+
+// The reader proper, over an InputFile or a MemoryInput; `path` names the source in errors.
+template <typename Input>
+Tensor read_npy_from(Input& in, const std::string& path) {
   auto fail = [&path](const std::string& what) -> void {
     throw Error(fmt::format("read_npy: '{}': {}", path, what));
   };
 
-  InputFile in(path, "read_npy", "a .npy file");
   const uint64_t file_size = in.size();
   auto read_exact = [&in](void* dst, size_t n, const char* what) { in.read_exact(dst, n, std::string("the ") + what); };
 
@@ -388,6 +391,18 @@ Tensor read_npy(const std::string& path) {
     t = t.permute(dims).contiguous();
   }
   return t;
+}
+
+}  // namespace
+
+Tensor read_npy(const std::string& path) {
+  InputFile in(path, "read_npy", "a .npy file");
+  return read_npy_from(in, path);
+}
+
+Tensor read_npy_bytes(const void* data, size_t size, const std::string& name) {
+  MemoryInput in(data, size, "read_npy", name);
+  return read_npy_from(in, name);
 }
 
 // ---- writing -----------------------------------------------------------------------------

@@ -7,6 +7,7 @@
 // is rejected with a runway::Error that names the file and the problem.
 #pragma once
 
+#include <cstddef>
 #include <string>
 
 #include "engine/tensor.h"
@@ -19,6 +20,10 @@ namespace runway {
 // declared shape and dtype. The file must hold exactly the bytes the header declares:
 // short data and trailing bytes are both errors.
 Tensor read_npy(const std::string& path);
+
+// read_npy of the `size` bytes at `data` (a whole .npy file in memory); `name` stands
+// for the path in error messages.
+Tensor read_npy_bytes(const void* data, size_t size, const std::string& name);
 
 // Writes `t` (any device, any strides; its values, not its autograd state) as a
 // little-endian, C-order .npy file: format version 1.0, or 2.0 when the header does

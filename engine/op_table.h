@@ -23,6 +23,9 @@ struct OpSample {
   std::vector<Tensor> inputs;   // float64 (differentiated) and int64 (passed through)
   std::vector<bool> wrt;        // optional: which inputs to differentiate
   TensorFn fn;                  // optional: overrides the entry's fn (per-sample options)
+  // Checked by random projections v^T J u whatever the entry says: set on the samples
+  // sized to take the CPU backend's threaded paths, too large for a full Jacobian.
+  bool fast = false;
 };
 
 struct OpEntry {
@@ -30,8 +33,8 @@ struct OpEntry {
   std::string summary;          // one line for --list
   TensorFn fn;                  // builds the output from the sample inputs
   std::function<std::vector<OpSample>()> samples;
-  double atol = 1e-5;
-  double rtol = 1e-3;
+  double atol = GradcheckOptions{}.atol;
+  double rtol = GradcheckOptions{}.rtol;
   std::string tolerance_reason;  // required when atol/rtol differ from the defaults
   bool fast = false;             // random-projection mode (large ops)
   bool composite = false;        // built from other ops; not a declared op itself
@@ -40,6 +43,9 @@ struct OpEntry {
 const std::vector<OpEntry>& op_table();
 // The function a sample is checked with: its own fn when it has one, else the entry's.
 const TensorFn& sample_fn(const OpEntry& entry, const OpSample& sample);
+// The options a sample is checked with: the entry's tolerances, and random projections
+// when the entry or the sample asks for them.
+GradcheckOptions sample_options(const OpEntry& entry, const OpSample& sample);
 const OpEntry* find_op(const std::string& name);
 
 }  // namespace runway

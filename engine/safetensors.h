@@ -16,6 +16,7 @@
 // names the dtype and the file.
 #pragma once
 
+#include <cstddef>
 #include <map>
 #include <string>
 #include <utility>
@@ -57,5 +58,9 @@ void write_safetensors(const std::string& path, const std::vector<std::pair<std:
 // that disagree with shape and dtype, overlapping tensors, gaps, trailing bytes,
 // non-string metadata) is a runway::Error that names `path` and the problem.
 SafetensorsFile read_safetensors(const std::string& path);
+
+// read_safetensors of the `size` bytes at `data` (a whole file in memory); `name` stands
+// for the path in error messages.
+SafetensorsFile read_safetensors_bytes(const void* data, size_t size, const std::string& name);
 
 }  // namespace runway

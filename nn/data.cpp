@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 
 #include "engine/dtype.h"
+#include "engine/file_io.h"
 
 namespace runway::nn {
 
@@ -26,12 +27,11 @@ bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
+// Through InputFile: a FIFO or device (given, or swapped in after the folder listing)
+// is refused instead of blocking or reading forever.
 std::vector<uint8_t> read_file_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(fmt::format("load_corpus: cannot read {} (open failed)", path));
-  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (in.bad()) throw Error(fmt::format("load_corpus: cannot read {} (read failed)", path));
-  return bytes;
+  const std::string text = read_regular_file(path, "load_corpus", "a text file or folder");
+  return std::vector<uint8_t>(text.begin(), text.end());
 }
 
 // The kept files under a folder (see load_corpus), sorted by path string.
@@ -72,6 +72,9 @@ ByteCorpus load_corpus(const std::string& path, double val_fraction) {
   std::error_code ec;
   const fs::file_status st = fs::status(path, ec);
   if (ec || !fs::exists(st)) throw Error(fmt::format("load_corpus: {} does not exist", path));
+  if (!fs::is_directory(st) && !fs::is_regular_file(st))
+    throw Error(fmt::format("load_corpus: {} is not a regular file or a folder (a FIFO, device or socket is not read)",
+                            path));
 
   ByteCorpus corpus;
   std::vector<std::vector<uint8_t>> docs;

@@ -94,7 +94,7 @@ int64_t sample_token(const std::vector<double>& logits, const SampleOptions& o, 
 }  // namespace
 
 std::string generate(const GPT& model, const std::string& prompt, int64_t tokens, const SampleOptions& options,
-                     Generator& gen) {
+                     Generator& gen, const std::function<void(char)>& on_byte) {
   if (prompt.empty()) throw Error("generate: the prompt is empty; give at least one byte");
   if (tokens < 0) throw Error(fmt::format("generate: tokens must be >= 0, got {}", tokens));
   Decoder decoder(model, 1);
@@ -106,6 +106,7 @@ std::string generate(const GPT& model, const std::string& prompt, int64_t tokens
   for (int64_t i = 0; i < tokens; ++i) {
     const int64_t next = sample_token(logits.to_vector(), options, gen);
     out.push_back(static_cast<char>(next));
+    if (on_byte) on_byte(static_cast<char>(next));
     if (i + 1 < tokens) logits = decoder.step(Tensor::from_indices({next}, {1, 1}).to(device));
   }
   return out;

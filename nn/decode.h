@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -42,10 +43,11 @@ struct SampleOptions {
   int64_t top_k = 0;         // 0: no top-k filtering
 };
 
-// Feeds `prompt` then samples `tokens` more bytes; returns only the new bytes. Runs on
-// the model's device (sampling itself is on the host, so a seed gives the same choices
-// from the same logits on every device).
+// Feeds `prompt` then samples `tokens` more bytes; returns only the new bytes, and
+// hands each one to `on_byte` (when given) as soon as it is sampled, so that a caller can
+// print the text as it grows. Runs on the model's device (sampling itself is on the
+// host, so a seed gives the same choices from the same logits on every device).
 std::string generate(const GPT& model, const std::string& prompt, int64_t tokens, const SampleOptions& options,
-                     Generator& gen);
+                     Generator& gen, const std::function<void(char)>& on_byte = {});
 
 }  // namespace runway::nn

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstring>
 #include <map>
+#include <optional>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -16,6 +17,7 @@
 #include "engine/file_io.h"
 #include "engine/ops.h"
 #include "engine/safetensors.h"
+#include "nn/checkpoint.h"
 #include "nn/data.h"
 #include "nn/device.h"
 
@@ -24,137 +26,7 @@ namespace runway::nn {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-// ---- config ------------------------------------------------------------------------
-
-TrainConfig::TrainConfig() = default;
-
-json TrainConfig::to_json() const {
-  return json{
-      {"n_layer", model.n_layer},
-      {"n_head", model.n_head},
-      {"n_embd", model.n_embd},
-      {"seq_len", model.seq_len},
-      {"pos", position_encoding_name(model.pos)},
-      {"attention", model.rewired ? "rewired" : "standard"},
-      {"runway_summary", runway_summary_name(model.runway.summary)},
-      {"runway_beta", model.runway.beta},
-      {"runway_head", model.runway.runway_head},
-      {"runway_detach", model.runway.detach},
-      {"rewired_layers", model.rewired_layers},
-      {"rope_base", model.rope_base},
-      {"data", data},
-      {"val_fraction", val_fraction},
-      {"steps", steps},
-      {"batch_size", batch_size},
-      {"grad_accum", grad_accum},
-      {"warmup", warmup},
-      {"lr", lr},
-      {"min_lr_ratio", min_lr_ratio},
-      {"weight_decay", adamw.weight_decay},
-      {"beta1", adamw.beta1},
-      {"beta2", adamw.beta2},
-      {"grad_clip", grad_clip},
-      {"mix_passkey", mix_passkey},
-      {"mix_recall", mix_recall},
-      {"recall_pairs", recall_pairs},
-      {"recall_queries", recall_queries},
-      {"eval_every", eval_every},
-      {"eval_batches", eval_batches},
-      {"log_every", log_every},
-      {"seed", seed},
-  };
-}
-
-void TrainConfig::update_from_json(const json& j, const std::string& source) {
-  if (!j.is_object()) throw Error(fmt::format("{}: the config must be a JSON object", source));
-  const json known = to_json();
-  for (const auto& [key, value] : j.items()) {
-    if (key == "parameter_count") continue;  // informational, written with checkpoints
-    if (key == "device")
-      throw Error(fmt::format("{}: 'device' is not a config key: the device belongs to a run, not to a model or "
-                              "checkpoint; choose it with --device (cpu or cuda)", source));
-    if (!known.contains(key)) {
-      std::string allowed;
-      for (const auto& [k, v] : known.items()) allowed += (allowed.empty() ? "" : ", ") + k;
-      throw Error(fmt::format("{}: unknown key '{}'; allowed keys: {}", source, key, allowed));
-    }
-    try {
-      if (key == "n_layer") model.n_layer = value.get<int64_t>();
-      else if (key == "n_head") model.n_head = value.get<int64_t>();
-      else if (key == "n_embd") model.n_embd = value.get<int64_t>();
-      else if (key == "seq_len") model.seq_len = value.get<int64_t>();
-      else if (key == "pos") model.pos = parse_position_encoding(value.get<std::string>());
-      else if (key == "attention") {
-        const auto a = value.get<std::string>();
-        if (a != "standard" && a != "rewired")
-          throw Error(fmt::format("attention '{}': allowed values are standard, rewired", a));
-        model.rewired = a == "rewired";
-      } else if (key == "runway_summary") model.runway.summary = parse_runway_summary(value.get<std::string>());
-      else if (key == "runway_beta") model.runway.beta = value.get<double>();
-      else if (key == "runway_head") model.runway.runway_head = value.get<int64_t>();
-      else if (key == "runway_detach") model.runway.detach = value.get<bool>();
-      else if (key == "rewired_layers") model.rewired_layers = value.get<std::vector<int64_t>>();
-      else if (key == "rope_base") model.rope_base = value.get<double>();
-      else if (key == "data") data = value.get<std::string>();
-      else if (key == "val_fraction") val_fraction = value.get<double>();
-      else if (key == "steps") steps = value.get<int64_t>();
-      else if (key == "batch_size") batch_size = value.get<int64_t>();
-      else if (key == "grad_accum") grad_accum = value.get<int64_t>();
-      else if (key == "warmup") warmup = value.get<int64_t>();
-      else if (key == "lr") lr = value.get<double>();
-      else if (key == "min_lr_ratio") min_lr_ratio = value.get<double>();
-      else if (key == "weight_decay") adamw.weight_decay = value.get<double>();
-      else if (key == "beta1") adamw.beta1 = value.get<double>();
-      else if (key == "beta2") adamw.beta2 = value.get<double>();
-      else if (key == "grad_clip") grad_clip = value.get<double>();
-      else if (key == "mix_passkey") mix_passkey = value.get<double>();
-      else if (key == "mix_recall") mix_recall = value.get<double>();
-      else if (key == "recall_pairs") recall_pairs = value.get<int64_t>();
-      else if (key == "recall_queries") recall_queries = value.get<int64_t>();
-      else if (key == "eval_every") eval_every = value.get<int64_t>();
-      else if (key == "eval_batches") eval_batches = value.get<int64_t>();
-      else if (key == "log_every") log_every = value.get<int64_t>();
-      else if (key == "seed") seed = value.get<uint64_t>();
-    } catch (const json::exception& e) {
-      throw Error(fmt::format("{}: key '{}' has the wrong type ({}): {}", source, key, value.dump(), e.what()));
-    } catch (const Error& e) {
-      throw Error(fmt::format("{}: key '{}': {}", source, key, e.what()));
-    }
-  }
-}
-
-void TrainConfig::validate() const {
-  model.validate();
-  auto positive = [](const char* field, double v) {
-    if (!(v > 0)) throw Error(fmt::format("{} must be > 0, got {}", field, v));
-  };
-  positive("steps", static_cast<double>(steps));
-  positive("batch_size", static_cast<double>(batch_size));
-  positive("grad_accum", static_cast<double>(grad_accum));
-  positive("lr", lr);
-  positive("eval_every", static_cast<double>(eval_every));
-  positive("eval_batches", static_cast<double>(eval_batches));
-  positive("log_every", static_cast<double>(log_every));
-  if (warmup < 0) throw Error(fmt::format("warmup must be >= 0, got {}", warmup));
-  if (!(min_lr_ratio >= 0 && min_lr_ratio <= 1)) throw Error(fmt::format("min_lr_ratio must be in [0, 1], got {}", min_lr_ratio));
-  if (!(val_fraction > 0 && val_fraction < 1)) throw Error(fmt::format("val_fraction must be in (0, 1), got {}", val_fraction));
-  if (!(mix_passkey >= 0 && mix_passkey <= 1)) throw Error(fmt::format("mix_passkey must be in [0, 1], got {}", mix_passkey));
-  if (mix_passkey > 0 && model.seq_len + 1 < passkey_min_length())
-    throw Error(fmt::format("mix_passkey needs seq_len >= {} (a passkey document is at least {} bytes), got {}",
-                            passkey_min_length() - 1, passkey_min_length(), model.seq_len));
-  if (!(mix_recall >= 0 && mix_recall <= 1)) throw Error(fmt::format("mix_recall must be in [0, 1], got {}", mix_recall));
-  if (mix_recall > 0) {
-    if (recall_pairs < 1 || recall_pairs > 676 || recall_queries < 1 || recall_queries > recall_pairs)
-      throw Error(fmt::format("recall_pairs must be in [1, 676] and recall_queries in [1, recall_pairs], got {} and {}",
-                              recall_pairs, recall_queries));
-    if (recall_length(recall_pairs, recall_queries) > model.seq_len + 1)
-      throw Error(fmt::format("recall_pairs {} + recall_queries {} make {}-byte examples, longer than seq_len + 1 = {}",
-                              recall_pairs, recall_queries, recall_length(recall_pairs, recall_queries), model.seq_len + 1));
-  }
-  if (!(adamw.beta1 >= 0 && adamw.beta1 < 1)) throw Error(fmt::format("beta1 must be in [0, 1), got {}", adamw.beta1));
-  if (!(adamw.beta2 >= 0 && adamw.beta2 < 1)) throw Error(fmt::format("beta2 must be in [0, 1), got {}", adamw.beta2));
-  if (!(adamw.weight_decay >= 0)) throw Error(fmt::format("weight_decay must be >= 0, got {}", adamw.weight_decay));
-}
+// The config (TrainConfig: JSON, flags, validation) is in nn/config.cpp.
 
 // ---- files -------------------------------------------------------------------------
 
@@ -208,11 +80,6 @@ uint64_t parse_hex(const json& j, const std::string& path) {
 
 }  // namespace
 
-void TrainConfig::update_from_file(const std::string& path) {
-  if (std::filesystem::is_directory(path)) throw Error(fmt::format("cannot read '{}': it is a folder", path));
-  update_from_json(read_json_file(path), path);
-}
-
 // ---- trainer --------------------------------------------------------------------------
 
 struct Trainer::Data {
@@ -229,17 +96,81 @@ std::string format_duration(double seconds) {
   return s >= 3600 ? fmt::format("{}h{:02}m", s / 3600, s % 3600 / 60) : fmt::format("{}m{:02}s", s / 60, s % 60);
 }
 
-Trainer::Trainer(TrainConfig config, std::string out_dir, bool resume, int64_t steps_override, Device device)
+namespace {
+
+// Every value finite? (Reads CPU float tensors in place; others through a copy.)
+bool all_finite(const Tensor& t) {
+  if (t.device() == Device::CPU && t.is_contiguous() && t.dtype() == DType::Float32) {
+    const float* p = t.data<float>();
+    for (int64_t i = 0, n = t.numel(); i < n; ++i)
+      if (!std::isfinite(p[i])) return false;
+    return true;
+  }
+  if (t.device() == Device::CPU && t.is_contiguous() && t.dtype() == DType::Float64) {
+    const double* p = t.data<double>();
+    for (int64_t i = 0, n = t.numel(); i < n; ++i)
+      if (!std::isfinite(p[i])) return false;
+    return true;
+  }
+  for (double v : t.to_vector())
+    if (!std::isfinite(v)) return false;
+  return true;
+}
+
+// Does the folder hold a run (of this version, or the flat layout of an older one)?
+bool holds_run(const fs::path& dir) {
+  std::error_code ec;
+  return fs::exists(dir / "config.json", ec) || fs::exists(dir / "checkpoints", ec) ||
+         fs::exists(dir / "model.safetensors", ec);
+}
+
+// The entries of a folder other than the lock file.
+std::vector<fs::path> entries_but_lock(const fs::path& dir) {
+  std::vector<fs::path> out;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.path().filename() != run_lock_name()) out.push_back(e.path());
+  return out;
+}
+
+}  // namespace
+
+Trainer::Trainer(TrainConfig config, std::string out_dir, bool resume, int64_t steps_override, Device device,
+                 bool overwrite)
     : config_(std::move(config)), out_dir_(std::move(out_dir)), data_gen_(0), device_(device) {
   require_device(device_);  // before any file is written
+  const fs::path dir(out_dir_);
+  std::error_code ec;
   if (resume) {
+    if (overwrite) throw Error("resume and overwrite exclude each other: resume continues a run, overwrite replaces it");
+    if (!fs::exists(dir / "config.json", ec))
+      throw Error(fmt::format("cannot resume '{}': there is no config.json in it{}", out_dir_,
+                              fs::is_directory(dir, ec) ? " (not a run folder)" : " (the folder does not exist)"));
+    lock_ = std::make_unique<RunLock>(out_dir_);
     TrainConfig saved;
     saved.update_from_json(read_json_file(out_dir_ + "/config.json"), out_dir_ + "/config.json");
     config_ = saved;
     if (steps_override > 0) config_.steps = steps_override;
   }
   config_.validate();
-  fs::create_directories(out_dir_);
+  if (!resume) {
+    if (fs::exists(dir, ec) && !fs::is_directory(dir, ec))
+      throw Error(fmt::format("'{}' exists and is not a folder; choose a new or empty folder for the run", out_dir_));
+    fs::create_directories(dir);
+    lock_ = std::make_unique<RunLock>(out_dir_);
+    if (holds_run(dir)) {
+      if (!overwrite) {
+        const auto found = find_checkpoint(out_dir_);
+        throw Error(fmt::format("'{}' already holds a run ({}); continue it with --resume, or replace it with --overwrite",
+                                out_dir_, !found ? std::string("config.json, no complete checkpoint")
+                                          : found->flat ? std::string("a checkpoint of an older version")
+                                                        : fmt::format("checkpoint at step {}", found->step)));
+      }
+    } else if (!entries_but_lock(dir).empty()) {
+      throw Error(fmt::format("'{}' is not empty and is not a run folder (no config.json, no checkpoints/; it holds '{}'); "
+                              "choose a new or empty folder for the run",
+                              out_dir_, entries_but_lock(dir).front().filename().string()));
+    }
+  }
   data_ = std::make_unique<Data>();
   data_->corpus = load_corpus(config_.data, config_.val_fraction);
   data_->sampler = std::make_unique<WindowSampler>(data_->corpus.train, config_.model.seq_len);
@@ -248,14 +179,29 @@ Trainer::Trainer(TrainConfig config, std::string out_dir, bool resume, int64_t s
   model_->to(device_);  // before the optimizer, whose moments follow the parameters' device
   optimizer_ = std::make_unique<AdamW>(model_->named_parameters(), config_.adamw);
   data_gen_.manual_seed(config_.seed ^ 0x5eed5eed5eed5eedull);
+  clean_interrupted_saves(out_dir_);
   if (!resume) {
+    // Replaced only now that the new run has its data and model: a failed start keeps the old run.
+    if (overwrite)
+      for (const fs::path& p : entries_but_lock(dir)) fs::remove_all(p);
     json c = config_.to_json();
     c["parameter_count"] = model_->parameter_count();
     write_text_file_atomic(out_dir_ + "/config.json", c.dump(2) + "\n");
+    fsync_file(out_dir_ + "/config.json");
     return;
   }
-  // Resume: state.json, optimizer.safetensors and model.safetensors must agree on the step.
-  const std::string state_path = out_dir_ + "/state.json";
+  std::vector<std::string> skipped;
+  const std::optional<CheckpointLocation> found = find_checkpoint(out_dir_, &skipped);
+  for (const std::string& s : skipped) fmt::print(stderr, "runway: warning: '{}': skipping {}\n", out_dir_, s);
+  if (!found) {
+    if (!skipped.empty()) require_checkpoint(out_dir_);  // throws, naming every problem
+    // Stopped before its first save: step 0 is the seed's initial state, exactly.
+    truncate_metrics(out_dir_ + "/metrics.jsonl", 0);
+    return;
+  }
+  // state.json, optimizer.safetensors and model.safetensors must agree on the step.
+  const std::string ckpt = found->dir;
+  const std::string state_path = ckpt + "/state.json";
   const json state = read_json_file(state_path);
   try {
     step_ = state.at("step").get<int64_t>();
@@ -268,7 +214,10 @@ Trainer::Trainer(TrainConfig config, std::string out_dir, bool resume, int64_t s
   } catch (const json::exception& e) {
     throw Error(fmt::format("'{}' is missing a field or has a wrong type: {}", state_path, e.what()));
   }
-  const std::string model_path = out_dir_ + "/model.safetensors", opt_path = out_dir_ + "/optimizer.safetensors";
+  if (!found->flat && step_ != found->step)
+    throw Error(fmt::format("checkpoint '{}' is inconsistent: state.json is at step {}, the folder is of step {}", ckpt,
+                            step_, found->step));
+  const std::string model_path = ckpt + "/model.safetensors", opt_path = ckpt + "/optimizer.safetensors";
   const SafetensorsFile model_file = read_safetensors(model_path);
   const SafetensorsFile opt_file = read_safetensors(opt_path);
   for (const auto* f : {&model_file, &opt_file}) {
@@ -276,35 +225,61 @@ Trainer::Trainer(TrainConfig config, std::string out_dir, bool resume, int64_t s
     if (it == f->metadata.end() || it->second != std::to_string(step_))
       throw Error(fmt::format("checkpoint in '{}' is inconsistent: state.json is at step {} but {} says {}; "
                               "the save was interrupted, restore a complete checkpoint",
-                              out_dir_, step_, f == &model_file ? "model.safetensors" : "optimizer.safetensors",
+                              ckpt, step_, f == &model_file ? "model.safetensors" : "optimizer.safetensors",
                               it == f->metadata.end() ? "nothing" : it->second));
   }
   load_into(model_->named_parameters(), model_file, "", model_path);
   load_into(model_->named_parameters(), opt_file, "m.", opt_path, &optimizer_->first_moments());
   load_into(model_->named_parameters(), opt_file, "v.", opt_path, &optimizer_->second_moments());
   optimizer_->set_steps_taken(step_);
+  last_saved_step_ = step_;
+  truncate_metrics(out_dir_ + "/metrics.jsonl", step_);
 }
 
 void Trainer::save_checkpoint() const {
-  const std::map<std::string, std::string> meta{{"step", std::to_string(step_)}, {"format", "runway"}};
-  std::vector<std::pair<std::string, Tensor>> opt_tensors;
+  // A diverged state is never written over a good one.
   const auto params = model_->named_parameters();
   for (size_t i = 0; i < params.size(); ++i) {
-    opt_tensors.emplace_back("m." + params[i].name, optimizer_->first_moments()[i]);
-    opt_tensors.emplace_back("v." + params[i].name, optimizer_->second_moments()[i]);
+    const char* what = !all_finite(params[i].tensor)                   ? "parameter"
+                       : !all_finite(optimizer_->first_moments()[i])  ? "AdamW first moment of parameter"
+                       : !all_finite(optimizer_->second_moments()[i]) ? "AdamW second moment of parameter"
+                                                                       : nullptr;
+    if (what)
+      throw Error(fmt::format("not saving the checkpoint of step {} in '{}': the {} '{}' holds a value that is not "
+                              "finite (the run diverged); the newest checkpoint on disk is {}",
+                              step_, out_dir_, what, params[i].name,
+                              last_saved_step_ >= 0 ? fmt::format("step {}", last_saved_step_) : std::string("none")));
   }
-  write_safetensors(out_dir_ + "/optimizer.safetensors", opt_tensors, meta);
+  const std::map<std::string, std::string> meta{{"step", std::to_string(step_)}, {"format", "runway"}};
   const Generator::State st = data_gen_.state();
   uint64_t spare_bits = 0;
   std::memcpy(&spare_bits, &st.spare, sizeof(double));
-  json state{{"step", step_},
-             {"data_rng", {u64_hex(st.s[0]), u64_hex(st.s[1]), u64_hex(st.s[2]), u64_hex(st.s[3])}},
-             {"data_rng_has_spare", st.has_spare},
-             {"data_rng_spare_bits", u64_hex(spare_bits)}};
-  write_text_file_atomic(out_dir_ + "/state.json", state.dump(2) + "\n");
-  std::vector<std::pair<std::string, Tensor>> model_tensors;
-  for (const auto& p : params) model_tensors.emplace_back(p.name, p.tensor);
-  write_safetensors(out_dir_ + "/model.safetensors", model_tensors, meta);
+  const json state{{"step", step_},
+                   {"data_rng", {u64_hex(st.s[0]), u64_hex(st.s[1]), u64_hex(st.s[2]), u64_hex(st.s[3])}},
+                   {"data_rng_has_spare", st.has_spare},
+                   {"data_rng_spare_bits", u64_hex(spare_bits)}};
+  std::vector<CheckpointFile> files;
+  files.push_back({"model.safetensors", [&](const std::string& path) {
+                     std::vector<std::pair<std::string, Tensor>> tensors;
+                     for (const auto& p : params) tensors.emplace_back(p.name, p.tensor);
+                     write_safetensors(path, tensors, meta);
+                   }});
+  files.push_back({"optimizer.safetensors", [&](const std::string& path) {
+                     std::vector<std::pair<std::string, Tensor>> tensors;
+                     for (size_t i = 0; i < params.size(); ++i) {
+                       tensors.emplace_back("m." + params[i].name, optimizer_->first_moments()[i]);
+                       tensors.emplace_back("v." + params[i].name, optimizer_->second_moments()[i]);
+                     }
+                     write_safetensors(path, tensors, meta);
+                   }});
+  files.push_back({"state.json", [&](const std::string& path) { write_text_file_atomic(path, state.dump(2) + "\n"); }});
+  // The metrics of the steps up to this one reach the disk before the checkpoint that
+  // vouches for them.
+  const std::string metrics = out_dir_ + "/metrics.jsonl";
+  std::error_code ec;
+  if (fs::exists(metrics, ec)) fsync_file(metrics);
+  commit_checkpoint(out_dir_, step_, files);
+  last_saved_step_ = step_;
 }
 
 double Trainer::validation_loss(int64_t batches, int64_t T) const {
@@ -327,7 +302,9 @@ int64_t Trainer::run(const std::function<void(const StepReport&)>& on_step, cons
   std::vector<int64_t> inputs, targets;
   const auto start = std::chrono::steady_clock::now();
   const int64_t first_step = step_;
-  std::ofstream metrics(out_dir_ + "/metrics.jsonl", std::ios::app);
+  const std::string metrics_path = out_dir_ + "/metrics.jsonl";
+  std::ofstream metrics(metrics_path, std::ios::app);
+  auto last_save = start;
   while (step_ < config_.steps && !(stop && stop->load())) {
     const auto t0 = std::chrono::steady_clock::now();
     optimizer_->zero_grad();
@@ -344,6 +321,23 @@ int64_t Trainer::run(const std::function<void(const StepReport&)>& on_step, cons
     }
     StepReport r;
     r.grad_norm = global_grad_norm(model_->named_parameters());
+    if (!std::isfinite(step_loss) || !std::isfinite(r.grad_norm)) {
+      // Stop before the update: the parameters in memory are still those of step_.
+      std::string culprit = "every gradient is finite: the loss itself overflowed";
+      for (const auto& p : model_->named_parameters()) {
+        const Tensor g = p.tensor.grad();
+        if (g.defined() && !all_finite(g)) {
+          culprit = fmt::format("the first parameter whose gradient is not finite is '{}'", p.name);
+          break;
+        }
+      }
+      throw Error(fmt::format(
+          "step {}: the training loss is {} and the gradient norm is {}: not finite, the run diverged ({}). Stopped "
+          "before the update and saved nothing; the newest checkpoint in '{}' is {}. Lower --lr, lengthen --warmup "
+          "or clip harder (--grad-clip) and train again",
+          step_ + 1, step_loss, r.grad_norm, culprit, out_dir_,
+          last_saved_step_ >= 0 ? fmt::format("step {}", last_saved_step_) : std::string("none")));
+    }
     r.lr = learning_rate(step_, config_.steps, config_.warmup, config_.lr, config_.min_lr_ratio);
     optimizer_->step(r.lr, clip_scale(r.grad_norm, config_.grad_clip));
     ++step_;
@@ -356,11 +350,29 @@ int64_t Trainer::run(const std::function<void(const StepReport&)>& on_step, cons
     if (step_ % config_.eval_every == 0 || step_ == config_.steps) {
       r.evaluated = true;
       r.val_loss = validation_loss(config_.eval_batches, T);
+      if (!std::isfinite(r.val_loss))
+        throw Error(fmt::format("step {}: the validation loss is {}: not finite, the run diverged (its weights overflow). "
+                                "Stopped without saving this step; the newest checkpoint in '{}' is {}. Lower --lr, "
+                                "lengthen --warmup or clip harder (--grad-clip) and train again",
+                                step_, r.val_loss, out_dir_,
+                                last_saved_step_ >= 0 ? fmt::format("step {}", last_saved_step_) : std::string("none")));
     }
     json line{{"step", r.step}, {"loss", r.loss}, {"lr", r.lr}, {"grad_norm", r.grad_norm},
               {"tokens_per_second", r.tokens_per_second}};
     if (r.evaluated) line["val_loss"] = r.val_loss;
     metrics << line.dump() << "\n" << std::flush;
+    if (!metrics) throw Error(fmt::format("cannot append to '{}' (disk full?)", metrics_path));
+    // Periodic saves, after the step's metrics line (a checkpoint never runs ahead of its
+    // log); the last step and a stop get the save below.
+    if (step_ < config_.steps && !(stop && stop->load())) {
+      const double since_save = std::chrono::duration<double>(t1 - last_save).count();
+      if ((save_schedule_.every_steps > 0 && step_ % save_schedule_.every_steps == 0) ||
+          (save_schedule_.every_seconds > 0 && since_save >= save_schedule_.every_seconds)) {
+        save_checkpoint();
+        last_save = std::chrono::steady_clock::now();
+        r.checkpointed = true;
+      }
+    }
     if (on_step) on_step(r);
   }
   save_checkpoint();
@@ -378,8 +390,13 @@ std::unique_ptr<GPT> load_model(const std::string& dir, Device device, TrainConf
   config.model.validate();
   Generator init(config.seed);
   auto model = std::make_unique<GPT>(config.model, init);
-  const std::string path = dir + "/model.safetensors";
+  const std::string path = require_checkpoint(dir).dir + "/model.safetensors";
   load_into(model->named_parameters(), read_safetensors(path), "", path);
+  for (const auto& p : model->named_parameters())
+    if (!all_finite(p.tensor))
+      throw Error(fmt::format("checkpoint '{}': parameter '{}' holds a value that is not finite (the weights of a "
+                              "diverged run); there is nothing meaningful to load",
+                              path, p.name));
   model->to(device);
   if (config_out) *config_out = config;
   return model;

@@ -18,6 +18,8 @@
 
 namespace runway::nn {
 
+class RunLock;  // nn/checkpoint.h
+
 struct TrainConfig {
   TrainConfig();  // out of line, as GPTConfig
   GPTConfig model;
@@ -40,14 +42,18 @@ struct TrainConfig {
   int64_t log_every = 10;
   uint64_t seed = 1;
 
+  // JSON, flags and checks come from one table of fields (nn/config.h, nn/config.cpp).
   nlohmann::json to_json() const;
-  // Applies the keys of `j` on top of this config; an unknown key or a value of the
-  // wrong type is an Error naming the key (and the allowed keys).
+  // Applies the keys of `j` on top of this config; an unknown key, a value of the wrong
+  // type (a float for an integer field included), a non-finite number, an unknown name
+  // or a value out of its range is an Error naming the key (and the allowed values).
   void update_from_json(const nlohmann::json& j, const std::string& source);
   // update_from_json with the JSON file at `path`; errors name the file (unreadable, not
   // valid JSON, a bad key or value).
   void update_from_file(const std::string& path);
-  void validate() const;  // model fields and training fields, naming the field
+  // Every field's range, the rules between fields and the memory estimate (a model and
+  // batch that cannot fit in this machine's memory), naming the field.
+  void validate() const;
 };
 
 struct StepReport {
@@ -59,13 +65,30 @@ struct StepReport {
   double seconds_left = 0;
   bool evaluated = false;
   double val_loss = 0;  // nats per byte, when evaluated
+  bool checkpointed = false;  // a periodic checkpoint of this step was saved
+};
+
+// When Trainer::run saves a checkpoint besides the one at its end: every `every_steps`
+// optimizer steps and/or when `every_seconds` have passed since the last save (0 turns
+// either off). Not part of the config: it does not change what is trained.
+struct SaveSchedule {
+  int64_t every_steps = 0;
+  double every_seconds = 300;
 };
 
 class Trainer {
  public:
-  // Starts fresh (writing DIR/config.json) or, with resume, continues from the
-  // checkpoint in out_dir: its saved config is used, except that steps_override > 0
-  // replaces the total number of steps (to train longer).
+  // Starts fresh (writing DIR/config.json) or, with resume, continues from the newest
+  // complete checkpoint in out_dir (nn/checkpoint.h; from step 0 when the run was
+  // stopped before its first save): its saved config is used, except that
+  // steps_override > 0 replaces the total number of steps (to train longer), and
+  // DIR/metrics.jsonl is cut back to the checkpoint's step.
+  //
+  // The trainer owns out_dir while it lives (an flock on DIR/.lock, nn/checkpoint.h): a
+  // second trainer of the same folder gets an Error naming the holder's pid. A fresh
+  // start refuses a folder that holds a run (config.json or checkpoints) unless
+  // `overwrite` (then the run's files are replaced), and always refuses a folder that is
+  // not empty and not a run. Leftovers of an interrupted save are removed.
   //
   // `device` is where the run computes: the model is initialised on the CPU (so a seed
   // gives the same initial weights on every device), then moved there with the AdamW
@@ -73,17 +96,28 @@ class Trainer {
   // checkpoint (always CPU tensors in the files), so a run may resume on another
   // device. Throws runway::Error when the device is not usable (nn/device.h).
   Trainer(TrainConfig config, std::string out_dir, bool resume, int64_t steps_override = 0,
-          Device device = Device::CPU);
+          Device device = Device::CPU, bool overwrite = false);
   ~Trainer();
 
-  // Runs until config.steps or until *stop becomes true, then saves a checkpoint.
-  // Calls on_step after every optimizer step and appends each step's numbers to
-  // DIR/metrics.jsonl (one JSON object per line). Returns the last step reached.
+  // Runs until config.steps or until *stop becomes true, then saves a checkpoint; saves
+  // on the way as the save schedule says. Calls on_step after every optimizer step and
+  // appends each step's numbers to DIR/metrics.jsonl (one JSON object per line).
+  // Returns the last step reached.
+  //
+  // A step whose loss or global gradient norm is not finite stops the run before the
+  // optimizer update: an Error names the step, the first parameter whose gradient is
+  // not finite and the newest checkpoint on disk; nothing is saved.
   int64_t run(const std::function<void(const StepReport&)>& on_step, const std::atomic<bool>* stop = nullptr);
 
   // Mean loss over `batches` validation windows of length T drawn with a fixed seed.
   double validation_loss(int64_t batches, int64_t T) const;
-  void save_checkpoint() const;  // model.safetensors, optimizer.safetensors, state.json, config.json
+  // Saves the checkpoint of the current step (nn/checkpoint.h: a unit, crash-safe),
+  // after checking that every parameter and AdamW moment is finite (an Error naming the
+  // first one that is not, and nothing written, otherwise).
+  void save_checkpoint() const;
+  void set_save_schedule(const SaveSchedule& schedule) { save_schedule_ = schedule; }
+  // The step of the newest checkpoint this trainer saved or resumed from; -1: none yet.
+  int64_t last_saved_step() const { return last_saved_step_; }
   const GPT& model() const { return *model_; }
   int64_t step() const { return step_; }
   const TrainConfig& config() const { return config_; }
@@ -101,10 +135,16 @@ class Trainer {
   Generator data_gen_;
   int64_t step_ = 0;
   Device device_ = Device::CPU;
+  std::unique_ptr<RunLock> lock_;  // out_dir's owner lock (nn/checkpoint.h)
+  SaveSchedule save_schedule_;
+  mutable int64_t last_saved_step_ = -1;
 };
 
-// Loads DIR/config.json (as written by Trainer) and DIR/model.safetensors into a model
-// on `device` (the CPU by default; the checkpoint itself is device independent).
+// Loads DIR/config.json (as written by Trainer) and the model of the run's newest
+// complete checkpoint (nn/checkpoint.h: checkpoints/step-N/model.safetensors, or the flat
+// DIR/model.safetensors of runs written before checkpoints/ existed) into a model on
+// `device` (the CPU by default; the checkpoint itself is device independent). A
+// parameter that is not finite is an Error naming it (a diverged run's weights).
 std::unique_ptr<GPT> load_model(const std::string& dir, TrainConfig* config_out = nullptr);
 std::unique_ptr<GPT> load_model(const std::string& dir, Device device, TrainConfig* config_out = nullptr);
 

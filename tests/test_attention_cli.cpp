@@ -355,7 +355,7 @@ TEST_CASE("runway attention rejects bad invocations with a nonzero exit status")
         dir, fmt::format("--q '{}' --k '{}' --v '{}' --dy '{}' --out '{}'", dir / "q.npy", dir / "k_bad.npy",
                          dir / "v.npy", dir / "dy.npy", out));
     CHECK(r.status != 0);
-    CHECK_THAT(r.err, Contains("runway attention: error:") && Contains("same shape") &&
+    CHECK_THAT(r.err, Contains("runway: error:") && Contains("same shape") &&
                           Contains(dir / "k_bad.npy") && Contains("(1, 2, 5, 3)") && Contains(dir / "q.npy") &&
                           Contains("(1, 2, 4, 3)"));
   }
@@ -372,7 +372,7 @@ TEST_CASE("runway attention rejects bad invocations with a nonzero exit status")
         dir, fmt::format("--q '{}' --k '{}' --v '{}' --dy '{}' --out '{}'", dir / "q.npy", dir / "k.npy",
                          dir / "v.npy", dir / "nope.npy", out));
     CHECK(r.status != 0);
-    CHECK_THAT(r.err, Contains("runway attention: error:") && Contains(dir / "nope.npy") && Contains("cannot open"));
+    CHECK_THAT(r.err, Contains("runway: error:") && Contains(dir / "nope.npy") && Contains("cannot open"));
   }
   SECTION("a malformed input file") {
     std::ofstream(dir / "v.npy", std::ios::binary) << "definitely not numpy";

@@ -45,7 +45,7 @@ TEST_CASE("nodes run in reverse tape order on a diamond graph") {
   CHECK(a.grad().item() == Approx(expected).epsilon(1e-12));
 }
 
-TEST_CASE("no_grad records nothing; detach cuts the history") {
+TEST_CASE("no_grad records nothing, and detach cuts the history") {
   Tensor x = leaf({1.0}, {});
   {
     NoGradGuard guard;

@@ -30,10 +30,9 @@ int run(const std::string& args, const std::string& log) {
 }
 
 struct Setup {
-  std::string dir;
+  runway::testing::TempDir tmp;  // removed with everything in it at scope exit
+  std::string dir = tmp.path;
   Setup() {
-    dir = fmt::format("/tmp/runway-test-cli-demo-{}", ::getpid());
-    fs::remove_all(dir);
     fs::create_directories(dir + "/corpus");
     std::string text;
     for (int i = 0; i < 1500; ++i) text += fmt::format("Line {}: the runway carries what was read before.\n", i);
@@ -47,7 +46,6 @@ struct Setup {
     std::ofstream(dir + "/std.json") << tiny.dump();
     std::ofstream(dir + "/rew.json") << rewired.dump();
   }
-  ~Setup() { fs::remove_all(dir); }
 };
 
 }  // namespace
@@ -181,7 +179,7 @@ TEST_CASE("demo, compare and inspect refuse bad input with a message naming it")
              Catch::Contains("seed is listed twice"));
   CHECK_THAT(error_of(fmt::format("compare --config {0}/std.json --config {0}/std.json --out {0}/x", s.dir)),
              Catch::Contains("label 'std' is used twice"));
-  CHECK_THAT(error_of(fmt::format("demo --minutes 0 --out {}/x", s.dir)), Catch::Contains("minutes must be > 0"));
+  CHECK_THAT(error_of(fmt::format("demo --minutes 0 --out {}/x", s.dir)), Catch::Contains("--minutes must be in (0, 1000000], got 0"));
   CHECK_THAT(error_of(fmt::format("demo --device banana --out {}/x", s.dir)), Catch::Contains("--device"));
   std::ofstream(s.dir + "/bad.json") << R"({"n_layer": 2, "attention": "sideways"})";
   CHECK_THAT(error_of(fmt::format("compare --config {0}/bad.json --out {0}/x", s.dir)),

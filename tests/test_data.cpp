@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -539,4 +541,123 @@ TEST_CASE("mix_recall puts a recall example at the end of replaced rows") {
   }
   CHECK(rows == expect_rows);
   CHECK_THROWS_WITH(mix_recall(in, tg, B, T, 0.5, 10, 10, gen), Contains("121"));
+}
+
+// ---------------------------------------------------------------------------
+// Mixing fractions measured on many batches
+// ---------------------------------------------------------------------------
+
+namespace {
+
+// Whether a T + 1 byte window is a well-formed passkey document, parsed here from the
+// documented layout: filler[0:p] + needle(key) + filler[p:F] + question + key, with the
+// filler kPasskeyFiller repeated and cut to F bytes.
+bool is_passkey_document(const std::string& w) {
+  const std::string question = kPasskeyQuestion;
+  if (w.size() < static_cast<size_t>(passkey_min_length())) return false;
+  const std::string key = w.substr(w.size() - 5);
+  if (!std::all_of(key.begin(), key.end(), [](char c) { return c >= '0' && c <= '9'; })) return false;
+  if (w.compare(w.size() - 5 - question.size(), question.size(), question) != 0) return false;
+  const std::string needle = "The pass key is " + key + ". Remember it. " + key + " is the pass key. ";
+  const std::string body = w.substr(0, w.size() - 5 - question.size());
+  const size_t at = body.find(needle);
+  if (at == std::string::npos) return false;
+  std::string filler;
+  const size_t F = body.size() - needle.size();
+  while (filler.size() < F) filler += kPasskeyFiller;
+  filler.resize(F);
+  return body.substr(0, at) + body.substr(at + needle.size()) == filler;
+}
+
+// Whether `tail` is a well-formed recall example of P pairs and Q queries:
+// "kk=vv " * P, '|', "kk=vv " * Q with distinct 2-letter keys, 2-digit values, distinct
+// queried keys, each with its stored value.
+bool is_recall_example(const std::string& tail, int64_t P, int64_t Q) {
+  if (static_cast<int64_t>(tail.size()) != 6 * (P + Q) + 1 || tail[static_cast<size_t>(6 * P)] != '|') return false;
+  auto entry = [&](size_t at, std::string* k, std::string* v) {
+    const std::string e = tail.substr(at, 6);
+    *k = e.substr(0, 2);
+    *v = e.substr(3, 2);
+    return std::islower(static_cast<unsigned char>(e[0])) && std::islower(static_cast<unsigned char>(e[1])) &&
+           e[2] == '=' && std::isdigit(static_cast<unsigned char>(e[3])) &&
+           std::isdigit(static_cast<unsigned char>(e[4])) && e[5] == ' ';
+  };
+  std::map<std::string, std::string> stored;
+  std::string k, v;
+  for (int64_t i = 0; i < P; ++i) {
+    if (!entry(static_cast<size_t>(6 * i), &k, &v) || stored.count(k)) return false;
+    stored[k] = v;
+  }
+  std::set<std::string> asked;
+  for (int64_t j = 0; j < Q; ++j) {
+    if (!entry(static_cast<size_t>(6 * P + 1 + 6 * j), &k, &v) || !stored.count(k) || stored[k] != v ||
+        !asked.insert(k).second)
+      return false;
+  }
+  return true;
+}
+
+// |count - n f| within 5 binomial standard deviations.
+void check_fraction(int64_t count, int64_t n, double f) {
+  const double mean = static_cast<double>(n) * f, sd = std::sqrt(mean * (1.0 - f));
+  INFO(count << " of " << n << " rows replaced, expected " << mean << " +- " << sd << " (fraction " << f << ")");
+  CHECK(std::fabs(static_cast<double>(count) - mean) <= 5.0 * sd);
+}
+
+}  // namespace
+
+TEST_CASE("mix_passkey and mix_recall replace the configured fraction of rows with well-formed documents") {
+  const int64_t B = 50, T = 127, batches = 400, rows = B * batches;  // 20000 rows per fraction
+  const int64_t P = 6, Q = 4, len = recall_length(P, Q);
+  WindowSampler sampler(bytes_of(text_of(3000, 'a')), T);
+  for (double f : {0.02, 0.3, 0.85}) {
+    INFO("fraction " << f);
+    Generator data(5), mix(99);
+    int64_t passkey_rows = 0, recall_rows = 0, bad = 0;
+    std::vector<int64_t> in, tg;
+    for (int64_t i = 0; i < batches; ++i) {
+      sampler.next_batch(B, data, &in, &tg);
+      std::vector<int64_t> in0 = in, tg0 = tg;
+      const std::vector<int64_t> replaced = mix_passkey(in, tg, B, T, f, mix);
+      passkey_rows += static_cast<int64_t>(replaced.size());
+      for (int64_t b = 0; b < B; ++b) {
+        const bool listed = std::find(replaced.begin(), replaced.end(), b) != replaced.end();
+        const std::string w = row_window(in, tg, b, T);
+        bad += listed ? !is_passkey_document(w) : w != row_window(in0, tg0, b, T);
+      }
+      in = in0;
+      tg = tg0;
+      const std::vector<int64_t> recalled = mix_recall(in, tg, B, T, f, P, Q, mix);
+      recall_rows += static_cast<int64_t>(recalled.size());
+      for (int64_t b = 0; b < B; ++b) {
+        const bool listed = std::find(recalled.begin(), recalled.end(), b) != recalled.end();
+        const std::string w = row_window(in, tg, b, T), before = row_window(in0, tg0, b, T);
+        const size_t keep = static_cast<size_t>(T + 1 - len);
+        bad += listed ? !(is_recall_example(w.substr(keep), P, Q) && w.substr(0, keep) == before.substr(0, keep))
+                      : w != before;
+      }
+    }
+    CHECK(bad == 0);
+    check_fraction(passkey_rows, rows, f);
+    check_fraction(recall_rows, rows, f);
+  }
+}
+
+TEST_CASE("the well-formedness checks of the mixing test accept documents and refuse near misses") {
+  Generator gen(3);
+  const std::string doc = make_passkey(128, 0.4, gen).text;
+  CHECK(is_passkey_document(doc));
+  CHECK_FALSE(is_passkey_document(text_of(128, 'a')));
+  std::string wrong_answer = doc;
+  wrong_answer.back() = wrong_answer.back() == '9' ? '0' : static_cast<char>(wrong_answer.back() + 1);
+  CHECK_FALSE(is_passkey_document(wrong_answer));
+  std::string bad_filler = doc;
+  bad_filler[bad_filler.find("green")] = 'G';
+  CHECK_FALSE(is_passkey_document(bad_filler));
+  const std::string ex = make_recall(6, 4, gen).text;
+  CHECK(is_recall_example(ex, 6, 4));
+  std::string wrong_value = ex;
+  wrong_value[wrong_value.size() - 2] = wrong_value[wrong_value.size() - 2] == '9' ? '0' : '9';
+  CHECK_FALSE(is_recall_example(wrong_value, 6, 4));
+  CHECK_FALSE(is_recall_example(text_of(ex.size(), 'a'), 6, 4));
 }

@@ -15,6 +15,7 @@
 #include "engine/backend.h"
 #include "engine/safetensors.h"
 #include "nn/device.h"
+#include "nn/checkpoint.h"
 #include "nn/train.h"
 #include "tests/test_support.h"
 
@@ -140,9 +141,9 @@ TEST_CASE("checkpoints hold CPU float32 tensors and no device, and load_model(di
   Trainer t(c, dir / "run", false, 0, Device::CPU);
   CHECK(t.device() == Device::CPU);
   run_losses(t);
-  for (const char* f : {"config.json", "state.json"})
-    CHECK(runway::testing::read_bytes(dir.path + "/run/" + f).find("device") == std::string::npos);
-  const SafetensorsFile file = read_safetensors(dir.path + "/run/model.safetensors");
+  for (const std::string& f : {dir.path + "/run/config.json", require_checkpoint(dir.path + "/run").dir + "/state.json"})
+    CHECK(runway::testing::read_bytes(f).find("device") == std::string::npos);
+  const SafetensorsFile file = read_safetensors(require_checkpoint(dir.path + "/run").dir + "/model.safetensors");
   const auto params = t.model().named_parameters();
   REQUIRE(file.tensors.size() == params.size());
   for (const auto& [name, tensor] : file.tensors) {

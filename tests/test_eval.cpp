@@ -222,7 +222,7 @@ TEST_CASE("learned positions past seq_len and too little data are reported not a
   CHECK_THROWS_AS(bits_per_byte(rope, bytes, 8, 0, 0, 0), Error);
 }
 
-TEST_CASE("passkey decoding matches unbatched greedy decoding by hand; counts add up; seeded") {
+TEST_CASE("passkey decoding matches unbatched greedy decoding by hand, counts add up, and it is seeded") {
   Generator g(19);
   GPT model(tiny(), g);
   sharpen(model, 20.0);
@@ -271,7 +271,7 @@ TEST_CASE("passkey decoding matches unbatched greedy decoding by hand; counts ad
   CHECK(passkey_accuracy(model, length, 0.5, trials, seed + 1).answers != cell.answers);
 }
 
-TEST_CASE("passkey: the zero model decodes byte 0 and scores 0; a constant '7' model scores its 7s") {
+TEST_CASE("passkey: the zero model decodes byte 0 and scores 0, and a constant '7' model scores its 7s") {
   Generator g(21);
   GPT model(tiny(), g);
   zero_model(model);
@@ -295,7 +295,7 @@ TEST_CASE("passkey: the zero model decodes byte 0 and scores 0; a constant '7' m
   CHECK(seven.correct == std::count(seven.answers.begin(), seven.answers.end(), std::string("77777")));
 }
 
-TEST_CASE("passkey grid is row-major over lengths x depths; short or unreadable lengths are not available") {
+TEST_CASE("passkey grid is row-major over lengths x depths, and short or unreadable lengths are not available") {
   CHECK(default_passkey_depths() == std::vector<double>{0.0, 0.25, 0.5, 0.75, 1.0});
   Generator g(23);
   GPT learned(tiny(PositionEncoding::Learned), g);  // seq_len 16: no passkey document fits
@@ -319,7 +319,7 @@ TEST_CASE("passkey grid is row-major over lengths x depths; short or unreadable 
   CHECK_THROWS_AS(passkey_accuracy(fits, 110, 0.5, 0, 1), Error);
 }
 
-TEST_CASE("recall: teacher-forced accuracy matches a hand count; zero model 0; constant model its 7s") {
+TEST_CASE("recall: teacher-forced accuracy matches a hand count, the zero model scores 0 and a constant model its 7s") {
   Generator g(25);
   GPT model(tiny(), g);
   sharpen(model, 20.0);
@@ -387,7 +387,7 @@ TEST_CASE("recall: teacher-forced accuracy matches a hand count; zero model 0; c
   CHECK(seven.correct == sevens);
 }
 
-TEST_CASE("recall past learned positions is not available; default sizes fit L") {
+TEST_CASE("recall past learned positions is not available, and default sizes fit L") {
   Generator g(27);
   GPT learned(tiny(PositionEncoding::Learned), g);  // seq_len 16
   CHECK(recall_eval(learned, 1, 1, 2, 1).available);  // 12 input bytes

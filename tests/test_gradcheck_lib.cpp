@@ -57,7 +57,50 @@ Tensor stateful(const Tensor& x) {
   });
 }
 
+// tanh with a backward that is the exact gradient times `factor`: factor 1 is correct,
+// 1 + 1e-4 is wrong by a relative 1e-4 everywhere, the kind of error (a slightly wrong
+// constant, a float32 intermediate) the old default tolerance (1e-5 + 1e-3 |n|) let pass.
+const OpName kScaledTanh = declare_op("test_tanh_scaled_backward");
+Tensor tanh_scaled_backward(const Tensor& x, double factor) {
+  Tensor out;
+  {
+    NoGradGuard ng;
+    out = tanh(x);
+  }
+  return record(kScaledTanh, out, {x}, [y = out.detach(), factor](const Tensor& g) -> Grads {
+    return {mul_scalar(mul(g, add_scalar(neg(mul(y, y)), 1.0)), factor)};
+  });
+}
+
 }  // namespace
+
+TEST_CASE("a backward wrong by a relative 1e-4 fails the default tolerance, in both modes") {
+  for (bool fast : {false, true}) {
+    INFO((fast ? "random projections" : "full Jacobian"));
+    GradcheckOptions o;
+    o.fast = fast;
+    // Projections at a size the CPU backend runs threaded (181 x 183 > 2^15 elements).
+    const Tensor x = fast ? randn({181, 183}, 8) : randn({4, 5}, 7);
+    auto exact = [](const std::vector<Tensor>& in) { return tanh_scaled_backward(in[0], 1.0); };
+    auto wrong = [](const std::vector<Tensor>& in) { return tanh_scaled_backward(in[0], 1.0 + 1e-4); };
+    const GradcheckResult good = gradcheck(exact, {x}, o);
+    CHECK(good.passed);
+    const GradcheckResult bad = gradcheck(wrong, {x}, o);
+    CHECK_FALSE(bad.passed);
+    REQUIRE(bad.inputs.size() == 1);
+    CHECK(bad.inputs[0].tolerance_used > 1.0);
+    CHECK(bad.failures.empty());  // caught by the comparison itself, not a structural check
+    // The exact backward stays far inside the tolerance: the default is not at the edge
+    // of what finite differences can resolve.
+    REQUIRE(good.inputs.size() == 1);
+    CHECK(good.inputs[0].tolerance_used < 0.1);
+    // The old default (atol 1e-5, rtol 1e-3) let this backward through.
+    GradcheckOptions old_default = o;
+    old_default.atol = 1e-5;
+    old_default.rtol = 1e-3;
+    CHECK(gradcheck(wrong, {x}, old_default).passed);
+  }
+}
 
 TEST_CASE("a correct composite passes in both modes") {
   auto f = [](const std::vector<Tensor>& x) { return tanh(matmul(x[0], x[1])); };

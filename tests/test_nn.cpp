@@ -72,7 +72,7 @@ TEST_CASE("parameters have dotted names and only matmul weights decay") {
   CHECK(std::find(names.begin(), names.end(), "ln_f.weight") != names.end());
 }
 
-TEST_CASE("the same seed gives the same model; the initial loss is near uniform (8 bits per byte)") {
+TEST_CASE("the same seed gives the same model, and the initial loss is near uniform (8 bits per byte)") {
   Generator g1(3), g2(3);
   GPT a(tiny(PositionEncoding::Rope, true), g1), b(tiny(PositionEncoding::Rope, true), g2);
   const auto pa = a.named_parameters(), pb = b.named_parameters();

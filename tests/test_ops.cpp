@@ -94,7 +94,7 @@ TEST_CASE("softmax and log_softmax are normalised and stable for large logits") 
   for (double v : s0) CHECK(v == Approx(1.0).epsilon(1e-15));
 }
 
-TEST_CASE("causal masking hides the future; softmax gives it exactly zero weight") {
+TEST_CASE("causal masking hides the future, and softmax gives it exactly zero weight") {
   Tensor x = randn({2, 4, 4}, 8);
   Tensor p = softmax(causal_mask(x), -1);
   for (int64_t b = 0; b < 2; ++b)

@@ -155,3 +155,97 @@ TEST_CASE("a tiny GPT fits a repeated sequence: the loss falls far below uniform
   CHECK(first == Approx(std::log(256.0)).margin(0.1));
   CHECK(last < 0.5);
 }
+
+// The numbers below were worked out by hand (and checked in a separate Python session)
+// from the update rule in nn/optim.h, not by running the code under test:
+//   step 1 (lr 0.1, b1 0.9, b2 0.999, wd 0.1): m = 0.1 g, v = 0.001 g^2, the bias
+//     corrections 0.1 and 0.001 make m_hat = g, sqrt(v_hat) = |g|, so the update is
+//     lr g / (|g| + 1e-8); w (decayed) first shrinks by 1 - lr wd = 0.99:
+//       w0 = 1.0 * 0.99 - 0.1 * 0.5 / (0.5 + 1e-8)       = 0.890000002
+//       w1 = -2.0 * 0.99 + 0.1 * 3 / (3 + 1e-8)           = -1.8800000003333...
+//       b  = 0.5 - 0.1 * 2 / (2 + 1e-8)  (no decay)        = 0.4000000005
+//   step 2 (lr 0.05, g_w = (-1, 1), g_b = 0.25): c1 = 0.19, c2 = 0.001999;
+//       w0: m = 0.045 - 0.1 = -0.055, v = 0.00024975 + 0.001 = 0.00124975,
+//           w0 = 0.890000002 * 0.995 + 0.05 * (0.055 / 0.19) / (sqrt(0.00124975 / 0.001999) + 1e-8)
+//              = 0.9038551781102827
+//       w1 = -1.8505890718234548,  b = 0.3621388433385029
+// An update without bias correction, with coupled (L2) decay, or with decay on b moves
+// every one of these values by far more than the tolerance.
+TEST_CASE("AdamW one and two steps match values worked by hand") {
+  TwoParams m;
+  AdamWOptions o;
+  o.beta1 = 0.9;
+  o.beta2 = 0.999;
+  o.eps = 1e-8;
+  o.weight_decay = 0.1;
+  AdamW opt(m.named_parameters(), o);
+  auto step = [&](double lr, std::vector<double> gw, double gb) {
+    opt.zero_grad();  // d/dw sum(w * gw) = gw: the gradient is set by a linear loss
+    add(sum(mul(m.w, Tensor::from_vector(gw, {2}, DType::Float64))),
+        sum(mul(m.b, Tensor::from_vector({gb}, {1}, DType::Float64))))
+        .backward();
+    opt.step(lr);
+  };
+  step(0.1, {0.5, -3.0}, 2.0);
+  CHECK(m.w.to_vector()[0] == Approx(0.890000002).epsilon(1e-13));
+  CHECK(m.w.to_vector()[1] == Approx(-1.8800000003333333).epsilon(1e-13));
+  CHECK(m.b.item() == Approx(0.4000000005).epsilon(1e-13));
+  CHECK(opt.first_moments()[0].to_vector()[1] == Approx(-0.3).epsilon(1e-13));
+  CHECK(opt.second_moments()[0].to_vector()[1] == Approx(0.009).epsilon(1e-13));
+  step(0.05, {-1.0, 1.0}, 0.25);
+  CHECK(m.w.to_vector()[0] == Approx(0.9038551781102827).epsilon(1e-13));
+  CHECK(m.w.to_vector()[1] == Approx(-1.8505890718234548).epsilon(1e-13));
+  CHECK(m.b.item() == Approx(0.3621388433385029).epsilon(1e-13));
+  CHECK(opt.first_moments()[1].to_vector()[0] == Approx(0.205).epsilon(1e-13));
+  CHECK(opt.second_moments()[1].to_vector()[0] == Approx(0.0040585).epsilon(1e-13));
+}
+
+// Clipping as the trainer does it: global norm, clip_scale, step(lr, scale). A large eps
+// makes AdamW's first update lr * gs / (|gs| + eps) (gs the clipped gradient) far from
+// lr * sign(gs), so the update shows the scale. The hand-made gradient (3, 4) on w and 12
+// on b has global norm 13; max norm 1 scales it by 1/13, and with lr 1, eps 10, no decay:
+//   dw0 = -(3/13) / (3/13 + 10) = -3/133,  dw1 = -4/134,  db = -12/142
+// (unclipped it would be -3/13, -4/14, -12/22).
+TEST_CASE("a clipped step applies the update of the scaled gradient, worked by hand") {
+  TwoParams m;
+  AdamWOptions o;
+  o.eps = 10.0;
+  o.weight_decay = 0.0;
+  AdamW opt(m.named_parameters(), o);
+  add(sum(mul(m.w, Tensor::from_vector({3, 4}, {2}, DType::Float64))),
+      sum(mul(m.b, Tensor::from_vector({12}, {1}, DType::Float64))))
+      .backward();
+  const double norm = global_grad_norm(m.named_parameters());
+  CHECK(norm == Approx(13.0).epsilon(1e-15));
+  const double scale = clip_scale(norm, 1.0);
+  CHECK(scale == Approx(1.0 / 13.0).epsilon(1e-15));
+  opt.step(1.0, scale);
+  CHECK(m.w.to_vector()[0] == Approx(1.0 - 3.0 / 133.0).epsilon(1e-14));
+  CHECK(m.w.to_vector()[1] == Approx(-2.0 - 4.0 / 134.0).epsilon(1e-14));
+  CHECK(m.b.item() == Approx(0.5 - 12.0 / 142.0).epsilon(1e-14));
+  // The moments hold the clipped gradient: m = (1 - b1) g / 13.
+  CHECK(opt.first_moments()[1].to_vector()[0] == Approx(0.1 * 12.0 / 13.0).epsilon(1e-13));
+}
+
+// The schedule at chosen steps, from its documented definition (docs/usage.md, optim.h):
+// peak 0.01, warmup 4, total 12, floor ratio 0.1. Warmup step s (0-based) runs at
+// peak (s + 1) / warmup; from step 4, progress (s - 4) / 8 follows
+// floor + (peak - floor) (1 + cos(pi progress)) / 2 down to the floor 0.001 at step 12,
+// which holds from then on.
+TEST_CASE("the learning rate at given steps: warmup, cosine, floor") {
+  const double peak = 0.01, floor = 0.001;
+  const std::vector<std::pair<int64_t, double>> expected{
+      {0, 0.0025}, {1, 0.005}, {2, 0.0075}, {3, 0.01},  // linear warmup
+      {4, 0.01},                                        // cosine starts at the peak
+      {6, floor + 0.009 * (1 + std::sqrt(0.5)) / 2},    // progress 1/4: cos = sqrt(1/2)
+      {8, 0.0055},                                      // progress 1/2: halfway
+      {10, floor + 0.009 * (1 - std::sqrt(0.5)) / 2},   // progress 3/4
+      {12, floor}, {13, floor}, {1000, floor}};         // the floor
+  for (const auto& [s, lr] : expected) {
+    INFO("step " << s);
+    CHECK(learning_rate(s, 12, 4, peak, 0.1) == Approx(lr).epsilon(1e-12));
+  }
+  // No warmup: step 0 is already the peak.
+  CHECK(learning_rate(0, 12, 0, peak, 0.1) == Approx(peak).epsilon(1e-12));
+  CHECK(learning_rate(6, 12, 0, peak, 0.1) == Approx(0.0055).epsilon(1e-12));
+}

@@ -16,12 +16,14 @@
 
 namespace runway::testing {
 
-// A fresh directory under /tmp, removed with everything in it at scope exit.
+// A fresh directory runway_test_XXXXXX in the temp folder ($TMPDIR, else /tmp), removed
+// with everything in it at scope exit. CTest points TMPDIR at a folder of the build that
+// the entry tmp_folder_left_empty checks afterwards (tests/CMakeLists.txt).
 struct TempDir {
   std::string path;
   TempDir() {
-    char tmpl[] = "/tmp/runway_test_XXXXXX";
-    REQUIRE(::mkdtemp(tmpl) != nullptr);
+    std::string tmpl = (std::filesystem::temp_directory_path() / "runway_test_XXXXXX").string();
+    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
     path = tmpl;
   }
   ~TempDir() {

@@ -60,7 +60,7 @@ TEST_CASE("generator state can be saved and restored exactly") {
   CHECK(g.uniform01() == b);
 }
 
-TEST_CASE("reshape of a contiguous tensor is a view; of a transposed one a copy") {
+TEST_CASE("reshape of a contiguous tensor is a view, and of a transposed one a copy") {
   Tensor x = Tensor::arange(0, 12).reshape({3, 4});
   Tensor v = x.reshape({2, -1});
   CHECK(v.shape() == Shape{2, 6});

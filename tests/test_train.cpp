@@ -10,20 +10,15 @@
 #include <fstream>
 
 #include "nn/train.h"
+#include "tests/test_support.h"
 
 using namespace runway;
 using namespace runway::nn;
 using Catch::Matchers::Contains;
+using runway::testing::TempDir;
 namespace fs = std::filesystem;
 
 namespace {
-
-std::string temp_dir(const std::string& name) {
-  const std::string d = fmt::format("/tmp/runway-test-train-{}-{}", ::getpid(), name);
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
 
 // A small corpus of two text files, so runs are fast and do not depend on fortunes.
 std::string make_corpus(const std::string& dir) {
@@ -66,7 +61,8 @@ std::vector<double> losses(Trainer& t, int64_t stop_at = -1) {
 }  // namespace
 
 TEST_CASE("the same seed and data give the same losses, bit for bit") {
-  const std::string dir = temp_dir("repro");
+  const TempDir tmp;
+  const std::string& dir = tmp.path;
   const TrainConfig c = tiny_config(make_corpus(dir));
   Trainer a(c, dir + "/a", false), b(c, dir + "/b", false);
   const auto la = losses(a), lb = losses(b);
@@ -76,7 +72,8 @@ TEST_CASE("the same seed and data give the same losses, bit for bit") {
 }
 
 TEST_CASE("resume continues with exactly the losses of an uninterrupted run") {
-  const std::string dir = temp_dir("resume");
+  const TempDir tmp;
+  const std::string& dir = tmp.path;
   const TrainConfig c = tiny_config(make_corpus(dir));
   Trainer full(c, dir + "/full", false);
   const auto straight = losses(full);
@@ -99,13 +96,15 @@ TEST_CASE("resume continues with exactly the losses of an uninterrupted run") {
 }
 
 TEST_CASE("a truncated or inconsistent checkpoint is refused with a clear message") {
-  const std::string dir = temp_dir("corrupt");
+  const TempDir tmp;
+  const std::string& dir = tmp.path;
   const TrainConfig c = tiny_config(make_corpus(dir));
   {
     Trainer t(c, dir + "/run", false);
     losses(t);
   }
-  const std::string model = dir + "/run/model.safetensors";
+  // The run's only checkpoint (nn/checkpoint.h) is damaged: its manifest catches it.
+  const std::string model = dir + "/run/checkpoints/step-00000008/model.safetensors";
   fs::resize_file(model, fs::file_size(model) - 10);
   CHECK_THROWS_WITH(Trainer(TrainConfig{}, dir + "/run", true), Contains("model.safetensors"));
   CHECK_THROWS_WITH(load_model(dir + "/run"), Contains("model.safetensors"));
@@ -113,9 +112,9 @@ TEST_CASE("a truncated or inconsistent checkpoint is refused with a clear messag
     Trainer t(c, dir + "/run2", false);
     losses(t);
   }
-  // A state.json from another step: the save was interrupted between files.
-  std::ofstream(dir + "/run2/state.json") << R"({"step": 5, "data_rng": ["0","0","0","1"], "data_rng_has_spare": false, "data_rng_spare_bits": "0"})";
-  CHECK_THROWS_WITH(Trainer(TrainConfig{}, dir + "/run2", true), Contains("inconsistent") && Contains("step 5"));
+  // A state.json from another step: not the file the manifest vouches for.
+  std::ofstream(dir + "/run2/checkpoints/step-00000008/state.json") << R"({"step": 5, "data_rng": ["0","0","0","1"], "data_rng_has_spare": false, "data_rng_spare_bits": "0"})";
+  CHECK_THROWS_WITH(Trainer(TrainConfig{}, dir + "/run2", true), Contains("state.json") && Contains("the manifest says"));
   CHECK_THROWS_WITH(Trainer(TrainConfig{}, dir + "/missing", true), Contains("config.json"));
 }
 
@@ -136,11 +135,13 @@ TEST_CASE("training configs are validated, naming the field") {
   TrainConfig e;
   e.update_from_json(d.to_json(), "round trip");
   CHECK(e.to_json() == d.to_json());
-  CHECK_THROWS_WITH(Trainer(tiny_config("/nonexistent/corpus"), temp_dir("nodata") + "/o", false), Contains("/nonexistent/corpus"));
+  const TempDir nodata;
+  CHECK_THROWS_WITH(Trainer(tiny_config("/nonexistent/corpus"), nodata / "o", false), Contains("/nonexistent/corpus"));
 }
 
 TEST_CASE("task mixing is validated and changes the training batches") {
-  const std::string dir = temp_dir("mix");
+  const TempDir tmp;
+  const std::string& dir = tmp.path;
   TrainConfig c = tiny_config(make_corpus(dir));
   c.mix_passkey = 0.5;
   CHECK_THROWS_WITH(c.validate(), Contains("mix_passkey needs seq_len >= 101"));

@@ -108,7 +108,7 @@ TEST_CASE("viz: canvas rectangles clip, text stays inside its box, PNG decodes t
   CHECK_THROWS_WITH(Canvas(0, 5), Contains("size 0x5"));
 }
 
-TEST_CASE("viz: heatmap cells take the colour of their value; above the diagonal is grey") {
+TEST_CASE("viz: heatmap cells take the colour of their value, and above the diagonal is grey") {
   // 3 x 3 causal map with range [0, 0.8] (vmin fixed at 0).
   const std::vector<double> m = {0.8, 9, 9,  //
                                  0.2, 0.6, 9,
