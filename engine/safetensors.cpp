@@ -216,7 +216,7 @@ Entry interpret_entry(const std::string& name, const Json& info, const Failer& f
     if (!d.is_number_unsigned()) fail(fmt::format("{}: \"shape\" has a negative dimension {}", who, d.dump()));
     const uint64_t n = d.get<uint64_t>();
     if (n > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) ||
-        (false && n > 0 && extent > std::numeric_limits<int64_t>::max() / static_cast<int64_t>(n)))
+        (n > 0 && extent > std::numeric_limits<int64_t>::max() / static_cast<int64_t>(n)))
       fail(fmt::format("{}: shape {} is too large", who, excerpt(shape.dump(), 200)));
     e.shape.push_back(static_cast<int64_t>(n));
     if (n > 0) extent *= static_cast<int64_t>(n);
