@@ -4,7 +4,7 @@
 BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
-DEB_PACKAGES := build-essential cmake libeigen3-dev libopenblas-dev libfmt-dev catch2 \
+DEB_PACKAGES := build-essential cmake libeigen3-dev libopenblas-dev libfmt-dev catch2 libopenmpi-dev openmpi-bin \
                 libcli11-dev nlohmann-json3-dev libstb-dev fortunes fortunes-min
 
 .PHONY: all deps configure build test test-long run gradcheck bench bench-deps bench-cpu sanitize fuzz fuzz-deps clean gpu-bundle
@@ -116,7 +116,7 @@ fuzz: deps fuzz-deps
 # scripts/gpu-check.sh finds them). Run there: scripts/gpu-check.sh OUTDIR.
 BUNDLE_TARGETS := test_cuda_backend test_cuda_parity test_cuda_model runway bench_train
 BUNDLE_SKIP_LIBS := linux-vdso ld-linux libc.so libm.so libdl.so libpthread.so librt.so \
-                    libstdc++.so libgcc_s.so libcuda.so libcudart.so libcublas.so libcublasLt.so
+                    libstdc++.so libgcc_s.so libcuda.so libcudart.so libcublas.so libcublasLt.so libnccl.so
 
 gpu-bundle: deps
 	cmake -S . -B build-bundle -DCMAKE_BUILD_TYPE=Release -DRUNWAY_CUDA=ON \
@@ -124,7 +124,7 @@ gpu-bundle: deps
 	  '-DCMAKE_BUILD_RPATH=$$ORIGIN' -DCMAKE_EXE_LINKER_FLAGS=-Wl,--disable-new-dtags $(CMAKE_FLAGS)
 	cmake --build build-bundle -j$(JOBS) --target $(BUNDLE_TARGETS)
 	rm -rf bundle && mkdir -p bundle
-	cp build-bundle/cuda/test_cuda_backend build-bundle/cuda/test_cuda_parity build-bundle/cuda/test_cuda_model \
+	cp build-bundle/tests/cuda/test_cuda_backend build-bundle/tests/cuda/test_cuda_parity build-bundle/tests/cuda/test_cuda_model \
 	  build-bundle/apps/runway build-bundle/bench/bench_train bundle/
 	@set -e; cd bundle; \
 	for lib in $$(ldd test_cuda_backend test_cuda_parity test_cuda_model runway bench_train | awk '$$2 == "=>" && $$3 ~ /^\// {print $$3}' | sort -u); do \
@@ -136,7 +136,7 @@ gpu-bundle: deps
 	  echo "built: $$(date -u +%Y-%m-%dT%H:%M:%SZ) on $$(. /etc/os-release && echo $$PRETTY_NAME), $$(nvcc --version 2>/dev/null | tail -1)"; \
 	  echo "flags: Release, CUDA arch 90, -march=x86-64-v3"; \
 	  for f in test_cuda_backend test_cuda_parity test_cuda_model runway bench_train; do echo "== ldd $$f"; ldd $$f; done; } > MANIFEST.txt; \
-	if ldd test_cuda_backend test_cuda_parity test_cuda_model runway bench_train | grep -v 'libcud\|libcublas' | grep -q 'not found'; then \
+	if ldd test_cuda_backend test_cuda_parity test_cuda_model runway bench_train | grep -v 'libcud\|libcublas\|libnccl' | grep -q 'not found'; then \
 	  echo "gpu-bundle: a library is not found from bundle/:" >&2; ldd runway >&2; exit 1; fi; \
 	echo "gpu-bundle: $$(du -sh . | cut -f1) in bundle/ ($$(ls | wc -l) files)"; du -b * | sort -n | sed 's/^/  /'
 

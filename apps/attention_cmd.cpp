@@ -15,7 +15,7 @@
 
 #include "apps/commands.h"
 #include "apps/parse.h"
-#include "engine/attention.h"
+#include "engine/ops/attention.h"
 #include "engine/npy.h"
 
 namespace runway::apps {
@@ -92,18 +92,16 @@ int run_attention(const AttentionArgs& args, const CLI::App& cmd) {
   Tensor dy = inputs[3].tensor.to(dtype);
 
   // ---- compute ----------------------------------------------------------------------------
-  Tensor y;
-  RewiredIntermediates inter;
+  AttentionSink inter;
   RunwayOptions options;
   if (rewired) {
     options.runway_head = args.runway_head;
     options.summary = parse_runway_summary(args.summary);
     options.beta = args.beta;
     options.detach = args.detach;
-    y = rewired_attention(q, k, v, options, &inter);
-  } else {
-    y = attention(q, k, v);
   }
+  const AttentionOptions how = rewired ? AttentionOptions::rewired_with(options) : AttentionOptions::standard();
+  Tensor y = causal_attention(AttentionInputs::split(q, k, v), how, rewired ? &inter : nullptr);
   y.backward(dy);
 
   // A gradient the tape never reached is zero (it cannot happen for attention, but a

@@ -1,5 +1,5 @@
 // `runway demo` and `runway compare`: train several configurations for the same number
-// of steps, evaluate and inspect them, and write one report (viz/study.h, viz/report.h).
+// of steps, evaluate and inspect them, and write one report (lab/study.h, viz/report.h).
 // The demo is the fixed pair standard vs rewired of one shape; compare takes config
 // files and seeds. Ctrl-C stops after saving the current run's checkpoint (exit 130).
 #include <fmt/format.h>
@@ -11,7 +11,7 @@
 #include "apps/commands.h"
 #include "apps/device_option.h"
 #include "apps/parse.h"
-#include "viz/study.h"
+#include "lab/study.h"
 
 namespace runway::apps {
 
@@ -30,12 +30,12 @@ Device choose_device(const std::string& name) {
   }
 }
 
-int run(viz::StudyOptions options) {
+int run(lab::StudyOptions options) {
   g_stop.store(false);
   auto previous = std::signal(SIGINT, on_sigint);
-  viz::StudyResult result;
+  lab::StudyResult result;
   try {
-    result = viz::run_study(options, &g_stop);
+    result = lab::run_study(options, &g_stop);
   } catch (...) {
     std::signal(SIGINT, previous);
     throw;
@@ -53,7 +53,7 @@ int run(viz::StudyOptions options) {
 }
 
 // The demo's pair: the same shape, data, seed and token budget; only the attention differs.
-std::vector<viz::StudyConfig> demo_configs(const std::string& data) {
+std::vector<lab::StudyConfig> demo_configs(const std::string& data) {
   nn::TrainConfig base;
   base.model.n_layer = 3;
   base.model.n_head = 4;
@@ -68,7 +68,7 @@ std::vector<viz::StudyConfig> demo_configs(const std::string& data) {
   return {{"standard", base}, {"rewired", rewired}};
 }
 
-void apply_quick(viz::StudyOptions& o, bool quick) {
+void apply_quick(lab::StudyOptions& o, bool quick) {
   if (!quick) return;
   o.minutes = 0.75;
   o.eval_max_windows = 12;
@@ -120,8 +120,8 @@ std::string describe(const CommonArgs& a) {
   return a.quick ? " --quick" : fmt::format(" --minutes {}", a.minutes);
 }
 
-viz::StudyOptions common_options(const CommonArgs& a) {
-  viz::StudyOptions o;
+lab::StudyOptions common_options(const CommonArgs& a) {
+  lab::StudyOptions o;
   o.out_dir = a.out;
   o.minutes = a.minutes;
   apply_quick(o, a.quick);
@@ -152,7 +152,7 @@ void add_demo_command(CLI::App& app, int* exit_code) {
   add_uint_option(cmd, "--seed", &args->seed, "Seed of both models (and of their data order)");
   cmd->add_option("--data", args->data, "Training text (file or folder; default: Debian's fortunes)");
   cmd->callback([args, exit_code]() {
-    viz::StudyOptions o = common_options(args->common);
+    lab::StudyOptions o = common_options(args->common);
     o.configs = demo_configs(args->data);
     o.seeds = {args->seed};
     o.title = "runway demo: standard vs rewired attention";
@@ -180,7 +180,7 @@ void add_compare_command(CLI::App& app, int* exit_code) {
   cmd->callback([args, exit_code]() {
     if (!args->labels.empty() && args->labels.size() != args->configs.size())
       throw UsageError(fmt::format("--label: {} labels for {} --config files", args->labels.size(), args->configs.size()));
-    viz::StudyOptions o = common_options(args->common);
+    lab::StudyOptions o = common_options(args->common);
     for (size_t i = 0; i < args->configs.size(); ++i)
       o.configs.push_back({args->labels.empty() ? std::filesystem::path(args->configs[i]).stem().string()
                                                 : args->labels[i],

@@ -1,6 +1,7 @@
 // `runway inspect`: attention maps (A, P, R, A', A' - A) of every layer and head as PNG
 // heatmaps and .npy arrays, the runway-cascade diagnostics, and an index.html, for one
-// text run through a checkpoint. The work is in viz/inspect.h.
+// text run through a checkpoint. The work is in lab/inspect.h (running the model) and
+// viz/inspect.h (pictures and page).
 #include <fmt/format.h>
 
 #include <filesystem>
@@ -15,7 +16,7 @@
 #include "engine/random.h"
 #include "nn/data.h"
 #include "nn/train.h"
-#include "viz/inspect.h"
+#include "lab/inspect.h"
 
 namespace runway::apps {
 
@@ -69,7 +70,7 @@ int run_inspect(const InspectArgs& args) {
   viz::InspectOptions options;
   options.title = args.checkpoint;
   options.write_npy = !args.no_npy;
-  const viz::InspectResult result = viz::inspect_model(*model, bytes, out, options);
+  const viz::InspectResult result = lab::inspect_model(*model, bytes, out, options);
   fmt::print("runway inspect: {} bytes through {} ({} model, {} layers, {} heads)\n", bytes.size(), args.checkpoint,
              config.model.rewired ? "rewired" : "standard", config.model.n_layer, config.model.n_head);
   fmt::print("runway cascade (share of j's influence on i through the runway, pairs at distance >= 2):\n");

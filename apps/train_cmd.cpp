@@ -8,6 +8,9 @@
 #include <atomic>
 #include <csignal>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
 #include <fstream>
 #include <sstream>
 
@@ -16,7 +19,11 @@
 #include "apps/parse.h"
 #include "nn/config.h"
 #include "nn/device.h"
+#include "nn/distributed.h"
 #include "nn/train.h"
+#ifdef RUNWAY_HAS_NCCL
+#include "cuda/nccl_communicator.h"
+#endif
 
 namespace runway::apps {
 
@@ -40,7 +47,10 @@ struct TrainArgs {
   nlohmann::json flags = nlohmann::json::object();
 };
 
-int run_train(const TrainArgs& args) {
+// One process's part of a run: the whole run, or one rank's of a data-parallel run
+// (comm; rank 0 alone prints).
+int train_in_this_process(const TrainArgs& args, nn::Communicator* comm) {
+  const bool talk = !comm || comm->rank() == 0;
   const Device device = device_from_option(args.device);
   nn::TrainConfig config;
   if (!args.config_file.empty()) {
@@ -55,7 +65,7 @@ int run_train(const TrainArgs& args) {
   int64_t steps_override = 0;
   if (args.resume) {
     for (const auto& [key, value] : given.items())
-      if (key != "steps") fmt::print(stderr, "runway train: --resume uses the saved config; ignoring --{}\n", key);
+      if (key != "steps" && talk) fmt::print(stderr, "runway train: --resume uses the saved config; ignoring --{}\n", key);
     if (given.contains("steps")) steps_override = given["steps"].get<int64_t>();
   }
   // Handlers first: a SIGTERM while the trainer loads makes it save at once and stop.
@@ -71,36 +81,81 @@ int run_train(const TrainArgs& args) {
       std::signal(SIGTERM, term_handler);
     }
   } restore{previous_int, previous_term};
-  nn::Trainer trainer(config, args.out, args.resume, steps_override, device, args.overwrite);
+  nn::Trainer trainer(config, args.out, args.resume, steps_override, device, args.overwrite, comm);
   trainer.set_save_schedule(args.save);
   const nn::TrainConfig& c = trainer.config();
-  fmt::print("runway train: {} attention{}, {} layers, {} heads, width {}, T={}, pos {}\n",
-             c.model.rewired ? "rewired" : "standard",
-             c.model.rewired ? fmt::format(" ({}, beta {}, runway head {}{})", runway_summary_name(c.model.runway.summary),
-                                           c.model.runway.beta, c.model.runway.runway_head, c.model.runway.detach ? ", detached" : "")
-                             : "",
-             c.model.n_layer, c.model.n_head, c.model.n_embd, c.model.seq_len, nn::position_encoding_name(c.model.pos));
-  fmt::print("parameters: {}\n", trainer.model().parameter_count());
-  fmt::print("device: {}\n", nn::describe_device(device));
-  fmt::print("data: {}; {} steps of {} x {} x {} bytes{}\n", c.data, c.steps, c.batch_size, c.grad_accum, c.model.seq_len,
-             args.resume ? fmt::format(", resuming at step {}", trainer.step()) : "");
-  std::fflush(stdout);
+  if (talk) {
+    fmt::print("runway train: {} attention{}, {} layers, {} heads, width {}, T={}, pos {}\n",
+               c.model.rewired ? "rewired" : "standard",
+               c.model.rewired ? fmt::format(" ({}, beta {}, runway head {}{})", runway_summary_name(c.model.runway.summary),
+                                             c.model.runway.beta, c.model.runway.runway_head, c.model.runway.detach ? ", detached" : "")
+                               : "",
+               c.model.n_layer, c.model.n_head, c.model.n_embd, c.model.seq_len, nn::position_encoding_name(c.model.pos));
+    fmt::print("parameters: {}\n", trainer.model().parameter_count());
+    fmt::print("device: {}\n", nn::describe_device(device));
+    fmt::print("data: {}; {} steps of {} x {} x {} bytes{}\n", c.data, c.steps, c.batch_size, c.grad_accum, c.model.seq_len,
+               args.resume ? fmt::format(", resuming at step {}", trainer.step()) : "");
+    if (comm)
+      fmt::print("data parallel: {} ranks, {} of {} rows of every micro-batch each; gradients summed by {} all-reduce\n",
+                 comm->size(), c.batch_size / comm->size(), c.batch_size, comm->name());
+    std::fflush(stdout);
+  }
+  // Rank 0 of a data-parallel run writes its progress through mpirun, which closes that
+  // pipe as it tears the job down after Ctrl-C (SIGCONT, then SIGTERM a second later):
+  // a failed write must not kill the rank (SIGPIPE) or throw before the stop's save.
+  const auto say = [&](const std::string& text) {
+    if (!talk) return;
+    if (comm) {
+      std::fputs(text.c_str(), stdout);
+      std::fflush(stdout);
+    } else {
+      fmt::print("{}", text);
+      std::fflush(stdout);
+    }
+  };
+  if (comm) std::signal(SIGPIPE, SIG_IGN);
   const int64_t reached = trainer.run([&](const nn::StepReport& r) {
     if (r.step % c.log_every == 0 || r.step == c.steps || r.evaluated)
-      fmt::print("step {:>6}/{} | loss {:.4f} | lr {:.2e} | {:.0f} tok/s | ETA {}{}\n", r.step, c.steps, r.loss, r.lr,
-                 r.tokens_per_second, nn::format_duration(r.seconds_left),
-                 r.evaluated ? fmt::format(" | val loss {:.4f} ({:.3f} bits/byte)", r.val_loss, r.val_loss / std::log(2.0)) : "");
-    if (r.checkpointed) fmt::print("checkpoint: step {} saved\n", r.step);
-    std::fflush(stdout);
+      say(fmt::format("step {:>6}/{} | loss {:.4f} | lr {:.2e} | {:.0f} tok/s | ETA {}{}{}\n", r.step, c.steps, r.loss, r.lr,
+                      r.tokens_per_second, nn::format_duration(r.seconds_left),
+                      comm ? fmt::format(" | all-reduce {:.2f} ms", r.allreduce_seconds * 1e3) : "",
+                      r.evaluated ? fmt::format(" | val loss {:.4f} ({:.3f} bits/byte)", r.val_loss, r.val_loss / std::log(2.0))
+                                  : ""));
+    if (r.checkpointed) say(fmt::format("checkpoint: step {} saved\n", r.step));
   }, &g_stop);
   if (reached < c.steps) {
     const int signal = g_signal.load();
-    fmt::print("interrupted at step {} by {}: checkpoint saved in {}\n", reached, signal == SIGTERM ? "SIGTERM" : "SIGINT",
-               args.out);
+    say(fmt::format("interrupted at step {} by {}: checkpoint saved in {}\n", reached,
+                    signal == SIGTERM ? "SIGTERM" : "SIGINT", args.out));
     return signal == SIGTERM ? 143 : 130;  // the shell's codes for death by these signals
   }
-  fmt::print("done: checkpoint of step {} in {}/checkpoints/ (with config.json and metrics.jsonl)\n", reached, args.out);
+  say(fmt::format("done: checkpoint of step {} in {}/checkpoints/ (with config.json and metrics.jsonl)\n", reached,
+                  args.out));
   return 0;
+}
+
+int run_train(const TrainArgs& args) {
+  // Started by mpirun: one rank of a data-parallel run (docs/distributed.md); otherwise
+  // the single-process path, which uses no communicator.
+  std::unique_ptr<nn::Communicator> comm = nn::make_mpi_communicator();
+  if (!comm && std::getenv("RUNWAY_DATA_PARALLEL_SELF")) comm = nn::make_self_communicator();  // N = 1, no MPI
+  if (!comm) return train_in_this_process(args, nullptr);
+  try {
+#ifdef RUNWAY_HAS_NCCL
+    // On GPUs the gradient buffer is reduced by NCCL on the device; MPI does the rest.
+    // (Only once the device is known to be usable: an unusable one is a clear error first.)
+    if (device_from_option(args.device) == Device::CUDA) comm = cuda::make_nccl_communicator(std::move(comm));
+#endif
+    return train_in_this_process(args, comm.get());
+  } catch (const std::exception& e) {
+    // A rank that fails takes the whole job down (MPI_Abort), so no rank waits forever
+    // for it in a collective; the checkpoints on disk are untouched (rank 0 writes them
+    // atomically, and a save cut short leaves the previous one whole).
+    std::fflush(stdout);
+    std::fprintf(stderr, "runway: error: rank %d of %d: %s\n", comm->rank(), comm->size(), e.what());
+    comm->abort(1);
+  }
+  return 1;  // not reached: abort ends the process
 }
 
 // The JSON value of a config flag's text, parsed strictly by the field's type (the

@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/attention.h"
+#include "engine/ops/attention.h"
 #include "engine/backend.h"
 #include "engine/threads.h"
 #include "engine/random.h"
@@ -58,13 +58,17 @@ int main(int argc, char** argv) {
     const char* name;
     AttnFn fn;
   };
+  auto attend = [](const AttentionOptions& o) {
+    return [o](auto& q, auto& k, auto& v) { return causal_attention(AttentionInputs::split(q, k, v), o); };
+  };
+  const AttentionOptions standard = AttentionOptions::standard();
   const std::vector<Variant> variants{
-      {"standard", [](auto& q, auto& k, auto& v) { return attention(q, k, v); }},
-      {"absorption", [&](auto& q, auto& k, auto& v) { return rewired_attention(q, k, v, absorption); }},
-      {"two_hop", [&](auto& q, auto& k, auto& v) { return rewired_attention(q, k, v, two_hop); }},
-      {"standard twin", [](auto& q, auto& k, auto& v) { return attention_composite(q, k, v); }},
-      {"absorption twin", [&](auto& q, auto& k, auto& v) { return rewired_attention_composite(q, k, v, absorption); }},
-      {"two_hop twin", [&](auto& q, auto& k, auto& v) { return rewired_attention_composite(q, k, v, two_hop); }},
+      {"standard", attend(standard)},
+      {"absorption", attend(AttentionOptions::rewired_with(absorption))},
+      {"two_hop", attend(AttentionOptions::rewired_with(two_hop))},
+      {"standard twin", attend(standard.composed_from_primitives())},
+      {"absorption twin", attend(AttentionOptions::rewired_with(absorption).composed_from_primitives())},
+      {"two_hop twin", attend(AttentionOptions::rewired_with(two_hop).composed_from_primitives())},
   };
   fmt::print("attention forward+backward, float32, B={} H={} D={}, median of {} interleaved rounds (ms)\n\n", B, H, D, rounds);
   fmt::print("| T | standard | absorption | two_hop | standard twin | absorption twin | two_hop twin | absorption / standard | twin / fused (absorption) |\n");

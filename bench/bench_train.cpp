@@ -193,6 +193,115 @@ void sgemm_peak(int64_t n, int threads) {
                         : "cblas_sgemm with OpenBLAS's own threads");
 }
 
+runway::nn::GPTConfig model_config(const Options& o) {
+  runway::nn::GPTConfig config;
+  config.n_layer = o.layers;
+  config.n_embd = o.width;
+  config.n_head = o.heads;
+  config.seq_len = o.seq;
+  config.rewired = o.rewired;
+  config.runway.summary = runway::parse_runway_summary(o.summary);
+  return config;
+}
+
+void dump_tensors(const std::string& path, const std::vector<runway::nn::NamedParameter>& params,
+                  std::vector<std::pair<std::string, Tensor>> extra = {},
+                  const std::map<std::string, std::string>& metadata = {}) {
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  for (const auto& p : params) tensors.emplace_back(p.name, p.tensor);
+  for (auto& e : extra) tensors.push_back(std::move(e));
+  runway::write_safetensors(path, tensors, metadata);
+}
+
+// --dump: the initial weights and the batch, for bench/torch_gpt.py --check.
+void dump_init(const Options& o, const std::vector<runway::nn::NamedParameter>& params, const Tensor& ids,
+               const Tensor& targets) {
+  dump_tensors(o.dump + "/init.safetensors", params, {{"ids", ids}, {"targets", targets}},
+               {{"layers", std::to_string(o.layers)}, {"width", std::to_string(o.width)},
+                {"heads", std::to_string(o.heads)}, {"seq", std::to_string(o.seq)},
+                {"batch", std::to_string(o.batch)},
+                {"attention", o.rewired ? "rewired" : "standard"}, {"summary", o.summary}});
+}
+
+// --dump: every parameter's gradient after the first backward, with the loss and norm.
+void dump_grads(const Options& o, const std::vector<runway::nn::NamedParameter>& params, double loss, double norm) {
+  std::vector<std::pair<std::string, Tensor>> grads;
+  for (const auto& p : params) grads.emplace_back(p.name, p.tensor.grad());
+  grads.emplace_back("loss", Tensor::scalar(loss, runway::DType::Float64));
+  grads.emplace_back("grad_norm", Tensor::scalar(norm, runway::DType::Float64));
+  runway::write_safetensors(o.dump + "/grads.safetensors", grads);
+}
+
+// Seconds of each timed step (after the warmup), whole and by phase.
+struct StepTimes {
+  std::vector<double> times, forward_s, backward_s, optimizer_s;  // optimizer: norm, clip, AdamW
+  double first_loss = 0;
+  double cpu_per_step = 0;  // CPU seconds (all threads) per timed step
+};
+
+StepTimes time_training_steps(const Options& o, runway::nn::GPT& model,
+                              const std::vector<runway::nn::NamedParameter>& params, runway::nn::AdamW& optimizer,
+                              const Tensor& ids_t, const Tensor& targets_t) {
+  // GPU kernels run asynchronously on one stream: each phase ends with a synchronize
+  // so that its time is its own (a no-op on the CPU).
+  runway::Backend& backend = runway::backend_for(o.device);
+  StepTimes r;
+  double cpu_start = 0;
+  for (int step = 0; step < o.warmup + o.steps; ++step) {
+    if (step == o.warmup) cpu_start = cpu_seconds();
+    const auto t0 = std::chrono::steady_clock::now();
+    optimizer.zero_grad();
+    Tensor loss = model.loss(ids_t, targets_t);
+    backend.synchronize();
+    const auto t_forward = std::chrono::steady_clock::now();
+    loss.backward();
+    backend.synchronize();
+    const auto t_backward = std::chrono::steady_clock::now();
+    const double norm = runway::nn::global_grad_norm(params);
+    if (step == 0 && !o.dump.empty()) dump_grads(o, params, loss.item(), norm);
+    optimizer.step(o.lr, runway::nn::clip_scale(norm, o.clip));
+    if (step == 0 && !o.dump.empty()) dump_tensors(o.dump + "/step1.safetensors", params);
+    backend.synchronize();
+    const auto t1 = std::chrono::steady_clock::now();
+    if (step == 0) r.first_loss = loss.item();
+    if (step >= o.warmup) {
+      r.times.push_back(std::chrono::duration<double>(t1 - t0).count());
+      r.forward_s.push_back(std::chrono::duration<double>(t_forward - t0).count());
+      r.backward_s.push_back(std::chrono::duration<double>(t_backward - t_forward).count());
+      r.optimizer_s.push_back(std::chrono::duration<double>(t1 - t_backward).count());
+    }
+  }
+  r.cpu_per_step = (cpu_seconds() - cpu_start) / static_cast<double>(o.steps);
+  return r;
+}
+
+double median_of(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// The JSON line (bench/torch_gpt.py prints the same keys).
+void print_result(const Options& o, const runway::nn::GPTConfig& config, const runway::nn::GPT& model,
+                  const StepTimes& r, int64_t rss_before_model) {
+  const double median = median_of(r.times);
+  const double fastest = *std::min_element(r.times.begin(), r.times.end());
+  const double tokens = static_cast<double>(o.batch * o.seq);
+  const double fpt = flops_per_token(config);
+  std::string step_list;
+  for (double t : r.times) step_list += fmt::format("{}{:.5f}", step_list.empty() ? "" : ", ", t);
+  fmt::print(
+      "{{\"engine\": \"runway\", \"device\": \"{}\", \"layers\": {}, \"width\": {}, \"heads\": {}, \"seq\": {}, \"batch\": {}, "
+      "\"attention\": \"{}\", \"summary\": \"{}\", \"threads\": {}, \"params\": {}, \"tokens_per_s\": {:.1f}, "
+      "\"median_step_s\": {:.5f}, \"min_step_s\": {:.5f}, \"cpu_s_per_step\": {:.5f}, \"forward_s\": {:.5f}, \"backward_s\": {:.5f}, \"optimizer_s\": {:.5f}, \"flops_per_token\": {:.0f}, \"gflops\": {:.2f}, "
+      "\"peak_rss_mb\": {:.1f}, \"base_rss_mb\": {:.1f}, \"first_loss\": {:.6f}, \"steps_s\": [{}]}}\n",
+      runway::device_name(o.device), o.layers, o.width, o.heads, o.seq, o.batch, o.rewired ? "rewired" : "standard",
+      o.summary, o.threads,
+      model.parameter_count(), tokens / median, median, fastest, r.cpu_per_step, median_of(r.forward_s),
+      median_of(r.backward_s), median_of(r.optimizer_s), fpt, fpt * tokens / median / 1e9,
+      static_cast<double>(status_bytes("VmHWM")) / (1 << 20), static_cast<double>(rss_before_model) / (1 << 20),
+      r.first_loss, step_list);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -208,13 +317,7 @@ int main(int argc, char** argv) {
       return 0;
     }
 
-    runway::nn::GPTConfig config;
-    config.n_layer = o.layers;
-    config.n_embd = o.width;
-    config.n_head = o.heads;
-    config.seq_len = o.seq;
-    config.rewired = o.rewired;
-    config.runway.summary = runway::parse_runway_summary(o.summary);
+    const runway::nn::GPTConfig config = model_config(o);
     const int64_t rss_before_model = status_bytes("VmRSS");
     runway::Generator init(o.seed);
     runway::nn::GPT model(config, init);
@@ -233,82 +336,10 @@ int main(int argc, char** argv) {
     for (auto& v : targets) v = static_cast<int64_t>(data.below(256));
     const Tensor ids_t = Tensor::from_indices(ids, {o.batch, o.seq}).to(o.device);
     const Tensor targets_t = Tensor::from_indices(targets, {o.batch, o.seq}).to(o.device);
-    // GPU kernels run asynchronously on one stream: each phase ends with a synchronize
-    // so that its time is its own (a no-op on the CPU).
-    runway::Backend& backend = runway::backend_for(o.device);
+    if (!o.dump.empty()) dump_init(o, params, ids_t, targets_t);
 
-    if (!o.dump.empty()) {
-      std::vector<std::pair<std::string, Tensor>> tensors;
-      for (const auto& p : params) tensors.emplace_back(p.name, p.tensor);
-      tensors.emplace_back("ids", ids_t);
-      tensors.emplace_back("targets", targets_t);
-      runway::write_safetensors(o.dump + "/init.safetensors", tensors,
-                                {{"layers", std::to_string(o.layers)}, {"width", std::to_string(o.width)},
-                                 {"heads", std::to_string(o.heads)}, {"seq", std::to_string(o.seq)},
-                                 {"batch", std::to_string(o.batch)},
-                                 {"attention", o.rewired ? "rewired" : "standard"}, {"summary", o.summary}});
-    }
-
-    std::vector<double> times, forward_s, backward_s, optimizer_s;  // optimizer: norm, clip, AdamW
-    double first_loss = 0, cpu_start = 0;
-    for (int step = 0; step < o.warmup + o.steps; ++step) {
-      if (step == o.warmup) cpu_start = cpu_seconds();
-      const auto t0 = std::chrono::steady_clock::now();
-      optimizer.zero_grad();
-      Tensor loss = model.loss(ids_t, targets_t);
-      backend.synchronize();
-      const auto t_forward = std::chrono::steady_clock::now();
-      loss.backward();
-      backend.synchronize();
-      const auto t_backward = std::chrono::steady_clock::now();
-      const double norm = runway::nn::global_grad_norm(params);
-      if (step == 0 && !o.dump.empty()) {
-        first_loss = loss.item();
-        std::vector<std::pair<std::string, Tensor>> grads;
-        for (const auto& p : params) grads.emplace_back(p.name, p.tensor.grad());
-        grads.emplace_back("loss", Tensor::scalar(first_loss, runway::DType::Float64));
-        grads.emplace_back("grad_norm", Tensor::scalar(norm, runway::DType::Float64));
-        runway::write_safetensors(o.dump + "/grads.safetensors", grads);
-      }
-      optimizer.step(o.lr, runway::nn::clip_scale(norm, o.clip));
-      if (step == 0 && !o.dump.empty()) {
-        std::vector<std::pair<std::string, Tensor>> after;
-        for (const auto& p : params) after.emplace_back(p.name, p.tensor);
-        runway::write_safetensors(o.dump + "/step1.safetensors", after);
-      }
-      backend.synchronize();
-      const auto t1 = std::chrono::steady_clock::now();
-      if (step == 0) first_loss = loss.item();
-      if (step >= o.warmup) {
-        times.push_back(std::chrono::duration<double>(t1 - t0).count());
-        forward_s.push_back(std::chrono::duration<double>(t_forward - t0).count());
-        backward_s.push_back(std::chrono::duration<double>(t_backward - t_forward).count());
-        optimizer_s.push_back(std::chrono::duration<double>(t1 - t_backward).count());
-      }
-    }
-    const double cpu_per_step = (cpu_seconds() - cpu_start) / static_cast<double>(o.steps);
-    std::vector<double> sorted = times;
-    std::sort(sorted.begin(), sorted.end());
-    const double median = sorted[sorted.size() / 2];
-    auto median_of = [](std::vector<double> v) {
-      std::sort(v.begin(), v.end());
-      return v[v.size() / 2];
-    };
-    const double tokens = static_cast<double>(o.batch * o.seq);
-    const double fpt = flops_per_token(config);
-    std::string step_list;
-    for (double t : times) step_list += fmt::format("{}{:.5f}", step_list.empty() ? "" : ", ", t);
-    fmt::print(
-        "{{\"engine\": \"runway\", \"device\": \"{}\", \"layers\": {}, \"width\": {}, \"heads\": {}, \"seq\": {}, \"batch\": {}, "
-        "\"attention\": \"{}\", \"summary\": \"{}\", \"threads\": {}, \"params\": {}, \"tokens_per_s\": {:.1f}, "
-        "\"median_step_s\": {:.5f}, \"min_step_s\": {:.5f}, \"cpu_s_per_step\": {:.5f}, \"forward_s\": {:.5f}, \"backward_s\": {:.5f}, \"optimizer_s\": {:.5f}, \"flops_per_token\": {:.0f}, \"gflops\": {:.2f}, "
-        "\"peak_rss_mb\": {:.1f}, \"base_rss_mb\": {:.1f}, \"first_loss\": {:.6f}, \"steps_s\": [{}]}}\n",
-        runway::device_name(o.device), o.layers, o.width, o.heads, o.seq, o.batch, o.rewired ? "rewired" : "standard",
-        o.summary, o.threads,
-        model.parameter_count(), tokens / median, median, sorted.front(), cpu_per_step, median_of(forward_s),
-        median_of(backward_s), median_of(optimizer_s), fpt, fpt * tokens / median / 1e9,
-        static_cast<double>(status_bytes("VmHWM")) / (1 << 20), static_cast<double>(rss_before_model) / (1 << 20),
-        first_loss, step_list);
+    const StepTimes times = time_training_steps(o, model, params, optimizer, ids_t, targets_t);
+    print_result(o, config, model, times, rss_before_model);
     return 0;
   } catch (const std::exception& e) {
     fmt::print(stderr, "{}\n", e.what());

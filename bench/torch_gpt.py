@@ -66,7 +66,7 @@ def read_safetensors(path):
 
 def rope(x, base=10000.0):
     """Rotate-half RoPE over (B, H, T, D): pairs (x[c], x[c + D/2]) at position t turn
-    by t * base^(-2c/D), as engine/cpu_attention.cpp."""
+    by t * base^(-2c/D), as engine/ops/rope.cpp."""
     T, D = x.shape[-2], x.shape[-1]
     half = D // 2
     inv_freq = base ** (-2.0 * torch.arange(half, dtype=torch.float64) / D)

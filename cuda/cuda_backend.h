@@ -81,6 +81,10 @@ class CudaBackend : public Backend {
   void layernorm_backward(DType dt, const void* dy, const void* x, const void* weight,
                           const void* mean, const void* rstd, void* dx, void* dweight,
                           void* dbias, int64_t rows, int64_t cols) override;
+  void rmsnorm_forward(DType dt, const void* x, const void* weight, void* y, void* rstd, int64_t rows,
+                       int64_t cols, double eps) override;
+  void rmsnorm_backward(DType dt, const void* dy, const void* x, const void* weight, const void* rstd, void* dx,
+                        void* dweight, int64_t rows, int64_t cols) override;
   void embedding_forward(DType dt, const void* weight, const int64_t* ids, void* out, int64_t n,
                          int64_t dim) override;
   void embedding_backward(DType dt, const void* dout, const int64_t* ids, void* dweight,
@@ -96,8 +100,8 @@ class CudaBackend : public Backend {
   void attention_forward(DType dt, const AttentionArgs& args, const void* q, const void* k,
                          const void* v, void* y, void* attn, void* p, void* r) override;
   void attention_backward(DType dt, const AttentionArgs& args, const void* q, const void* k,
-                          const void* v, const void* attn, const void* p, const void* r,
-                          const void* dy, void* dq, void* dk, void* dv) override;
+                          const void* v, const void* attn, const void* p, const void* dy,
+                          void* dq, void* dk, void* dv) override;
   void rope(DType dt, const void* x, void* y, int64_t rows, int64_t seq, int64_t dim, double base,
             int64_t position_offset, bool inverse) override;
 

@@ -4,6 +4,7 @@
 // noted as the reason.
 #include <cuda_runtime.h>
 
+#include <cstdlib>
 #include <exception>
 #include <mutex>
 #include <string>
@@ -29,6 +30,13 @@ void load_cuda_backend() {
     note_backend_unavailable(Device::CUDA, "no CUDA device is visible (cudaGetDeviceCount = 0)");
     return;
   }
+  // A rank of a data-parallel run (mpirun; docs/distributed.md) takes the GPU of its
+  // local rank, before the backend binds to the current device.
+  for (const char* name : {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"})
+    if (const char* local_rank = std::getenv(name)) {
+      (void)cudaSetDevice(std::atoi(local_rank) % count);
+      break;
+    }
   try {
     // Created once and intentionally never destroyed: tensors may still hold device
     // memory during static destruction, and tearing down cuBLAS or the stream while

@@ -25,10 +25,9 @@ enum class UnaryOp {
   AddScalar,  // x + param
   MulScalar,  // x * param
   PowScalar,  // x ^ param
-  Abs,
 };
 
-enum class BinaryOp { Add, Sub, Mul, Div, Pow, Equal, Greater };
+enum class BinaryOp { Add, Sub, Mul, Div, Pow, Equal };
 
 // Describes an elementwise op between two broadcast inputs: per-input strides (in
 // elements, from each input's first element; any view's strides work) aligned to
@@ -48,7 +47,7 @@ struct StridedView {
 };
 
 // Causal attention over (B, H, T, D) buffers, standard or runway-rewired
-// (../shared/spec/RUNWAY.md). See engine/attention.h for the math and names.
+// (../shared/spec/RUNWAY.md). See engine/ops/attention.h for the math and names.
 struct AttentionArgs {
   int64_t batch = 0, heads = 0, seq = 0, head_dim = 0;
   double scale = 1.0;                // logits are (q . k) * scale
@@ -125,60 +124,78 @@ class Backend {
     for (const GemmCall& c : calls) gemm(dt, c.args, c.a, c.b, c.c);
   }
 
-  // ---- row kernels (last dimension) ---------------------------------------------
+  // ---- row reductions (last dimension) ------------------------------------------
   virtual void sum_rows(DType dt, const void* x, void* y, int64_t rows, int64_t cols) = 0;
   virtual void max_rows(DType dt, const void* x, void* y, int64_t rows, int64_t cols) = 0;
-  virtual void softmax_rows(DType dt, const void* x, void* y, int64_t rows, int64_t cols,
-                            bool log) = 0;
+
+  // ---- fused kernels ----------------------------------------------------------------
+  // Each has a default composed from the primitives above (memory, layout, elementwise,
+  // gemm, row reductions), defined beside its op in engine/ops/<family>.cpp, so a backend
+  // that implements only the primitives runs every op; a backend overrides one for speed.
+  // The defaults take scratch through allocate/deallocate, and may copy small per-row
+  // values (ids, targets, row maxima) to the host. tests/test_backend_defaults.cpp holds
+  // every default equal to the CPU backend's kernel.
+
+  // Row kernels over the last dimension (engine/ops/softmax.cpp, engine/ops/reduce.cpp).
+  virtual void softmax_rows(DType dt, const void* x, void* y, int64_t rows, int64_t cols, bool log);
   // dx = y * (dy - sum(dy*y)) for softmax; dx = dy - exp(y) * sum(dy) for log_softmax,
   // where y is the forward output.
-  virtual void softmax_backward_rows(DType dt, const void* y, const void* dy, void* dx,
-                                     int64_t rows, int64_t cols, bool log) = 0;
-  virtual void cumsum_rows(DType dt, const void* x, void* y, int64_t rows, int64_t cols,
-                           bool exclusive, bool reverse) = 0;
+  virtual void softmax_backward_rows(DType dt, const void* y, const void* dy, void* dx, int64_t rows,
+                                     int64_t cols, bool log);
+  virtual void cumsum_rows(DType dt, const void* x, void* y, int64_t rows, int64_t cols, bool exclusive,
+                           bool reverse);
   // Over the last two dims (t_q x t_k) of `batch` matrices: entries with
   // j > i + (t_k - t_q) are set to `value`, the rest copied.
-  virtual void causal_mask(DType dt, const void* x, void* y, int64_t batch, int64_t t_q,
-                           int64_t t_k, double value) = 0;
+  virtual void causal_mask(DType dt, const void* x, void* y, int64_t batch, int64_t t_q, int64_t t_k,
+                           double value);
 
-  // ---- fused layers ---------------------------------------------------------------
-  // y = (x - mean) * rstd * weight + bias per row; mean and rstd (rows) are saved.
-  virtual void layernorm_forward(DType dt, const void* x, const void* weight,
-                                 const void* bias, void* y, void* mean, void* rstd,
-                                 int64_t rows, int64_t cols, double eps) = 0;
+  // y = (x - mean) * rstd * weight + bias per row; mean and rstd (rows) are saved
+  // (engine/ops/layernorm.cpp).
+  virtual void layernorm_forward(DType dt, const void* x, const void* weight, const void* bias, void* y,
+                                 void* mean, void* rstd, int64_t rows, int64_t cols, double eps);
   // Writes dx; accumulates (+=) into dweight and dbias. Uses x, mean, rstd from forward.
   virtual void layernorm_backward(DType dt, const void* dy, const void* x, const void* weight,
-                                  const void* mean, const void* rstd, void* dx, void* dweight,
-                                  void* dbias, int64_t rows, int64_t cols) = 0;
-  // out[r, :] = weight[ids[r], :]; ids are checked by the op before this runs.
-  virtual void embedding_forward(DType dt, const void* weight, const int64_t* ids, void* out,
-                                 int64_t n, int64_t dim) = 0;
+                                  const void* mean, const void* rstd, void* dx, void* dweight, void* dbias,
+                                  int64_t rows, int64_t cols);
+  // y = x * rstd * weight per row, rstd = 1 / sqrt(mean(x^2) + eps); rstd (rows) is saved
+  // (engine/ops/rmsnorm.cpp).
+  virtual void rmsnorm_forward(DType dt, const void* x, const void* weight, void* y, void* rstd, int64_t rows,
+                               int64_t cols, double eps);
+  // Writes dx; accumulates (+=) into dweight. Uses x and rstd from forward.
+  virtual void rmsnorm_backward(DType dt, const void* dy, const void* x, const void* weight, const void* rstd,
+                                void* dx, void* dweight, int64_t rows, int64_t cols);
+  // out[r, :] = weight[ids[r], :]; ids are checked by the op before this runs
+  // (engine/ops/embedding.cpp).
+  virtual void embedding_forward(DType dt, const void* weight, const int64_t* ids, void* out, int64_t n,
+                                 int64_t dim);
   // dweight[ids[r], :] += dout[r, :]
-  virtual void embedding_backward(DType dt, const void* dout, const int64_t* ids,
-                                  void* dweight, int64_t n, int64_t dim) = 0;
+  virtual void embedding_backward(DType dt, const void* dout, const int64_t* ids, void* dweight, int64_t n,
+                                  int64_t dim);
   // Per row: loss[r] = logsumexp(logits[r]) - logits[r, target[r]], 0 where ignored;
-  // lse[r] is saved for the backward.
-  virtual void cross_entropy_forward(DType dt, const void* logits, const int64_t* targets,
-                                     void* loss, void* lse, int64_t rows, int64_t cols,
-                                     int64_t ignore_index) = 0;
+  // lse[r] is saved for the backward (engine/ops/softmax.cpp).
+  virtual void cross_entropy_forward(DType dt, const void* logits, const int64_t* targets, void* loss,
+                                     void* lse, int64_t rows, int64_t cols, int64_t ignore_index);
   // dlogits[r] = scale * (softmax(logits[r]) - onehot(target[r])), 0 rows where ignored.
-  virtual void cross_entropy_backward(DType dt, const void* logits, const int64_t* targets,
-                                      const void* lse, void* dlogits, int64_t rows,
-                                      int64_t cols, int64_t ignore_index, double scale) = 0;
+  virtual void cross_entropy_backward(DType dt, const void* logits, const int64_t* targets, const void* lse,
+                                      void* dlogits, int64_t rows, int64_t cols, int64_t ignore_index,
+                                      double scale);
 
   // ---- attention and positions ------------------------------------------------------
   // Forward: writes y (B,H,T,D) and saves attn (B,H,T,T), the attention applied to V
   // (A for standard, A' for rewired); rewired also saves p and r (B,T,T), the runway
   // head probabilities and the runway coefficients. Entries above the diagonal are 0.
+  // The default composes the primitives above (gemm, causal_mask, softmax_rows,
+  // cumsum_rows, binary, ...; engine/ops/attention.cpp), so a backend that implements
+  // only the primitives runs attention; the CPU and CUDA backends fuse it.
   virtual void attention_forward(DType dt, const AttentionArgs& args, const void* q,
                                  const void* k, const void* v, void* y, void* attn, void* p,
-                                 void* r) = 0;
-  // Backward from dy (B,H,T,D), using q, k, v and the saved attn, p, r; writes
-  // (overwrites) dq, dk, dv.
+                                 void* r);
+  // Backward from dy (B,H,T,D), using q, k, v and the saved attn (and p when rewired; R's
+  // value is not needed: each summary is linear or bilinear in P); writes (overwrites)
+  // dq, dk, dv. The default composes the primitives, like the forward's.
   virtual void attention_backward(DType dt, const AttentionArgs& args, const void* q,
                                   const void* k, const void* v, const void* attn, const void* p,
-                                  const void* r, const void* dy, void* dq, void* dk,
-                                  void* dv) = 0;
+                                  const void* dy, void* dq, void* dk, void* dv);
   // Rotary position embedding over `rows` sequences of `seq` positions of width `dim`
   // (even), "rotate-half" convention: pairs (x[c], x[c + dim/2]) at position t are
   // rotated by angle (t + position_offset) * base^(-2c/dim); inverse rotates back.

@@ -1,9 +1,13 @@
 // The table of ops: one entry per differentiable op (and per composite worth
 // checking), with sample inputs and any tolerance that differs from the default.
-// It drives `runway gradcheck`, the gradcheck test, and (later) CPU-vs-CUDA parity.
+// It drives `runway gradcheck`, the gradcheck test, the CPU-vs-CUDA parity test
+// (tests/cuda/test_cuda_parity.cpp) and the primitives-only backend test
+// (tests/test_backend_defaults.cpp). Each op family registers its rows beside its ops
+// (`<family>_op_entries()` in engine/ops/<family>.cpp); engine/op_table.cpp collects them.
 //
-// Every name given to declare_op() must have an entry here; tests/test_op_table.cpp
-// fails otherwise, so a new op cannot skip the check.
+// Every name given to declare_op() must have an entry here, and every entry a row in
+// docs/architecture.md's op -> files map; tests/test_op_table.cpp fails otherwise, so a
+// new op cannot skip the check.
 #pragma once
 
 #include <functional>

@@ -1,4 +1,4 @@
-#include "viz/study.h"
+#include "lab/study.h"
 
 #include <fmt/format.h>
 #include <unistd.h>
@@ -8,15 +8,17 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 #include <set>
 
 #include "nn/data.h"
 #include "nn/device.h"
 #include "nn/eval.h"
-#include "viz/inspect.h"
+#include "lab/inspect.h"
+#include "viz/html.h"
 #include "viz/report.h"
 
-namespace runway::viz {
+namespace runway::lab {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -162,6 +164,93 @@ double time_steps(const nn::TrainConfig& base, const std::string& dir, Device de
   return seconds[seconds.size() / 2];
 }
 
+// The steps per run: fixed, or from the budget (formula in study.h) after timing a few
+// steps of every configuration.
+int64_t study_steps(const StudyOptions& o, Progress& progress, const fs::path& out, const std::atomic<bool>* stop) {
+  if (o.steps != 0) return o.steps;
+  auto stopped = [&]() { return stop && stop->load(); };
+  const size_t runs_total = o.configs.size() * o.seeds.size();
+  std::vector<double> seconds_per_step(o.configs.size(), 0.0);
+  progress.plan(o.minutes * 60);
+  for (size_t c = 0; c < o.configs.size() && !stopped(); ++c) {
+    progress.update(fmt::format("timing a few steps of '{}' to size the runs", o.configs[c].label), true);
+    seconds_per_step[c] = time_steps(o.configs[c].train, (out / "runs" / ".timing").string(), o.device, stop);
+  }
+  double per_step_all = 0;
+  for (double s : seconds_per_step) per_step_all += s * static_cast<double>(o.seeds.size());
+  const double budget = o.minutes * 60 * 0.85 - progress.elapsed() - 5.0 * static_cast<double>(runs_total);
+  const int64_t steps = std::max<int64_t>(10, per_step_all > 0 ? static_cast<int64_t>(budget / per_step_all) : 10);
+  std::string timing;
+  for (size_t c = 0; c < o.configs.size(); ++c)
+    timing += fmt::format("{}{} {:.0f} ms", c ? ", " : "", o.configs[c].label, seconds_per_step[c] * 1000);
+  progress.say(fmt::format("budget {:g} min: {} steps per run ({} per step)", o.minutes, steps, timing));
+  return steps;
+}
+
+// A run's training config: the study's seed and steps; about 10 validations per run,
+// and with steps from the budget a warmup of at most a tenth of them.
+nn::TrainConfig run_config(const StudyConfig& sc, uint64_t seed, int64_t steps, const StudyOptions& o) {
+  nn::TrainConfig config = sc.train;
+  config.seed = seed;
+  config.steps = steps;
+  if (o.steps == 0) config.warmup = std::min(config.warmup, std::max<int64_t>(1, steps / 10));
+  config.eval_every = std::max<int64_t>(1, steps / 10);
+  config.log_every = std::max<int64_t>(1, config.log_every);
+  return config;
+}
+
+// Evaluates and inspects a trained run into its folder (eval.json, inspect/); the first
+// run's validation split gives the shared inspection sample.
+std::string evaluate_and_inspect(const nn::Trainer& trainer, const nn::TrainConfig& config, const std::string& dir,
+                                 const std::string& name, const StudyOptions& o, Progress& progress,
+                                 std::vector<uint8_t>& sample) {
+  const std::vector<uint8_t>& val = trainer.validation_bytes();
+  if (sample.empty()) {
+    const size_t n = std::min<size_t>(val.size(), static_cast<size_t>(o.inspect_length));
+    sample.assign(val.begin(), val.begin() + static_cast<std::ptrdiff_t>(n));
+  }
+  const json eval = evaluate(trainer.model(), config, val, o, progress, name);
+  viz::write_text_file((fs::path(dir) / "eval.json").string(), eval.dump(2) + "\n");
+  progress.update(fmt::format("inspecting {}", name), true);
+  viz::InspectOptions io;
+  io.title = name;
+  const std::string inspect_dir = (fs::path(dir) / "inspect").string();
+  inspect_model(trainer.model(), sample, inspect_dir, io);
+  return inspect_dir;
+}
+
+// Trains, evaluates and inspects one run; nothing when interrupted (its checkpoint is saved).
+std::optional<viz::ReportRun> one_run(const StudyConfig& sc, uint64_t seed, int64_t steps, const StudyOptions& o,
+                                      const fs::path& out, Progress& progress, std::vector<uint8_t>& sample,
+                                      const std::atomic<bool>* stop) {
+  const nn::TrainConfig config = run_config(sc, seed, steps, o);
+  const std::string name = fmt::format("{} (seed {})", sc.label, seed);
+  const std::string dir = (out / "runs" / fmt::format("{}-seed{}", folder_name(sc.label), seed)).string();
+  fresh_run_folder(dir);
+
+  const auto t0 = Clock::now();
+  nn::Trainer trainer(config, dir, false, 0, o.device);
+  double last_val = std::nan("");
+  trainer.run(
+      [&](const nn::StepReport& r) {
+        if (r.evaluated) last_val = r.val_loss / std::log(2.0);
+        progress.update(fmt::format("training {}: step {}/{}, loss {:.3f} bits/byte{}, {:.1f}k tok/s", name, r.step,
+                                    steps, r.loss / std::log(2.0),
+                                    std::isfinite(last_val) ? fmt::format(", val {:.3f}", last_val) : "",
+                                    r.tokens_per_second / 1000));
+      },
+      stop);
+  const double train_seconds = seconds_since(t0);
+  if (stop && stop->load()) {
+    progress.say(fmt::format("interrupted: {} saved at step {} in {}", name, trainer.step(), dir));
+    return std::nullopt;
+  }
+  progress.say(fmt::format("trained {}: {} steps in {}, validation {:.3f} bits/byte", name, steps,
+                           nn::format_duration(train_seconds), last_val));
+  const std::string inspect_dir = evaluate_and_inspect(trainer, config, dir, name, o, progress, sample);
+  return viz::ReportRun{sc.label, seed, dir, inspect_dir, train_seconds};
+}
+
 }  // namespace
 
 StudyResult run_study(const StudyOptions& o, const std::atomic<bool>* stop) {
@@ -173,78 +262,17 @@ StudyResult run_study(const StudyOptions& o, const std::atomic<bool>* stop) {
   const fs::path out(o.out_dir);
   fs::create_directories(out / "runs");
   auto stopped = [&]() { return stop && stop->load(); };
-
-  // ---- steps: fixed, or from the budget ----
-  int64_t steps = o.steps;
-  const size_t runs_total = o.configs.size() * o.seeds.size();
-  std::vector<double> seconds_per_step(o.configs.size(), 0.0);
-  if (steps == 0) {
-    progress.plan(o.minutes * 60);
-    for (size_t c = 0; c < o.configs.size() && !stopped(); ++c) {
-      progress.update(fmt::format("timing a few steps of '{}' to size the runs", o.configs[c].label), true);
-      seconds_per_step[c] = time_steps(o.configs[c].train, (out / "runs" / ".timing").string(), o.device, stop);
-    }
-    double per_step_all = 0;
-    for (double s : seconds_per_step) per_step_all += s * static_cast<double>(o.seeds.size());
-    const double budget = o.minutes * 60 * 0.85 - progress.elapsed() - 5.0 * static_cast<double>(runs_total);
-    steps = std::max<int64_t>(10, per_step_all > 0 ? static_cast<int64_t>(budget / per_step_all) : 10);
-    std::string timing;
-    for (size_t c = 0; c < o.configs.size(); ++c)
-      timing += fmt::format("{}{} {:.0f} ms", c ? ", " : "", o.configs[c].label, seconds_per_step[c] * 1000);
-    progress.say(fmt::format("budget {:g} min: {} steps per run ({} per step)", o.minutes, steps, timing));
-  }
+  const int64_t steps = study_steps(o, progress, out, stop);
   result.steps = steps;
 
-  // ---- train, evaluate, inspect ----
-  std::vector<ReportRun> runs;
+  std::vector<viz::ReportRun> runs;
   std::vector<uint8_t> sample;  // the shared inspection sample
   for (const uint64_t seed : o.seeds) {
     for (size_t c = 0; c < o.configs.size(); ++c) {
       if (stopped()) break;
-      const StudyConfig& sc = o.configs[c];
-      nn::TrainConfig config = sc.train;
-      config.seed = seed;
-      config.steps = steps;
-      if (o.steps == 0) config.warmup = std::min(config.warmup, std::max<int64_t>(1, steps / 10));
-      config.eval_every = std::max<int64_t>(1, steps / 10);
-      config.log_every = std::max<int64_t>(1, config.log_every);
-      const std::string name = fmt::format("{} (seed {})", sc.label, seed);
-      const std::string dir = (out / "runs" / fmt::format("{}-seed{}", folder_name(sc.label), seed)).string();
-      fresh_run_folder(dir);
-
-      const auto t0 = Clock::now();
-      nn::Trainer trainer(config, dir, false, 0, o.device);
-      double last_val = std::nan("");
-      trainer.run(
-          [&](const nn::StepReport& r) {
-            if (r.evaluated) last_val = r.val_loss / std::log(2.0);
-            progress.update(fmt::format("training {}: step {}/{}, loss {:.3f} bits/byte{}, {:.1f}k tok/s", name, r.step,
-                                        steps, r.loss / std::log(2.0),
-                                        std::isfinite(last_val) ? fmt::format(", val {:.3f}", last_val) : "",
-                                        r.tokens_per_second / 1000));
-          },
-          stop);
-      const double train_seconds = seconds_since(t0);
-      if (stopped()) {
-        progress.say(fmt::format("interrupted: {} saved at step {} in {}", name, trainer.step(), dir));
-        break;
-      }
-      progress.say(fmt::format("trained {}: {} steps in {}, validation {:.3f} bits/byte", name, steps,
-                               nn::format_duration(train_seconds), last_val));
-
-      const std::vector<uint8_t>& val = trainer.validation_bytes();
-      if (sample.empty()) {
-        const size_t n = std::min<size_t>(val.size(), static_cast<size_t>(o.inspect_length));
-        sample.assign(val.begin(), val.begin() + static_cast<std::ptrdiff_t>(n));
-      }
-      const json eval = evaluate(trainer.model(), config, val, o, progress, name);
-      write_text_file((fs::path(dir) / "eval.json").string(), eval.dump(2) + "\n");
-      progress.update(fmt::format("inspecting {}", name), true);
-      InspectOptions io;
-      io.title = name;
-      const std::string inspect_dir = (fs::path(dir) / "inspect").string();
-      inspect_model(trainer.model(), sample, inspect_dir, io);
-      runs.push_back({sc.label, seed, dir, inspect_dir, train_seconds});
+      std::optional<viz::ReportRun> run = one_run(o.configs[c], seed, steps, o, out, progress, sample, stop);
+      if (!run) break;
+      runs.push_back(*run);
     }
   }
   result.seconds = seconds_since(study_start);
@@ -255,17 +283,17 @@ StudyResult run_study(const StudyOptions& o, const std::atomic<bool>* stop) {
   }
 
   progress.update("writing the report", true);
-  ReportOptions ro;
+  viz::ReportOptions ro;
   ro.title = o.title;
   ro.subtitle = fmt::format("{} steps per run, batch {} x {} bytes, {} seed{}, device {}; {} in all.{}", steps,
                             o.configs[0].train.batch_size, o.configs[0].train.model.seq_len, o.seeds.size(),
                             o.seeds.size() > 1 ? "s" : "", device_name(o.device), nn::format_duration(seconds_since(study_start)),
                             o.command_line.empty() ? "" : " Command: " + o.command_line);
-  result.table = write_report(o.out_dir, runs, ro);
+  result.table = viz::write_report(o.out_dir, runs, ro);
   result.report_path = (out / "report.html").string();
   result.seconds = seconds_since(study_start);
   progress.finish();
   return result;
 }
 
-}  // namespace runway::viz
+}  // namespace runway::lab

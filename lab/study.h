@@ -1,7 +1,7 @@
 // A study: several configurations, each trained for the same number of steps on the
 // same data with one or more seeds, then evaluated (bits per byte at L..8L, passkey
-// grid, associative recall), inspected on one shared sample, and reported
-// (viz/report.h). `runway demo` is a study of two configurations (standard and
+// grid, associative recall), inspected on one shared sample (lab/inspect.h), and
+// reported (viz/report.h). `runway demo` is a study of two configurations (standard and
 // rewired, same shape); `runway compare` takes any configurations and seeds.
 //
 // Budget: with steps == 0 the number of steps comes from `minutes`: every configuration
@@ -19,7 +19,7 @@
 #include "engine/dtype.h"
 #include "nn/train.h"
 
-namespace runway::viz {
+namespace runway::lab {
 
 struct StudyConfig {
   std::string label;      // unique; names the run folders (characters other than [A-Za-z0-9_.-] become '-')
@@ -60,4 +60,4 @@ struct StudyResult {
 // existing one is replaced; a folder there that is not a run folder is an error).
 StudyResult run_study(const StudyOptions& options, const std::atomic<bool>* stop = nullptr);
 
-}  // namespace runway::viz
+}  // namespace runway::lab

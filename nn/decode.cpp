@@ -15,44 +15,11 @@ Decoder::Decoder(const GPT& model, int64_t batch) : model_(model), batch_(batch)
   if (batch <= 0) throw Error(fmt::format("Decoder: batch must be positive, got {}", batch));
 }
 
-Tensor Decoder::attend(const CausalSelfAttention& attn, LayerCache& cache, const Tensor& x) {
-  const GPTConfig& c = model_.config;
-  const int64_t t = position_, t1 = position_ + 1, B = batch_;
-  const DType dt = x.dtype();
-  const Device dev = x.device();
-  Tensor q, k, v;
-  attn.project(x, position_, &q, &k, &v);  // (B, H, 1, D), RoPE at this position
-  cache.k = cache.k.defined() ? concat({cache.k, k}, 2) : k;
-  cache.v = cache.v.defined() ? concat({cache.v, v}, 2) : v;
-  // Row i = t of the logits: S[i, j] for j <= i, (B, H, 1, t1).
-  Tensor s = mul_scalar(matmul(q, transpose(cache.k, -1, -2)), 1.0 / std::sqrt(static_cast<double>(c.n_embd / c.n_head)));
-  if (c.pos == PositionEncoding::Alibi) {
-    const auto slopes = alibi_slopes(c.n_head);
-    std::vector<double> bias(c.n_head * t1);
-    for (int64_t h = 0; h < c.n_head; ++h)
-      for (int64_t j = 0; j < t1; ++j) bias[h * t1 + j] = -slopes[h] * static_cast<double>(t - j);
-    s = add(s, Tensor::from_vector(bias, {c.n_head, 1, t1}, dt).to(dev));
-  }
-  if (attn.rewired) {
-    const RunwayOptions& o = c.runway;
-    const Tensor p = softmax(slice(s, 1, o.runway_head, o.runway_head + 1), -1);  // (B, 1, 1, t1)
-    const Tensor zero = Tensor::zeros({B, 1, 1, 1}, dt, dev);
-    Tensor r_row;
-    if (o.summary == RunwaySummary::Absorption) {
-      // R[i, j] = acc[j] (j < i), 0 at j = i; then acc[j] += P[i, j], acc[i] = 0.
-      r_row = t == 0 ? zero : concat({cache.runway_state, zero}, -1);
-      cache.runway_state = t == 0 ? zero : concat({add(cache.runway_state, slice(p, -1, 0, t)), zero}, -1);
-    } else {
-      // R[i, j] = sum_k P[i, k] L(P)[k, j] over the stored strictly-lower rows k < i.
-      r_row = t == 0 ? zero : concat({matmul(slice(p, -1, 0, t), cache.runway_state), zero}, -1);
-      const Tensor new_row = t == 0 ? zero : concat({slice(p, -1, 0, t), zero}, -1);  // (B, 1, 1, t1)
-      cache.runway_state =
-          t == 0 ? zero
-                 : concat({concat({cache.runway_state, Tensor::zeros({B, 1, t, 1}, dt, dev)}, -1), new_row}, 2);
-    }
-    s = sub(s, mul_scalar(r_row, o.beta));
-  }
-  return attn.merge_heads(matmul(softmax(s, -1), cache.v));
+Tensor Decoder::attend(const CausalSelfAttention& attn, AttentionCache& cache, const Tensor& x) {
+  // The new position against the cache, through the same entry point as training: RoPE
+  // at the cache's length, the cached keys and values, the runway state advanced by one row.
+  return attn.proj->forward(
+      causal_attention(AttentionInputs::packed(attn.qkv->forward(x), model_.config.n_head, &cache), attn.attention_options()));
 }
 
 Tensor Decoder::step(const Tensor& ids) {

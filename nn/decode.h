@@ -27,15 +27,11 @@ class Decoder {
   int64_t position() const { return position_; }
 
  private:
-  struct LayerCache {
-    Tensor k, v;          // (B, H, t, D)
-    Tensor runway_state;  // absorption: acc (B, 1, 1, t); two_hop: strictly-lower P rows (B, 1, t, t)
-  };
-  Tensor attend(const CausalSelfAttention& attn, LayerCache& cache, const Tensor& x);
+  Tensor attend(const CausalSelfAttention& attn, AttentionCache& cache, const Tensor& x);
   const GPT& model_;
   int64_t batch_;
   int64_t position_ = 0;
-  std::vector<LayerCache> layers_;
+  std::vector<AttentionCache> layers_;  // engine/ops/attention.h
 };
 
 struct SampleOptions {

@@ -106,14 +106,6 @@ EvalCurvePoint bits_per_byte(const GPT& model, const std::vector<uint8_t>& bytes
   return point;
 }
 
-std::vector<EvalCurvePoint> bits_per_byte_curve(const GPT& model, const std::vector<uint8_t>& bytes,
-                                                const std::vector<int64_t>& lengths, int64_t stride,
-                                                int64_t max_windows, int64_t batch) {
-  std::vector<EvalCurvePoint> points;
-  for (int64_t T : lengths) points.push_back(bits_per_byte(model, bytes, T, std::min(stride, T), max_windows, batch));
-  return points;
-}
-
 // ============================================================================
 // Passkey retrieval
 // ============================================================================
@@ -190,16 +182,6 @@ PasskeyCell passkey_accuracy(const GPT& model, int64_t length, double depth, int
   return cell;
 }
 
-std::vector<PasskeyCell> passkey_grid(const GPT& model, const std::vector<int64_t>& lengths,
-                                      const std::vector<double>& depths, int64_t trials, uint64_t seed,
-                                      int64_t batch) {
-  std::vector<PasskeyCell> cells;
-  cells.reserve(lengths.size() * depths.size());
-  for (int64_t length : lengths)
-    for (double depth : depths) cells.push_back(passkey_accuracy(model, length, depth, trials, seed, batch));
-  return cells;
-}
-
 // ============================================================================
 // Associative recall
 // ============================================================================
@@ -248,12 +230,6 @@ RecallResult recall_eval(const GPT& model, int64_t num_pairs, int64_t num_querie
   });
   r.accuracy = r.scored > 0 ? static_cast<double>(r.correct) / static_cast<double>(r.scored) : 0.0;
   return r;
-}
-
-double recall_accuracy(const GPT& model, int64_t num_pairs, int64_t num_queries, int64_t trials, uint64_t seed) {
-  const RecallResult r = recall_eval(model, num_pairs, num_queries, trials, seed);
-  if (!r.available) throw Error(fmt::format("recall_accuracy: {}", r.note));
-  return r.accuracy;
 }
 
 void default_recall_size(int64_t L, int64_t* num_pairs, int64_t* num_queries) {

@@ -54,12 +54,6 @@ struct EvalCurvePoint {
 EvalCurvePoint bits_per_byte(const GPT& model, const std::vector<uint8_t>& bytes, int64_t T, int64_t stride = 0,
                              int64_t max_windows = 0, int64_t batch = 8);
 
-// bits_per_byte at each length; a stride larger than a length is clamped to it (so a
-// stride meant for the long lengths still works at the short ones).
-std::vector<EvalCurvePoint> bits_per_byte_curve(const GPT& model, const std::vector<uint8_t>& bytes,
-                                                const std::vector<int64_t>& lengths, int64_t stride = 0,
-                                                int64_t max_windows = 0, int64_t batch = 8);
-
 // ============================================================================
 // Passkey retrieval
 // ============================================================================
@@ -94,12 +88,6 @@ PasskeyCell passkey_accuracy(const GPT& model, int64_t length, double depth, int
 // The needle depths of the default grid: 0, 0.25, 0.5, 0.75, 1.
 const std::vector<double>& default_passkey_depths();
 
-// passkey_accuracy for every (length, depth), row-major: cell i * depths.size() + j is
-// (lengths[i], depths[j]); every cell uses `seed`.
-std::vector<PasskeyCell> passkey_grid(const GPT& model, const std::vector<int64_t>& lengths,
-                                      const std::vector<double>& depths, int64_t trials, uint64_t seed,
-                                      int64_t batch = 0);
-
 // ============================================================================
 // Associative recall
 // ============================================================================
@@ -123,9 +111,6 @@ struct RecallResult {
 // Errors: trials < 1, batch < 0, and make_recall's (P outside [1, 676], Q outside [1, P]).
 RecallResult recall_eval(const GPT& model, int64_t num_pairs, int64_t num_queries, int64_t trials, uint64_t seed,
                          int64_t batch = 0);
-
-// recall_eval(...).accuracy; throws runway::Error (with the reason) when not available.
-double recall_accuracy(const GPT& model, int64_t num_pairs, int64_t num_queries, int64_t trials, uint64_t seed);
 
 // The default recall size for training length L: k = max(2, floor(L / 6)) pair-or-query
 // slots, Q = max(1, floor(2k / 5)), P = k - Q (P capped at 676 and Q at P), so the
@@ -180,9 +165,12 @@ void eval_suite_recall_size(const EvalSuiteOptions& options, int64_t L, int64_t*
 // eval.json for a model trained with `config` (L = config.model.seq_len): what was
 // measured on ({config, parameter_count, data, val_fraction, val_bytes, seed, device}),
 // then bits per byte at each length over `val` ({stride, max_windows, batch_size,
-// points}), the passkey grid over passkey lengths x default_passkey_depths() ("passkey":
-// {trials, depths, lengths, skipped_lengths, cells}, when passkey_trials > 0) and
-// associative recall ("recall", when recall_trials > 0). `data` names where val came from.
+// points}; a stride larger than a length is clamped to it, so a stride meant for the
+// long lengths still works at the short ones), the passkey grid over passkey lengths x
+// default_passkey_depths() ("passkey": {trials, depths, lengths, skipped_lengths, cells},
+// cells row-major: cell i * depths + j is (lengths[i], depths[j]), every cell with
+// `seed`; when passkey_trials > 0) and associative recall ("recall", when
+// recall_trials > 0). `data` names where val came from.
 nlohmann::json run_eval_suite(const GPT& model, const TrainConfig& config, const std::string& data,
                               const std::vector<uint8_t>& val, Device device, const EvalSuiteOptions& options,
                               EvalSuiteObserver& observer);

@@ -95,52 +95,18 @@ CausalSelfAttention::CausalSelfAttention(const GPTConfig& c, bool is_rewired, do
   proj = add_module("proj", std::make_shared<Linear>(c.n_embd, c.n_embd, proj_std, gen, dt));
 }
 
-void CausalSelfAttention::project(const Tensor& x, int64_t position_offset, Tensor* q, Tensor* k, Tensor* v) const {
-  const int64_t B = x.size(0), T = x.size(1), C = config.n_embd, H = config.n_head;
-  // (B, T, 3C) -> three (B, T, H, D) -> (B, H, T, D)
-  auto parts = split(qkv->forward(x), {C, C, C}, -1);
-  auto heads = [&](const Tensor& t) { return permute(reshape(t, {B, T, H, C / H}), {0, 2, 1, 3}); };
-  *q = heads(parts[0]);
-  *k = heads(parts[1]);
-  *v = heads(parts[2]);
-  if (config.pos == PositionEncoding::Rope) {
-    *q = rope(*q, config.rope_base, position_offset);
-    *k = rope(*k, config.rope_base, position_offset);
-  }
-}
-
-Tensor CausalSelfAttention::merge_heads(const Tensor& y) const {
-  const int64_t B = y.size(0), T = y.size(2);
-  return proj->forward(reshape(permute(y, {0, 2, 1, 3}), {B, T, config.n_embd}));
+AttentionOptions CausalSelfAttention::attention_options() const {
+  AttentionOptions o = rewired ? AttentionOptions::rewired_with(config.runway) : AttentionOptions::standard();
+  if (config.pos == PositionEncoding::Rope) o.rope_base = config.rope_base;
+  o.alibi = config.pos == PositionEncoding::Alibi;
+  return o;
 }
 
 Tensor CausalSelfAttention::forward(const Tensor& x, AttentionTrace* trace) const {
-  const std::vector<double> alibi =
-      config.pos == PositionEncoding::Alibi ? alibi_slopes(config.n_head) : std::vector<double>{};
-  if (!trace) {
-    // Training and evaluation: one op from the packed projection to the merged heads
-    // (no split, permute or merge copies; see qkv_attention in engine/attention.h).
-    const double rope_base = config.pos == PositionEncoding::Rope ? config.rope_base : 0.0;
-    return proj->forward(qkv_attention(qkv->forward(x), config.n_head, rope_base, rewired, config.runway, alibi));
-  }
-  Tensor q, k, v;
-  project(x, 0, &q, &k, &v);
-  Tensor y;
-  if (rewired) {
-    y = rewired_attention(q, k, v, config.runway, trace ? &trace->maps : nullptr, alibi);
-  } else {
-    y = attention(q, k, v, alibi);
-    if (trace) {
-      // A standard layer's maps: its attention (A' = A); no runway quantities.
-      RunwayOptions zero_beta;
-      zero_beta.beta = 0.0;
-      NoGradGuard no_grad;
-      rewired_attention(q, k, v, zero_beta, &trace->maps, alibi);
-      trace->maps.p = Tensor();
-      trace->maps.r = Tensor();
-    }
-  }
-  return merge_heads(y);
+  // Training, evaluation and inspection: one op from the packed projection to the merged
+  // heads (no split, permute or merge copies); `trace` receives P, R, A, A'.
+  return proj->forward(causal_attention(AttentionInputs::packed(qkv->forward(x), config.n_head),
+                                        attention_options(), trace ? &trace->maps : nullptr));
 }
 
 Block::Block(const GPTConfig& c, int64_t layer, Generator& gen, DType dt) {

@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/attention.h"
+#include "engine/ops/attention.h"
 #include "engine/random.h"
 #include "nn/module.h"
 
@@ -71,7 +71,7 @@ class MLP : public Module {
 
 // Everything a causal self-attention layer computed, for inspection.
 struct AttentionTrace {
-  RewiredIntermediates maps;  // p, r only when rewired; a and a_rewired always
+  AttentionSink maps;  // p, r only when rewired; a and a_rewired always
 };
 
 class CausalSelfAttention : public Module {
@@ -80,9 +80,8 @@ class CausalSelfAttention : public Module {
                       Generator& gen, DType dt);
   // x (B, T, C) -> (B, T, C); `trace` receives the attention maps when given.
   Tensor forward(const Tensor& x, AttentionTrace* trace = nullptr) const;
-  // q, k, v (B, H, T, D) from x, RoPE applied at positions offset.. (for cached decoding).
-  void project(const Tensor& x, int64_t position_offset, Tensor* q, Tensor* k, Tensor* v) const;
-  Tensor merge_heads(const Tensor& y) const;  // (B, H, T, D) -> (B, T, C) through proj
+  // This layer's attention: RoPE, ALiBi, and the runway options when rewired.
+  AttentionOptions attention_options() const;
 
   std::shared_ptr<Linear> qkv, proj;
   GPTConfig config;

@@ -18,7 +18,8 @@
 
 namespace runway::nn {
 
-class RunLock;  // nn/checkpoint.h
+class RunLock;       // nn/checkpoint.h
+class Communicator;  // nn/distributed.h
 
 struct TrainConfig {
   TrainConfig();  // out of line, as GPTConfig
@@ -66,6 +67,7 @@ struct StepReport {
   bool evaluated = false;
   double val_loss = 0;  // nats per byte, when evaluated
   bool checkpointed = false;  // a periodic checkpoint of this step was saved
+  double allreduce_seconds = 0;  // data-parallel runs: the step's gradient all-reduce
 };
 
 // When Trainer::run saves a checkpoint besides the one at its end: every `every_steps`
@@ -95,11 +97,23 @@ class Trainer {
   // moments; batches are moved there each step. It is not part of the config or the
   // checkpoint (always CPU tensors in the files), so a run may resume on another
   // device. Throws runway::Error when the device is not usable (nn/device.h).
+  //
+  // `comm` (nn/distributed.h; docs/distributed.md) makes this one rank of a data-parallel
+  // run: the global batch stays config.batch_size x grad_accum rows, whatever the number
+  // of ranks N (which must divide batch_size); every rank draws the whole global batch
+  // with the same data RNG and keeps its own batch_size / N rows of every micro-batch;
+  // the gradients are summed over the ranks in one flat buffer, so every rank applies the
+  // same AdamW step. Rank 0 alone owns out_dir (lock, config.json, metrics, checkpoints,
+  // validation); the others never touch it. At the start rank 0's settings are compared
+  // with every rank's (a difference is an Error on that rank, before anything is written)
+  // and rank 0's state (resumed or fresh) is broadcast to all.
   Trainer(TrainConfig config, std::string out_dir, bool resume, int64_t steps_override = 0,
-          Device device = Device::CPU, bool overwrite = false);
+          Device device = Device::CPU, bool overwrite = false, Communicator* comm = nullptr);
   ~Trainer();
 
-  // Runs until config.steps or until *stop becomes true, then saves a checkpoint; saves
+  // Runs until config.steps or until *stop becomes true (in a data-parallel run: on any
+  // rank; the ranks agree on it in every step's all-reduce and stop after the same step),
+  // then saves a checkpoint; saves
   // on the way as the save schedule says. Calls on_step after every optimizer step and
   // appends each step's numbers to DIR/metrics.jsonl (one JSON object per line).
   // Returns the last step reached.
@@ -111,8 +125,8 @@ class Trainer {
 
   // Mean loss over `batches` validation windows of length T drawn with a fixed seed.
   double validation_loss(int64_t batches, int64_t T) const;
-  // Saves the checkpoint of the current step (nn/checkpoint.h: a unit, crash-safe),
-  // after checking that every parameter and AdamW moment is finite (an Error naming the
+  // Saves the checkpoint of the current step (nn/checkpoint.h: a unit, crash-safe; only
+  // rank 0 of a data-parallel run writes, the others return at once), after checking that every parameter and AdamW moment is finite (an Error naming the
   // first one that is not, and nothing written, otherwise).
   void save_checkpoint() const;
   void set_save_schedule(const SaveSchedule& schedule) { save_schedule_ = schedule; }
@@ -124,8 +138,22 @@ class Trainer {
   // The validation split of the corpus this trainer loaded (config.data, val_fraction).
   const std::vector<uint8_t>& validation_bytes() const;
   Device device() const { return device_; }
+  // This process's rank and the number of ranks (0 and 1 without a communicator).
+  int rank() const;
+  int ranks() const;
+
+  // Every this many steps (and at the last step and every stop) a data-parallel run
+  // compares a checksum of every rank's parameters: a difference is an Error.
+  static constexpr int64_t kReplicaCheckEvery = 10;
 
  private:
+  bool writes_files() const { return rank() == 0; }
+  void resume_from_checkpoint();  // rank 0: the newest checkpoint's state
+  void exchange_run_settings(bool resume, int64_t steps_override, bool overwrite);
+  void broadcast_state();        // rank 0's parameters, moments, step and data RNG to all
+  void reduce_gradients();       // sum of every rank's gradients, on every rank
+  void check_replicas() const;   // the parameter checksum over the ranks
+
   struct Data;
   TrainConfig config_;
   std::string out_dir_;
@@ -138,6 +166,8 @@ class Trainer {
   std::unique_ptr<RunLock> lock_;  // out_dir's owner lock (nn/checkpoint.h)
   SaveSchedule save_schedule_;
   mutable int64_t last_saved_step_ = -1;
+  Communicator* comm_ = nullptr;  // data-parallel runs only (not owned)
+  Tensor grad_buffer_;            // their flat gradient buffer, on device_
 };
 
 // Loads DIR/config.json (as written by Trainer) and the model of the run's newest

@@ -9,7 +9,7 @@
 #   summary.md             pass/fail and seconds per step, the first failures
 #   nvidia-smi.txt         the GPU, driver and CUDA versions
 #   env.txt                where the binaries and CUDA libraries came from, ldd
-#   test_cuda_backend.log  backend-vs-backend kernel parity (cuda/test_cuda_backend.cpp)
+#   test_cuda_backend.log  backend-vs-backend kernel parity (tests/cuda/test_cuda_backend.cpp)
 #   test_cuda_parity.log   CPU-vs-CUDA op-table parity, forward and backward
 #   test_cuda_model.log    whole-model CPU-vs-CUDA parity (loss, gradients, 10-step curve)
 #                          and `--device cuda` training, checkpoints, resume across devices
@@ -84,8 +84,8 @@ BIN_DIR=""
 if [ -x "$BUNDLE/test_cuda_parity" ] && [ -x "$BUNDLE/test_cuda_backend" ]; then
   BIN_DIR=$BUNDLE
   SOURCE="bundle $BUNDLE"
-elif [ -x "$BUILD/cuda/test_cuda_parity" ] && [ -x "$BUILD/cuda/test_cuda_backend" ]; then
-  BIN_DIR=$BUILD/cuda
+elif [ -x "$BUILD/tests/cuda/test_cuda_parity" ] && [ -x "$BUILD/tests/cuda/test_cuda_backend" ]; then
+  BIN_DIR=$BUILD/tests/cuda
   SOURCE="build tree $BUILD"
 fi
 
@@ -93,14 +93,14 @@ fi
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "host: $(uname -n) $(uname -r) $(uname -m)"
   [ -r /etc/os-release ] && echo "os: $(. /etc/os-release && echo "$PRETTY_NAME")"
-  echo "binaries: ${SOURCE:-none found (no $BUNDLE/, no $BUILD/cuda/)}"
+  echo "binaries: ${SOURCE:-none found (no $BUNDLE/, no $BUILD/tests/cuda/)}"
   [ -r "$BUNDLE/MANIFEST.txt" ] && { echo "== $BUNDLE/MANIFEST.txt"; cat "$BUNDLE/MANIFEST.txt"; }
 } >"$OUTDIR/env.txt"
 
 if [ -z "$BIN_DIR" ]; then
   echo "gpu-check: no CUDA test binaries: run 'make gpu-bundle' where the Debian packages are and" \
     "bring bundle/ here, or build with CUDA into $BUILD" | tee -a "$OUTDIR/env.txt" >&2
-  SUMMARY_ROWS+=("| binaries | FAIL: none found (no bundle/, no build/cuda/) | - | env.txt |")
+  SUMMARY_ROWS+=("| binaries | FAIL: none found (no bundle/, no build/tests/cuda/) | - | env.txt |")
   FAILED=1
 else
   # Libraries: the bundle's own (RPATH $ORIGIN; also on LD_LIBRARY_PATH for any that
@@ -159,7 +159,7 @@ fi
 # cuda (GPT 12 x 768, 12 heads, T = 1024, batch 8); its table goes into the summary.
 BENCH_TABLE=""
 ENGINE_BENCH=$BIN_DIR/bench_train
-[ "$BIN_DIR" = "$BUILD/cuda" ] && ENGINE_BENCH=$BUILD/bench/bench_train
+[ "$BIN_DIR" = "$BUILD/tests/cuda" ] && ENGINE_BENCH=$BUILD/bench/bench_train
 if [ -n "$BIN_DIR" ] && [ -x "$ENGINE_BENCH" ]; then
   PY=$(command -v python3 || true)
   if [ -n "$PY" ] && "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
@@ -179,6 +179,39 @@ if [ -n "$BIN_DIR" ] && [ -x "$ENGINE_BENCH" ]; then
 else
   SUMMARY_ROWS+=("| training benchmark vs PyTorch | FAIL: no $ENGINE_BENCH (rebuild the bundle) | - | - |")
   FAILED=1
+fi
+
+# ---- data-parallel training through NCCL, N = 1 (docs/distributed.md) ------------------
+# The runway CLI's gradient all-reduce on the GPU (ncclAllReduce on the flat device
+# buffer, replica checksums): under mpirun -np 1 where Open MPI is installed, otherwise
+# as a single rank without MPI (RUNWAY_DATA_PARALLEL_SELF=1). Skipped when the binary
+# was built without NCCL. libnccl is not bundled (over 200 MiB): from the CUDA toolkit or
+# PyTorch's nvidia-nccl wheel.
+RUNWAY_BIN=""
+if [ -x "$BUNDLE/runway" ]; then RUNWAY_BIN=$BUNDLE/runway; elif [ -x "$BUILD/apps/runway" ]; then RUNWAY_BIN=$BUILD/apps/runway; fi
+if [ -n "$RUNWAY_BIN" ] && ldd "$RUNWAY_BIN" 2>/dev/null | grep -q 'libnccl'; then
+  if ldd "$RUNWAY_BIN" 2>/dev/null | grep -q 'libnccl.*not found'; then
+    ndirs=(/usr/local/cuda/lib /usr/local/cuda/lib64)
+    for d in /usr/local/cuda-*/lib /usr/local/cuda-*/lib64; do [ -d "$d" ] && ndirs+=("$d"); done
+    if command -v python3 >/dev/null; then
+      while IFS= read -r f; do ndirs+=("$(dirname "$f")"); done < <(python3 -c 'import site, sys; print("\n".join(site.getsitepackages() + sys.path))' 2>/dev/null |
+        while IFS= read -r sp; do [ -d "$sp/nvidia" ] && find "$sp/nvidia" -maxdepth 4 -name 'libnccl.so.*' 2>/dev/null; done)
+    fi
+    for d in "${ndirs[@]}"; do
+      if [ -e "$d/libnccl.so.2" ]; then export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$d"; break; fi
+    done
+  fi
+  NCCL_TRAIN="\"$RUNWAY_BIN\" train --device cuda --out \"$OUTDIR/nccl-run\" --overwrite --data \"$ROOT/docs\" --steps 20 \
+--n-layer 2 --n-head 2 --n-embd 64 --seq-len 64 --batch-size 8 --eval-every 20 --eval-batches 2"
+  if command -v mpirun >/dev/null; then
+    NCCL_TRAIN="OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun -np 1 $NCCL_TRAIN"
+  else
+    NCCL_TRAIN="RUNWAY_DATA_PARALLEL_SELF=1 $NCCL_TRAIN"
+  fi
+  run_step "data-parallel training, NCCL all-reduce, N = 1" 120 nccl-train.log \
+    bash -c "$NCCL_TRAIN && grep -q 'gradients summed by NCCL all-reduce' \"$OUTDIR/nccl-train.log\""
+else
+  SUMMARY_ROWS+=("| data-parallel training, NCCL all-reduce, N = 1 | SKIP: ${RUNWAY_BIN:-no runway binary} has no NCCL (built without MPI or nccl.h) | - | - |")
 fi
 
 # ---- summary ------------------------------------------------------------------------------

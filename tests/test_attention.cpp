@@ -4,7 +4,8 @@
 
 #include <cmath>
 
-#include "engine/attention.h"
+#include "engine/backend.h"
+#include "engine/ops/attention.h"
 #include "engine/ops.h"
 #include "engine/random.h"
 
@@ -37,6 +38,16 @@ std::vector<std::vector<double>> run(const std::function<Tensor(const Tensor&, c
   return {y.to_vector(), q.grad().to_vector(), k.grad().to_vector(), v.grad().to_vector()};
 }
 
+// The one entry point on split inputs, and the options the tests use.
+Tensor attend(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& o, AttentionSink* sink = nullptr) {
+  return causal_attention(AttentionInputs::split(q, k, v), o, sink);
+}
+AttentionOptions standard(bool alibi = false) { return AttentionOptions::standard().with_alibi(alibi); }
+AttentionOptions rewired(const RunwayOptions& runway, bool alibi = false) {
+  return AttentionOptions::rewired_with(runway).with_alibi(alibi);
+}
+AttentionOptions twin(const AttentionOptions& o) { return o.composed_from_primitives(); }
+
 // max |a - b| / max(|b|, 1e-300) elementwise must stay under tol, with an absolute
 // floor for values that are exactly representable zeros on one side.
 void require_close(const std::vector<double>& a, const std::vector<double>& b, double rel, const char* what) {
@@ -53,11 +64,10 @@ TEST_CASE("fused attention agrees with its composite twin in float64 (values and
   for (int64_t t : {1, 2, 5, 17})
     for (bool alibi : {false, true}) {
       const Qkv in = make_qkv(2, 3, t, 4, 10 + t);
-      const auto slopes = alibi ? alibi_slopes(3) : std::vector<double>{};
-      const auto fused = run([&](const Tensor& q, const Tensor& k, const Tensor& v) { return attention(q, k, v, slopes); }, in);
-      const auto twin = run([&](const Tensor& q, const Tensor& k, const Tensor& v) { return attention_composite(q, k, v, slopes); }, in);
+      const auto fused = run([&](const Tensor& q, const Tensor& k, const Tensor& v) { return attend(q, k, v, standard(alibi)); }, in);
+      const auto composed = run([&](const Tensor& q, const Tensor& k, const Tensor& v) { return attend(q, k, v, twin(standard(alibi))); }, in);
       const char* names[] = {"y", "dq", "dk", "dv"};
-      for (int i = 0; i < 4; ++i) require_close(fused[i], twin[i], 1e-10, names[i]);
+      for (int i = 0; i < 4; ++i) require_close(fused[i], composed[i], 1e-10, names[i]);
     }
 }
 
@@ -72,18 +82,18 @@ TEST_CASE("fused rewired attention agrees with its composite twin in float64") {
           o.beta = beta;
           o.detach = detach;
           o.runway_head = variant++ % 3;
-          const auto slopes = variant % 4 == 0 ? alibi_slopes(3) : std::vector<double>{};
+          const bool alibi = variant % 4 == 0;
           const Qkv in = make_qkv(2, 3, t, 4, 100 + variant);
           INFO(runway_summary_name(summary) << " beta=" << beta << " detach=" << detach << " T=" << t
-                                            << " r=" << o.runway_head << " alibi=" << !slopes.empty());
+                                            << " r=" << o.runway_head << " alibi=" << alibi);
           const auto fused = run([&](const Tensor& q, const Tensor& k, const Tensor& v) {
-            return rewired_attention(q, k, v, o, nullptr, slopes);
+            return attend(q, k, v, rewired(o, alibi));
           }, in);
-          const auto twin = run([&](const Tensor& q, const Tensor& k, const Tensor& v) {
-            return rewired_attention_composite(q, k, v, o, nullptr, slopes);
+          const auto composed = run([&](const Tensor& q, const Tensor& k, const Tensor& v) {
+            return attend(q, k, v, twin(rewired(o, alibi)));
           }, in);
           const char* names[] = {"y", "dq", "dk", "dv"};
-          for (int i = 0; i < 4; ++i) require_close(fused[i], twin[i], 1e-10, names[i]);
+          for (int i = 0; i < 4; ++i) require_close(fused[i], composed[i], 1e-10, names[i]);
         }
 }
 
@@ -98,16 +108,16 @@ TEST_CASE("fused attention agrees with its twin across the CPU kernels' causal r
       o.summary = kind == 2 ? RunwaySummary::TwoHop : RunwaySummary::Absorption;
       o.beta = 0.8;
       o.runway_head = 1;
-      const auto slopes = t == 65 ? alibi_slopes(2) : std::vector<double>{};
+      const AttentionOptions how = (kind == 0 ? standard() : rewired(o)).with_alibi(t == 65);
       INFO("T=" << t << " kind=" << kind);
       const auto fused = run([&](const Tensor& q, const Tensor& k, const Tensor& v) {
-        return kind == 0 ? attention(q, k, v, slopes) : rewired_attention(q, k, v, o, nullptr, slopes);
+        return attend(q, k, v, how);
       }, in);
-      const auto twin = run([&](const Tensor& q, const Tensor& k, const Tensor& v) {
-        return kind == 0 ? attention_composite(q, k, v, slopes) : rewired_attention_composite(q, k, v, o, nullptr, slopes);
+      const auto composed = run([&](const Tensor& q, const Tensor& k, const Tensor& v) {
+        return attend(q, k, v, twin(how));
       }, in);
       const char* names[] = {"y", "dq", "dk", "dv"};
-      for (int i = 0; i < 4; ++i) require_close(fused[i], twin[i], 1e-10, names[i]);
+      for (int i = 0; i < 4; ++i) require_close(fused[i], composed[i], 1e-10, names[i]);
     }
 }
 
@@ -118,9 +128,9 @@ TEST_CASE("fused and composite expose the same intermediates P, R, A, A'") {
     o.summary = summary;
     o.runway_head = 2;
     o.beta = 1.5;
-    RewiredIntermediates f, c;
-    rewired_attention(in.q, in.k, in.v, o, &f);
-    rewired_attention_composite(in.q, in.k, in.v, o, &c);
+    AttentionSink f, c;
+    attend(in.q, in.k, in.v, rewired(o), &f);
+    attend(in.q, in.k, in.v, twin(rewired(o)), &c);
     CHECK(f.p.shape() == Shape{2, 9, 9});
     CHECK(f.r.shape() == Shape{2, 9, 9});
     CHECK(f.a.shape() == Shape{2, 3, 9, 9});
@@ -140,9 +150,9 @@ TEST_CASE("beta = 0 reproduces standard attention exactly on the CPU") {
       o.summary = summary;
       o.beta = 0.0;
       o.runway_head = 3;
-      const auto standard = run([](const Tensor& q, const Tensor& k, const Tensor& v) { return attention(q, k, v); }, in);
-      const auto rewired = run([&](const Tensor& q, const Tensor& k, const Tensor& v) { return rewired_attention(q, k, v, o); }, in);
-      for (int i = 0; i < 4; ++i) CHECK(rewired[i] == standard[i]);  // bit for bit
+      const auto plain = run([](const Tensor& q, const Tensor& k, const Tensor& v) { return attend(q, k, v, standard()); }, in);
+      const auto beta0 = run([&](const Tensor& q, const Tensor& k, const Tensor& v) { return attend(q, k, v, rewired(o)); }, in);
+      for (int i = 0; i < 4; ++i) CHECK(beta0[i] == plain[i]);  // bit for bit
     }
 }
 
@@ -152,8 +162,8 @@ TEST_CASE("runway coefficients follow the spec: zero off the strict runway, abso
     RunwayOptions o;
     o.summary = summary;
     o.runway_head = 1;
-    RewiredIntermediates x;
-    rewired_attention(in.q, in.k, in.v, o, &x);
+    AttentionSink x;
+    attend(in.q, in.k, in.v, rewired(o), &x);
     for (int64_t b = 0; b < 2; ++b)
       for (int64_t i = 0; i < 12; ++i)
         for (int64_t j = 0; j < 12; ++j) {
@@ -178,8 +188,8 @@ TEST_CASE("rewired attention rows are distributions over the causal past, for ne
   for (double beta : {-0.7, -5.0, 3.0}) {
     RunwayOptions o;
     o.beta = beta;
-    RewiredIntermediates x;
-    Tensor y = rewired_attention(in.q, in.k, in.v, o, &x);
+    AttentionSink x;
+    Tensor y = attend(in.q, in.k, in.v, rewired(o), &x);
     for (double v : y.to_vector()) REQUIRE(std::isfinite(v));
     for (int64_t h = 0; h < 2; ++h)
       for (int64_t i = 0; i < 10; ++i) {
@@ -199,8 +209,8 @@ TEST_CASE("beta damps attention to tokens the runway has already absorbed") {
   const Qkv in = make_qkv(1, 1, 8, 4, 900);
   RunwayOptions o;
   o.beta = 2.0;
-  RewiredIntermediates x;
-  rewired_attention(in.q, in.k, in.v, o, &x);
+  AttentionSink x;
+  attend(in.q, in.k, in.v, rewired(o), &x);
   for (int64_t i = 2; i < 8; ++i)
     for (int64_t j = 0; j + 2 <= i; ++j) {
       CHECK(x.r.at({0, i, j}) > 0.0);
@@ -214,9 +224,9 @@ TEST_CASE("float32 fused attention matches float64 to float32 rounding") {
   const Qkv in = make_qkv(2, 2, 64, 16, 1000);
   RunwayOptions o;
   o.summary = RunwaySummary::TwoHop;
-  const auto ref = run([&](const Tensor& q, const Tensor& k, const Tensor& v) { return rewired_attention(q, k, v, o); }, in);
+  const auto ref = run([&](const Tensor& q, const Tensor& k, const Tensor& v) { return attend(q, k, v, rewired(o)); }, in);
   const Qkv f32{in.q.to(DType::Float32), in.k.to(DType::Float32), in.v.to(DType::Float32), in.dy.to(DType::Float32)};
-  const auto got = run([&](const Tensor& q, const Tensor& k, const Tensor& v) { return rewired_attention(q, k, v, o); }, f32);
+  const auto got = run([&](const Tensor& q, const Tensor& k, const Tensor& v) { return attend(q, k, v, rewired(o)); }, f32);
   for (int i = 0; i < 4; ++i)
     for (size_t j = 0; j < ref[i].size(); ++j) REQUIRE(std::fabs(got[i][j] - ref[i][j]) <= 1e-4 + 1e-4 * std::fabs(ref[i][j]));
 }
@@ -225,14 +235,17 @@ TEST_CASE("attention inputs are validated with clear messages") {
   const Qkv in = make_qkv(1, 2, 4, 3, 1100);
   RunwayOptions o;
   o.runway_head = 2;
-  CHECK_THROWS_WITH(rewired_attention(in.q, in.k, in.v, o), Contains("runway_head 2") && Contains("2 heads"));
-  CHECK_THROWS_WITH(attention(in.q, randn({1, 2, 5, 3}, 1), in.v), Contains("(1, 2, 4, 3)") && Contains("(1, 2, 5, 3)"));
-  CHECK_THROWS_WITH(attention(in.q, in.k, in.v, {0.5}), Contains("1 ALiBi slopes for 2 heads"));
-  CHECK_THROWS_WITH(attention(randn({2, 4, 3}, 1), randn({2, 4, 3}, 2), randn({2, 4, 3}, 3)), Contains("(B, H, T, D)"));
+  CHECK_THROWS_WITH(attend(in.q, in.k, in.v, rewired(o)), Contains("runway_head 2") && Contains("2 heads"));
+  CHECK_THROWS_WITH(attend(in.q, randn({1, 2, 5, 3}, 1), in.v, standard()), Contains("(1, 2, 4, 3)") && Contains("(1, 2, 5, 3)"));
+  CHECK_THROWS_WITH(attend(randn({2, 4, 3}, 1), randn({2, 4, 3}, 2), randn({2, 4, 3}, 3), standard()), Contains("(B, H, T, D)"));
+  AttentionInputs both = AttentionInputs::split(in.q, in.k, in.v);
+  both.qkv = randn({1, 4, 18}, 5);
+  CHECK_THROWS_WITH(causal_attention(both, standard()), Contains("either q, k, v or the packed qkv"));
+  CHECK_THROWS_WITH(attend(in.q, in.k, in.v, standard().with_rope(0.0, -1)), Contains("position offset must be >= 0"));
   CHECK_THROWS_WITH(parse_runway_summary("three_hop"), Contains("three_hop") && Contains("absorption, two_hop"));
   RunwayOptions bad;
   bad.beta = NAN;
-  CHECK_THROWS_WITH(rewired_attention(in.q, in.k, in.v, bad), Contains("finite"));
+  CHECK_THROWS_WITH(attend(in.q, in.k, in.v, rewired(bad)), Contains("finite"));
 }
 
 TEST_CASE("rope rotates pairs: norms kept, dot products depend only on the offset between positions") {
@@ -276,8 +289,8 @@ TEST_CASE("worked example of docs/attention.md: T=4, q = k = 0, uniform P") {
     RunwayOptions o;
     o.summary = summary;
     o.beta = 1.0;
-    RewiredIntermediates x;
-    Tensor y = rewired_attention(zero, zero, v, o, &x);
+    AttentionSink x;
+    Tensor y = attend(zero, zero, v, rewired(o), &x);
     for (int64_t i = 0; i < 4; ++i) {
       double z = 0;
       for (int64_t j = 0; j <= i; ++j) z += std::exp(-r[i][j]);
@@ -295,27 +308,29 @@ TEST_CASE("worked example of docs/attention.md: T=4, q = k = 0, uniform P") {
   }
 }
 
-// qkv_attention (the GPT's training path) against the unfused chain it replaces: split
+// The packed path (the GPT's training path) against the unfused chain it replaces: split
 // the packed projection, heads, rope, attention / rewired_attention, merge. Same values
 // and the same gradient of the packed input, float64 and float32, all three kinds.
-TEST_CASE("qkv_attention equals split + rope + attention + merge, values and gradient") {
+TEST_CASE("packed qkv attention equals split + rope + attention + merge, values and gradient") {
   const int64_t B = 2, T = 7, H = 3, D = 4, C = H * D;
   for (DType dt : {DType::Float64, DType::Float32}) {
     for (int kind = 0; kind < 3; ++kind) {
       RunwayOptions o;
       o.summary = kind == 2 ? RunwaySummary::TwoHop : RunwaySummary::Absorption;
       o.runway_head = 1;
-      const bool rewired = kind > 0;
+      const bool is_rewired = kind > 0;
       const Tensor x = randn({B, T, 3 * C}, 300 + kind, dt);
       const Tensor dy = randn({B, T, C}, 310 + kind, dt);
       auto unfused = [&](const Tensor& qkv) {
         auto parts = split(qkv, {C, C, C}, -1);
         auto heads = [&](const Tensor& t) { return permute(reshape(t, {B, T, H, D}), {0, 2, 1, 3}); };
         Tensor q = rope(heads(parts[0]), 500.0), k = rope(heads(parts[1]), 500.0), v = heads(parts[2]);
-        Tensor y = rewired ? rewired_attention(q, k, v, o) : attention(q, k, v);
+        Tensor y = attend(q, k, v, is_rewired ? rewired(o) : standard());
         return reshape(permute(y, {0, 2, 1, 3}), {B, T, C});
       };
-      auto fused = [&](const Tensor& qkv) { return qkv_attention(qkv, H, 500.0, rewired, o); };
+      auto fused = [&](const Tensor& qkv) {
+        return causal_attention(AttentionInputs::packed(qkv, H), (is_rewired ? rewired(o) : standard()).with_rope(500.0));
+      };
       Tensor a = x.detach().set_requires_grad(true), b = x.detach().clone().set_requires_grad(true);
       Tensor ya = fused(a), yb = unfused(b);
       ya.backward(dy);
@@ -330,9 +345,115 @@ TEST_CASE("qkv_attention equals split + rope + attention + merge, values and gra
   }
 }
 
-TEST_CASE("qkv_attention rejects a projection that does not split into heads, naming the shapes") {
-  CHECK_THROWS_WITH(qkv_attention(randn({2, 5, 10}, 1), 2, 0.0, false, RunwayOptions{}),
+TEST_CASE("packed attention rejects a projection that does not split into heads, naming the shapes") {
+  CHECK_THROWS_WITH(causal_attention(AttentionInputs::packed(randn({2, 5, 10}, 1), 2), standard()),
                     Contains("qkv must be (B, T, 3C)") && Contains("(2, 5, 10)"));
-  CHECK_THROWS_WITH(qkv_attention(randn({2, 5, 18}, 1), 2, 10000.0, false, RunwayOptions{}),
+  CHECK_THROWS_WITH(causal_attention(AttentionInputs::packed(randn({2, 5, 18}, 1), 2), standard().with_rope(10000.0)),
                     Contains("even head width"));
+}
+
+// The three implementations of the attention kernels on the same buffers: the tuned CPU
+// kernels (engine/ops/attention_cpu_fast.cpp), Backend's default composed from the
+// primitives (what a backend without fused attention kernels runs) and the plain-loop
+// reference (engine/ops/attention.cpp). Every output and saved buffer, standard and
+// rewired, at lengths with an empty runway (T = 1, 2), one runway entry (T = 3) and past
+// one 32-row causal block (T = 37).
+TEST_CASE("fast CPU kernels and the default composed from backend primitives equal the plain-loop reference") {
+  Backend& cpu = backend_for(Device::CPU);
+  struct Variant {
+    const char* what;
+    bool rewired, two_hop, detach, alibi;
+    double beta;
+    int64_t head;
+  };
+  const Variant variants[] = {{"standard", false, false, false, false, 0, 0},
+                              {"standard alibi", false, false, false, true, 0, 0},
+                              {"absorption", true, false, false, false, 1.3, 1},
+                              {"two_hop alibi", true, true, false, true, -0.7, 2},
+                              {"absorption detached", true, false, true, false, 0.9, 0},
+                              {"two_hop beta 0", true, true, false, false, 0.0, 1}};
+  for (int64_t T : {1, 2, 3, 17, 37})
+    for (const Variant& c : variants) {
+      INFO(c.what << " T=" << T);
+      const int64_t B = 2, H = 3, D = 5, n = B * H * T * D, tt = B * H * T * T, bt = B * T * T;
+      AttentionArgs a;
+      a.batch = B;
+      a.heads = H;
+      a.seq = T;
+      a.head_dim = D;
+      a.scale = 1.0 / std::sqrt(static_cast<double>(D));
+      if (c.alibi) a.alibi_slopes = alibi_slopes(H);
+      a.rewired = c.rewired;
+      a.two_hop = c.two_hop;
+      a.detach = c.detach;
+      a.beta = c.beta;
+      a.runway_head = c.head;
+      const Qkv in = make_qkv(B, H, T, D, 900 + T);
+      const auto q = in.q.to_vector(), k = in.k.to_vector(), v = in.v.to_vector(), dy = in.dy.to_vector();
+      struct Out {
+        std::vector<double> y, attn, p, r, dq, dk, dv;
+      };
+      auto make = [&] {
+        return Out{std::vector<double>(n), std::vector<double>(tt), std::vector<double>(bt), std::vector<double>(bt),
+                   std::vector<double>(n),  std::vector<double>(n),  std::vector<double>(n)};
+      };
+      Out want = make(), fast = make(), composed = make();
+      reference::attention_forward(a, q.data(), k.data(), v.data(), want.y.data(), want.attn.data(), want.p.data(),
+                                   want.r.data());
+      reference::attention_backward(a, q.data(), k.data(), v.data(), want.attn.data(), want.p.data(), dy.data(),
+                                    want.dq.data(), want.dk.data(), want.dv.data());
+      cpu.attention_forward(DType::Float64, a, q.data(), k.data(), v.data(), fast.y.data(), fast.attn.data(),
+                            fast.p.data(), fast.r.data());
+      cpu.attention_backward(DType::Float64, a, q.data(), k.data(), v.data(), fast.attn.data(), fast.p.data(),
+                             dy.data(), fast.dq.data(), fast.dk.data(), fast.dv.data());
+      cpu.Backend::attention_forward(DType::Float64, a, q.data(), k.data(), v.data(), composed.y.data(),
+                                     composed.attn.data(), composed.p.data(), composed.r.data());
+      cpu.Backend::attention_backward(DType::Float64, a, q.data(), k.data(), v.data(), composed.attn.data(),
+                                      composed.p.data(), dy.data(), composed.dq.data(), composed.dk.data(),
+                                      composed.dv.data());
+      for (const Out* got : {&fast, &composed}) {
+        INFO((got == &fast ? "fast CPU kernels" : "default from primitives"));
+        require_close(got->y, want.y, 1e-12, "y");
+        require_close(got->attn, want.attn, 1e-12, "attn");
+        if (c.rewired) {
+          require_close(got->p, want.p, 1e-12, "p");
+          require_close(got->r, want.r, 1e-12, "r");
+        }
+        require_close(got->dq, want.dq, 1e-11, "dq");
+        require_close(got->dk, want.dk, 1e-11, "dk");
+        require_close(got->dv, want.dv, 1e-11, "dv");
+      }
+    }
+}
+
+// Cached decoding goes through the same entry point: feeding the packed projection one
+// position at a time with a cache gives, row by row, the full-sequence fused output
+// (RoPE at the cache's length, ALiBi from the absolute positions, the runway state).
+TEST_CASE("cached attention, one position per call, equals the full-sequence fused attention row by row") {
+  const int64_t B = 2, T = 9, H = 3, D = 4, C = H * D;
+  for (int kind = 0; kind < 3; ++kind) {
+    RunwayOptions o;
+    o.summary = kind == 2 ? RunwaySummary::TwoHop : RunwaySummary::Absorption;
+    o.runway_head = 1;
+    o.beta = 1.4;
+    const AttentionOptions how = (kind == 0 ? standard() : rewired(o)).with_rope(100.0).with_alibi(kind != 1);
+    INFO("kind " << kind);
+    const Tensor qkv = randn({B, T, 3 * C}, 1300 + kind);
+    const std::vector<double> full = causal_attention(AttentionInputs::packed(qkv, H), how).to_vector();
+    AttentionCache cache;
+    for (int64_t t = 0; t < T; ++t) {
+      const Tensor row = causal_attention(AttentionInputs::packed(slice(qkv, 1, t, t + 1), H, &cache), how);
+      REQUIRE(row.shape() == Shape{B, 1, C});
+      REQUIRE(cache.length() == t + 1);
+      const std::vector<double> got = row.to_vector();
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t c = 0; c < C; ++c) {
+          INFO("t=" << t << " b=" << b << " c=" << c);
+          CHECK(got[b * C + c] == Approx(full[(b * T + t) * C + c]).margin(1e-12));
+        }
+    }
+  }
+  AttentionCache cache;
+  CHECK_THROWS_WITH(causal_attention(AttentionInputs::packed(randn({1, 2, 3 * C}, 1), H, &cache), rewired(RunwayOptions{})),
+                    Contains("one position per call"));
 }

@@ -445,3 +445,29 @@ TEST_CASE("metrics.jsonl is cut back to a step, dropping a torn last line") {
   truncate_metrics(path, 5);
   CHECK(slurp(path) == "{\"step\":1,\"loss\":3}\n");
 }
+
+TEST_CASE("load_model refuses a config.json that does not describe the stored weights, before allocating the model") {
+  TempDir dir;
+  const std::string data = make_corpus(dir.path);
+  TrainConfig c = tiny_config(data);
+  c.steps = 1;
+  {
+    Trainer t(c, dir / "run", false);
+    run_losses(t);
+  }
+  // A model of 1024 layers of width 65536 (about 5e13 parameters, far beyond this machine)
+  // beside weights of the 1-layer model: the loader must say so, not allocate.
+  nlohmann::json config = nlohmann::json::parse(slurp(dir / "run/config.json"));
+  config["n_layer"] = 1024;
+  config["n_embd"] = 65536;
+  config["n_head"] = 1;
+  runway::testing::write_bytes(dir / "run/config.json", config.dump(2));
+  CHECK_THROWS_WITH(load_model(dir / "run"), Contains("do not belong together") && Contains("holds"));
+  // One layer more is refused the same way (a count that is merely different, not huge).
+  config = nlohmann::json::parse(slurp(dir / "run/config.json"));
+  config["n_layer"] = 2;
+  config["n_embd"] = 16;
+  config["n_head"] = 2;
+  runway::testing::write_bytes(dir / "run/config.json", config.dump(2));
+  CHECK_THROWS_WITH(load_model(dir / "run"), Contains("do not belong together"));
+}

@@ -1,7 +1,7 @@
 // Choosing a device (nn/device.h), moving a model (Module::to), and what a run on one
 // device leaves for another: the parts that can be checked without a GPU. The CPU-vs-
-// CUDA parity itself is cuda/test_cuda_model.cpp; the last test case here measures the
-// float32 rounding error that parity's tolerances (cuda/model_parity.h) must cover.
+// CUDA parity itself is tests/cuda/test_cuda_model.cpp; the last test case here measures the
+// float32 rounding error that parity's tolerances (tests/cuda/model_parity.h) must cover.
 #include <catch2/catch.hpp>
 
 #include <fmt/format.h>
@@ -11,7 +11,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "cuda/model_parity.h"
+#include "tests/cuda/model_parity.h"
 #include "engine/backend.h"
 #include "engine/safetensors.h"
 #include "nn/device.h"
@@ -120,7 +120,7 @@ TEST_CASE("the device is a property of the run: not in config.json, refused as a
 
 TEST_CASE("asking for an unusable device fails before anything is written") {
   if (backend_available(Device::CUDA)) {
-    SUCCEED("CUDA is available here; cuda/test_cuda_model.cpp covers training on it");
+    SUCCEED("CUDA is available here; tests/cuda/test_cuda_model.cpp covers training on it");
     return;
   }
   runway::testing::TempDir dir;

@@ -92,6 +92,14 @@ void identity_model(GPT& model) {
   std::fill(ln.data<float>(), ln.data<float>() + ln.numel(), 1.0f);
 }
 
+// run_eval_suite over `val` for a model trained with its own config, nobody watching.
+nlohmann::json suite(const GPT& model, const std::vector<uint8_t>& val, const EvalSuiteOptions& o) {
+  TrainConfig config;
+  config.model = model.config;
+  EvalSuiteObserver nobody;
+  return run_eval_suite(model, config, "bytes", val, Device::CPU, o, nobody);
+}
+
 int64_t argmax_row(const std::vector<double>& v, int64_t offset, int64_t n) {
   int64_t best = 0;
   for (int64_t i = 1; i < n; ++i)
@@ -202,14 +210,20 @@ TEST_CASE("learned positions past seq_len and too little data are reported not a
   CHECK(past.T == 32);
   CHECK(past.windows == 0);
   CHECK_THAT(past.note, Contains("learned positions") && Contains("16"));
-  const auto curve = bits_per_byte_curve(model, bytes, {8, 16, 32, 64}, 12, 4, 2);
+  // The suite's curve: every length reported, those past seq_len as not available.
+  EvalSuiteOptions o;
+  o.lengths = {8, 16, 32, 64};
+  o.stride = 12;
+  o.max_windows = 4;
+  o.batch_size = 2;
+  const nlohmann::json curve = suite(model, bytes, o).at("bits_per_byte").at("points");
   REQUIRE(curve.size() == 4);
-  CHECK(curve[0].available);
-  CHECK(curve[0].stride == 8);  // stride clamped to T
-  CHECK(curve[1].available);
-  CHECK(curve[1].stride == 12);
-  CHECK_FALSE(curve[2].available);
-  CHECK_FALSE(curve[3].available);
+  CHECK(curve[0].at("available") == true);
+  CHECK(curve[0].at("stride") == 8);  // stride clamped to T
+  CHECK(curve[1].at("available") == true);
+  CHECK(curve[1].at("stride") == 12);
+  CHECK(curve[2].at("available") == false);
+  CHECK(curve[3].at("available") == false);
   // Rope extrapolates: the same length is fine there.
   Generator g2(17);
   GPT rope(tiny(PositionEncoding::Rope), g2);
@@ -296,18 +310,29 @@ TEST_CASE("passkey: the zero model decodes byte 0 and scores 0, and a constant '
 }
 
 TEST_CASE("passkey grid is row-major over lengths x depths, and short or unreadable lengths are not available") {
-  CHECK(default_passkey_depths() == std::vector<double>{0.0, 0.25, 0.5, 0.75, 1.0});
+  const std::vector<double>& depths = default_passkey_depths();
+  CHECK(depths == std::vector<double>{0.0, 0.25, 0.5, 0.75, 1.0});
   Generator g(23);
   GPT learned(tiny(PositionEncoding::Learned), g);  // seq_len 16: no passkey document fits
-  const auto cells = passkey_grid(learned, {50, 110}, {0.0, 1.0}, 2, 1);
-  REQUIRE(cells.size() == 4);
-  CHECK(cells[0].length == 50);
-  CHECK(cells[1].depth == 1.0);
-  CHECK(cells[2].length == 110);
-  CHECK(cells[3].depth == 1.0);
-  for (const auto& c : cells) CHECK_FALSE(c.available);
-  CHECK_THAT(cells[0].note, Contains(std::to_string(passkey_min_length())));
-  CHECK_THAT(cells[2].note, Contains("learned positions"));
+  const PasskeyCell too_short = passkey_accuracy(learned, 50, 0.0, 2, 1);
+  CHECK_FALSE(too_short.available);
+  CHECK_THAT(too_short.note, Contains(std::to_string(passkey_min_length())));
+  // The suite's grid: cell i * depths + j is (lengths[i], depths[j]).
+  EvalSuiteOptions o;
+  o.lengths = {8};
+  o.passkey_trials = 2;
+  o.passkey_lengths = {110, 120};
+  o.seed = 1;
+  const nlohmann::json cells = suite(learned, random_bytes(100, 22), o).at("passkey").at("cells");
+  REQUIRE(cells.size() == 2 * depths.size());
+  for (size_t i = 0; i < 2; ++i)
+    for (size_t j = 0; j < depths.size(); ++j) {
+      const nlohmann::json& c = cells[i * depths.size() + j];
+      CHECK(c.at("length") == o.passkey_lengths[i]);
+      CHECK(c.at("depth") == depths[j]);
+      CHECK(c.at("available") == false);
+      CHECK_THAT(c.at("note").get<std::string>(), Contains("learned positions"));
+    }
 
   GPTConfig c = tiny(PositionEncoding::Learned);
   c.seq_len = 109;  // the last step reads length - 1 = 109 bytes
@@ -345,10 +370,11 @@ TEST_CASE("recall: teacher-forced accuracy matches a hand count, the zero model 
   CHECK(r.correct == correct);
   CHECK(r.accuracy == Approx(static_cast<double>(correct) / r.scored));
   CHECK(recall_eval(model, P, Q, trials, 7, 1).correct == r.correct);
-  CHECK(recall_accuracy(model, P, Q, trials, 7) == r.accuracy);
 
   zero_model(model);
-  CHECK(recall_accuracy(model, P, Q, 4, 3) == 0.0);
+  const RecallResult zero = recall_eval(model, P, Q, 4, 3);
+  REQUIRE(zero.available);
+  CHECK(zero.accuracy == 0.0);
 
   // Position check: a model predicting its current input byte gets exactly the second
   // value digits that equal their first digit (position p - 1 holds text[p - 1]).
@@ -394,7 +420,6 @@ TEST_CASE("recall past learned positions is not available, and default sizes fit
   const RecallResult r = recall_eval(learned, 2, 1, 2, 1);  // 18 input bytes
   CHECK_FALSE(r.available);
   CHECK_THAT(r.note, Contains("learned positions"));
-  CHECK_THROWS_AS(recall_accuracy(learned, 2, 1, 2, 1), Error);
   CHECK_THROWS_AS(recall_eval(learned, 1, 2, 2, 1), Error);  // Q > P
 
   int64_t P = 0, Q = 0;

@@ -3,6 +3,13 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <cctype>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
 
 #include "engine/autograd.h"
 #include "engine/op_table.h"
@@ -68,5 +75,84 @@ TEST_CASE("every op's backward matches central finite differences (float64)") {
       CHECK(r.failures.empty());
       CHECK(r.passed);
     }
+  }
+}
+
+// docs/architecture.md maps every op to the files that hold it (forward, backward, formula,
+// table row and CPU kernel; CUDA kernel). The map must cover the whole table and stay true.
+namespace {
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream out;
+  out << in.rdbuf();
+  return out.str();
+}
+
+std::string lower(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+// The rows "| `op` | kind | `file`, `file` | `file` |" of the map: op -> files named.
+std::map<std::string, std::vector<std::string>> architecture_rows(const std::string& doc) {
+  std::map<std::string, std::vector<std::string>> rows;
+  std::istringstream lines(doc);
+  std::string line;
+  while (std::getline(lines, line)) {
+    if (line.rfind("| `", 0) != 0) continue;
+    std::vector<std::string> quoted;
+    for (size_t open = line.find('`'); open != std::string::npos; open = line.find('`', open + 1)) {
+      const size_t close = line.find('`', open + 1);
+      if (close == std::string::npos) break;
+      quoted.push_back(line.substr(open + 1, close - open - 1));
+      open = close;
+    }
+    if (quoted.empty() || quoted[0].find('/') != std::string::npos) continue;  // the folders table
+    std::vector<std::string> files;
+    for (size_t i = 1; i < quoted.size(); ++i)
+      if (quoted[i].find('/') != std::string::npos) files.push_back(quoted[i]);
+    rows[quoted[0]] = files;
+  }
+  return rows;
+}
+
+bool is_header(const std::string& path) {
+  for (const char* ext : {".h", ".cuh"})
+    if (path.size() > std::strlen(ext) && path.compare(path.size() - std::strlen(ext), std::string::npos, ext) == 0)
+      return true;
+  return false;
+}
+
+}  // namespace
+
+TEST_CASE("docs/architecture.md maps every op of the table to files that hold it") {
+  const std::string source_dir = RUNWAY_SOURCE_DIR;
+  const std::string doc = read_text(source_dir + "/docs/architecture.md");
+  REQUIRE_FALSE(doc.empty());
+  const auto rows = architecture_rows(doc);
+  for (const OpEntry& e : op_table()) {
+    const auto row = rows.find(e.name);
+    if (row == rows.end()) {
+      FAIL_CHECK("op '" << e.name << "' (runway gradcheck --list) has no row in docs/architecture.md's map");
+      continue;
+    }
+    INFO("op '" << e.name << "'");
+    CHECK_FALSE(row->second.empty());
+    int sources = 0;
+    for (const std::string& file : row->second) {
+      INFO("docs/architecture.md names " << file << " for '" << e.name << "'");
+      const std::string text = read_text(source_dir + "/" + file);
+      CHECK_FALSE(text.empty());
+      CHECK(lower(text).find(lower(e.name)) != std::string::npos);
+      // A tuned kernel beside its loop-level reference ("_fast") does not count.
+      if (!is_header(file) && file.find("_fast.") == std::string::npos) ++sources;
+    }
+    INFO("'" << e.name << "' is spread over " << sources << " source files (at most 2: its family's engine file and CUDA file)");
+    CHECK(sources <= 2);
+  }
+  for (const auto& [name, files] : rows) {
+    INFO("docs/architecture.md has a row for '" << name << "', which is not in the op table");
+    CHECK(find_op(name) != nullptr);
   }
 }

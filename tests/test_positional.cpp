@@ -7,7 +7,7 @@
 #include <cmath>
 #include <vector>
 
-#include "engine/attention.h"
+#include "engine/ops/attention.h"
 #include "engine/backend.h"
 
 using namespace runway;
@@ -129,7 +129,7 @@ TEST_CASE("qkv_to_heads rotates q and k by the same hand-computed angles and lea
 // Press et al. (ALiBi) give slopes 2^(-8h/H), h = 1..H, for H a power of two. For other
 // H their reference code takes the 2^floor(log2 H) power-of-two slopes and fills up with
 // every other slope of the 2x case (H = 6: 2^-2, 2^-4, 2^-6, 2^-8, 2^-1, 2^-3). This
-// engine documents a different choice (engine/attention.h, docs/attention.md): the same
+// engine documents a different choice (engine/ops/attention.h, docs/attention.md): the same
 // geometric rule 2^(-8h/H) for every H. The test pins the documented rule.
 TEST_CASE("alibi slopes for H = 4, 6 and 8, by hand") {
   CHECK(alibi_slopes(4) == std::vector<double>{0.25, 0.0625, 0.015625, 0.00390625});
@@ -156,7 +156,8 @@ TEST_CASE("alibi biases the logits by minus slope times (i - j) per head") {
       for (int64_t i = 0; i < T; ++i) eye[(h * T + i) * T + i] = 1.0;
     const Tensor v = Tensor::from_vector(eye, {1, H, T, T}, DType::Float64);
     const std::vector<double> slopes = alibi_slopes(H);
-    const std::vector<double> a = attention(q, k, v, slopes).to_vector();
+    const std::vector<double> a =
+        causal_attention(AttentionInputs::split(q, k, v), AttentionOptions::standard().with_alibi()).to_vector();
     for (int64_t h = 0; h < H; ++h)
       for (int64_t i = 0; i < T; ++i)
         for (int64_t j = 0; j < T; ++j) {

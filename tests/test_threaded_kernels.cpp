@@ -1,10 +1,11 @@
-// The CPU backend's threaded kernels against plain single-threaded double loops written
-// here, at sizes above each kernel's threading threshold, with an odd number of rows and
-// three OpenMP threads, so the rows split unevenly (a thread-partial or split bug that
+// The CPU backend's threaded kernels against plain single-threaded double loops (the
+// reference kernels of engine/cpu_reference.h, defined beside each tuned kernel in
+// engine/ops/<family>.cpp; attention's are written here), at sizes above each kernel's
+// threading threshold, with an odd number of rows and three OpenMP threads, so the rows split unevenly (a thread-partial or split bug that
 // the small gradcheck samples never reach shows up here). Thresholds, from
-// engine/cpu_backend.cpp and engine/cpu_attention.cpp:
+// engine/ops/*.cpp and engine/ops/attention_cpu_fast.cpp:
 //   unary (map_unary) n > 2^15; float32 GELU n > 2^14; binary / strided copies (for_each_run)
-//   numel > 2^16; sum_rows > 2^16; softmax, its backward, layernorm, cross-entropy
+//   numel > 2^16; sum_rows > 2^16; softmax, its backward, layernorm, rmsnorm, cross-entropy
 //   rows * cols > 2^14; rope rows * T * D > 2^14; qkv_to_heads B T 3C > 2^14;
 //   gemm groups total m n k > 2^18; AdamW (nn/optim.cpp) total elements > 2^15;
 //   attention always (loops over batch and (batch, head)).
@@ -17,7 +18,9 @@
 #include <vector>
 
 #include "engine/backend.h"
+#include "engine/cpu_reference.h"
 #include "engine/ops.h"
+#include "engine/ops/attention.h"
 #include "engine/random.h"
 #include "engine/tensor.h"
 #include "nn/module.h"
@@ -87,41 +90,12 @@ constexpr double tol() {
   return std::is_same_v<T, float> ? 2e-6 : 1e-13;
 }
 
-Backend& cpu() { return backend_for(Device::CPU); }
+Backend& cpu_backend() { return backend_for(Device::CPU); }
 
 // ---- elementwise ----------------------------------------------------------------------
 
-constexpr double kPi = 3.141592653589793;
-
-double gelu_ref(double x) {
-  const double c = std::sqrt(2.0 / kPi), u = c * (x + 0.044715 * x * x * x);
-  return 0.5 * x * (1.0 + std::tanh(u));
-}
-double gelu_grad_ref(double x) {
-  const double c = std::sqrt(2.0 / kPi), u = c * (x + 0.044715 * x * x * x);
-  const double sech2 = 1.0 / (std::cosh(u) * std::cosh(u));
-  return 0.5 * (1.0 + std::tanh(u)) + 0.5 * x * sech2 * c * (1.0 + 3.0 * 0.044715 * x * x);
-}
-
-double unary_ref(UnaryOp op, double x, double p) {
-  switch (op) {
-    case UnaryOp::Neg: return -x;
-    case UnaryOp::Exp: return std::exp(x);
-    case UnaryOp::Log: return std::log(x);
-    case UnaryOp::Sqrt: return std::sqrt(x);
-    case UnaryOp::Tanh: return std::tanh(x);
-    case UnaryOp::Sigmoid: return 1.0 / (1.0 + std::exp(-x));
-    case UnaryOp::Relu: return x > 0 ? x : 0.0;
-    case UnaryOp::ReluGrad: return x > 0 ? 1.0 : 0.0;
-    case UnaryOp::Gelu: return gelu_ref(x);
-    case UnaryOp::GeluGrad: return gelu_grad_ref(x);
-    case UnaryOp::AddScalar: return x + p;
-    case UnaryOp::MulScalar: return x * p;
-    case UnaryOp::PowScalar: return std::pow(x, p);
-    case UnaryOp::Abs: return std::abs(x);
-  }
-  return NAN;
-}
+// The references: engine/cpu_reference.h, defined beside each tuned kernel.
+namespace ref = runway::cpu::reference;
 
 template <typename T>
 void check_unary() {
@@ -134,42 +108,29 @@ void check_unary() {
       {UnaryOp::Sqrt, "sqrt"},       {UnaryOp::Tanh, "tanh"},       {UnaryOp::Sigmoid, "sigmoid"},
       {UnaryOp::Relu, "relu"},       {UnaryOp::ReluGrad, "relu'"},  {UnaryOp::Gelu, "gelu"},
       {UnaryOp::GeluGrad, "gelu'"},  {UnaryOp::AddScalar, "+p"},    {UnaryOp::MulScalar, "*p"},
-      {UnaryOp::PowScalar, "^p"},    {UnaryOp::Abs, "abs"}};
+      {UnaryOp::PowScalar, "^p"}};
   for (const auto& [op, name] : ops) {
     INFO("unary " << name << " " << dtype_name(dtype_of<T>()));
     const bool positive = op == UnaryOp::Log || op == UnaryOp::Sqrt || op == UnaryOp::PowScalar;
     const std::vector<T> x = as<T>(positive ? positive_x : signed_x);
     const double p = op == UnaryOp::PowScalar ? 1.7 : -0.625;
     std::vector<T> y(n, T(-999));
-    cpu().unary(op, dtype_of<T>(), x.data(), y.data(), n, p);
+    cpu_backend().unary(op, dtype_of<T>(), x.data(), y.data(), n, p);
     std::vector<double> want(n);
-    for (int64_t i = 0; i < n; ++i) want[i] = unary_ref(op, static_cast<double>(x[i]), static_cast<double>(static_cast<T>(p)));
+    for (int64_t i = 0; i < n; ++i) want[i] = ref::unary(op, static_cast<double>(x[i]), static_cast<double>(static_cast<T>(p)));
     CHECK(worst(y, want) < tol<T>());
   }
   // The fused value + derivative pass.
   const std::vector<T> x = as<T>(signed_x);
   std::vector<T> y(n), dydx(n);
-  cpu().gelu_forward(dtype_of<T>(), x.data(), y.data(), dydx.data(), n);
+  cpu_backend().gelu_forward(dtype_of<T>(), x.data(), y.data(), dydx.data(), n);
   std::vector<double> want_y(n), want_d(n);
   for (int64_t i = 0; i < n; ++i) {
-    want_y[i] = gelu_ref(static_cast<double>(x[i]));
-    want_d[i] = gelu_grad_ref(static_cast<double>(x[i]));
+    want_y[i] = ref::unary(UnaryOp::Gelu, static_cast<double>(x[i]), 0.0);
+    want_d[i] = ref::unary(UnaryOp::GeluGrad, static_cast<double>(x[i]), 0.0);
   }
   CHECK(worst(y, want_y) < tol<T>());
   CHECK(worst(dydx, want_d) < tol<T>());
-}
-
-double binary_ref(BinaryOp op, double a, double b) {
-  switch (op) {
-    case BinaryOp::Add: return a + b;
-    case BinaryOp::Sub: return a - b;
-    case BinaryOp::Mul: return a * b;
-    case BinaryOp::Div: return a / b;
-    case BinaryOp::Pow: return std::pow(a, b);
-    case BinaryOp::Equal: return a == b ? 1.0 : 0.0;
-    case BinaryOp::Greater: return a > b ? 1.0 : 0.0;
-  }
-  return NAN;
 }
 
 // An operand of a broadcast op: its stored values and its strides aligned to the output.
@@ -184,7 +145,7 @@ struct Operand {
 };
 
 // Values in {0.5, 0.75, ..., 2}: positive (Pow), exact quotients are not needed, and
-// equal pairs occur (Equal, Greater at ties).
+// equal pairs occur (Equal).
 Operand operand(int64_t stored, const Shape& strides, uint64_t seed) {
   Operand o{uniform(stored, 0, 7, seed), strides};
   for (double& v : o.values) v = 0.5 + 0.25 * std::floor(v);
@@ -209,16 +170,15 @@ void check_binary() {
     const int64_t n = shape_numel(plan.shape);
     REQUIRE(n > (1 << 16));
     const std::vector<T> a = as<T>(plan.a.values), b = as<T>(plan.b.values);
-    for (BinaryOp op : {BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div, BinaryOp::Pow, BinaryOp::Equal,
-                        BinaryOp::Greater}) {
+    for (BinaryOp op : {BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div, BinaryOp::Pow, BinaryOp::Equal}) {
       INFO(plan.name << ", binary op " << static_cast<int>(op) << " " << dtype_name(dtype_of<T>()));
       std::vector<T> out(n, T(-999));
-      cpu().binary(op, dtype_of<T>(), BroadcastPlan{plan.shape, plan.a.strides, plan.b.strides}, a.data(), b.data(),
+      cpu_backend().binary(op, dtype_of<T>(), BroadcastPlan{plan.shape, plan.a.strides, plan.b.strides}, a.data(), b.data(),
                    out.data());
       std::vector<double> want(n);
       Shape index(plan.shape.size(), 0);
       for (int64_t i = 0; i < n; ++i) {
-        want[i] = binary_ref(op, plan.a.at(index), plan.b.at(index));
+        want[i] = ref::binary(op, plan.a.at(index), plan.b.at(index));
         for (int64_t d = static_cast<int64_t>(index.size()) - 1; d >= 0 && ++index[d] == plan.shape[d]; --d) index[d] = 0;
       }
       CHECK(worst(out, want) < tol<T>());
@@ -227,7 +187,7 @@ void check_binary() {
   // A strided gather (a transposed view, made contiguous) runs over the same loop.
   const std::vector<T> stored = as<T>(uniform(R * C, -1, 1, 31));
   std::vector<T> gathered(R * C);
-  cpu().strided_copy(dtype_of<T>(), StridedView{stored.data(), {C, R}, {1, C}, 0}, gathered.data());
+  cpu_backend().strided_copy(dtype_of<T>(), StridedView{stored.data(), {C, R}, {1, C}, 0}, gathered.data());
   std::vector<double> want(R * C);
   for (int64_t i = 0; i < C; ++i)
     for (int64_t j = 0; j < R; ++j) want[i * R + j] = static_cast<double>(stored[j * C + i]);
@@ -241,10 +201,10 @@ void check_rows() {
   {  // sum_rows
     const std::vector<T> x = as<T>(uniform(kBigRows * kBigCols, -1, 1, 41));
     std::vector<T> y(kBigRows, T(-999));
-    cpu().sum_rows(dtype_of<T>(), x.data(), y.data(), kBigRows, kBigCols);
-    std::vector<double> want(kBigRows, 0.0);
-    for (int64_t r = 0; r < kBigRows; ++r)
-      for (int64_t c = 0; c < kBigCols; ++c) want[r] += static_cast<double>(x[r * kBigCols + c]);
+    cpu_backend().sum_rows(dtype_of<T>(), x.data(), y.data(), kBigRows, kBigCols);
+    const std::vector<double> xd(x.begin(), x.end());
+    std::vector<double> want(kBigRows);
+    ref::sum_rows(xd.data(), want.data(), kBigRows, kBigCols);
     INFO("sum_rows " << dtype_name(dtype_of<T>()));
     CHECK(worst(y, want) < tol<T>());
   }
@@ -252,28 +212,12 @@ void check_rows() {
   for (bool log : {false, true}) {
     INFO((log ? "log_softmax " : "softmax ") << dtype_name(dtype_of<T>()));
     std::vector<T> y(kRows * kCols), dx(kRows * kCols);
-    cpu().softmax_rows(dtype_of<T>(), x.data(), y.data(), kRows, kCols, log);
-    cpu().softmax_backward_rows(dtype_of<T>(), y.data(), dy.data(), dx.data(), kRows, kCols, log);
+    cpu_backend().softmax_rows(dtype_of<T>(), x.data(), y.data(), kRows, kCols, log);
+    cpu_backend().softmax_backward_rows(dtype_of<T>(), y.data(), dy.data(), dx.data(), kRows, kCols, log);
+    const std::vector<double> xd(x.begin(), x.end()), dyd(dy.begin(), dy.end());
     std::vector<double> want_y(kRows * kCols), want_dx(kRows * kCols);
-    for (int64_t r = 0; r < kRows; ++r) {
-      const int64_t o = r * kCols;
-      double m = -INFINITY, total = 0;
-      for (int64_t c = 0; c < kCols; ++c) m = std::max(m, static_cast<double>(x[o + c]));
-      for (int64_t c = 0; c < kCols; ++c) total += std::exp(static_cast<double>(x[o + c]) - m);
-      std::vector<double> prob(kCols);
-      for (int64_t c = 0; c < kCols; ++c) {
-        prob[c] = std::exp(static_cast<double>(x[o + c]) - m) / total;
-        want_y[o + c] = log ? static_cast<double>(x[o + c]) - m - std::log(total) : prob[c];
-      }
-      // softmax: dx = p (dy - <dy, p>); log_softmax: dx = dy - p sum(dy)
-      double dot = 0, sum_dy = 0;
-      for (int64_t c = 0; c < kCols; ++c) {
-        dot += static_cast<double>(dy[o + c]) * prob[c];
-        sum_dy += static_cast<double>(dy[o + c]);
-      }
-      for (int64_t c = 0; c < kCols; ++c)
-        want_dx[o + c] = log ? static_cast<double>(dy[o + c]) - prob[c] * sum_dy : prob[c] * (static_cast<double>(dy[o + c]) - dot);
-    }
+    ref::softmax_rows(xd.data(), want_y.data(), kRows, kCols, log);
+    ref::softmax_backward_rows(want_y.data(), dyd.data(), want_dx.data(), kRows, kCols, log);
     CHECK(worst(y, want_y) < tol<T>());
     CHECK(worst(dx, want_dx) < tol<T>());
   }
@@ -288,37 +232,18 @@ void check_layernorm() {
   // dweight and dbias are accumulated into (+=): start from values that are not zero.
   const std::vector<T> dw0 = as<T>(uniform(kCols, -1, 1, 55)), db0 = as<T>(uniform(kCols, -1, 1, 56));
   std::vector<T> y(n), mean(kRows), rstd(kRows), dx(n), dw = dw0, db = db0;
-  cpu().layernorm_forward(dtype_of<T>(), x.data(), w.data(), b.data(), y.data(), mean.data(), rstd.data(), kRows, kCols, eps);
-  cpu().layernorm_backward(dtype_of<T>(), dy.data(), x.data(), w.data(), mean.data(), rstd.data(), dx.data(), dw.data(),
+  cpu_backend().layernorm_forward(dtype_of<T>(), x.data(), w.data(), b.data(), y.data(), mean.data(), rstd.data(), kRows, kCols, eps);
+  cpu_backend().layernorm_backward(dtype_of<T>(), dy.data(), x.data(), w.data(), mean.data(), rstd.data(), dx.data(), dw.data(),
                            db.data(), kRows, kCols);
 
+  const std::vector<double> xd(x.begin(), x.end()), dyd(dy.begin(), dy.end()), wd(w.begin(), w.end()),
+      bd(b.begin(), b.end());
   std::vector<double> want_y(n), want_mean(kRows), want_rstd(kRows), want_dx(n);
   std::vector<double> want_dw(dw0.begin(), dw0.end()), want_db(db0.begin(), db0.end());
-  for (int64_t r = 0; r < kRows; ++r) {
-    const int64_t o = r * kCols;
-    double m = 0, var = 0;
-    for (int64_t c = 0; c < kCols; ++c) m += static_cast<double>(x[o + c]);
-    m /= kCols;
-    for (int64_t c = 0; c < kCols; ++c) var += (x[o + c] - m) * (x[o + c] - m);
-    var /= kCols;
-    const double rs = 1.0 / std::sqrt(var + eps);
-    want_mean[r] = m;
-    want_rstd[r] = rs;
-    // y = xhat w + b; with g = dy w: dx = rs (g - mean(g) - xhat mean(g xhat))
-    double mean_g = 0, mean_g_xhat = 0;
-    for (int64_t c = 0; c < kCols; ++c) {
-      const double xhat = (x[o + c] - m) * rs, g = static_cast<double>(dy[o + c]) * w[c];
-      want_y[o + c] = xhat * w[c] + b[c];
-      mean_g += g / kCols;
-      mean_g_xhat += g * xhat / kCols;
-      want_dw[c] += static_cast<double>(dy[o + c]) * xhat;
-      want_db[c] += static_cast<double>(dy[o + c]);
-    }
-    for (int64_t c = 0; c < kCols; ++c) {
-      const double xhat = (x[o + c] - m) * rs;
-      want_dx[o + c] = rs * (static_cast<double>(dy[o + c]) * w[c] - mean_g - xhat * mean_g_xhat);
-    }
-  }
+  ref::layernorm_forward(xd.data(), wd.data(), bd.data(), want_y.data(), want_mean.data(), want_rstd.data(), kRows,
+                         kCols, eps);
+  ref::layernorm_backward(dyd.data(), xd.data(), wd.data(), want_mean.data(), want_rstd.data(), want_dx.data(),
+                          want_dw.data(), want_db.data(), kRows, kCols);
   INFO("layernorm " << dtype_name(dtype_of<T>()));
   CHECK(worst(y, want_y) < tol<T>());
   CHECK(worst(mean, want_mean) < tol<T>());
@@ -327,6 +252,33 @@ void check_layernorm() {
   // Sums over 131 rows of O(1) terms: relative to that size.
   CHECK(worst(dw, want_dw, static_cast<double>(kRows)) < tol<T>());
   CHECK(worst(db, want_db, static_cast<double>(kRows)) < tol<T>());
+}
+
+// rmsnorm (engine/ops/rmsnorm.cpp): 131 rows of 129, dweight from each thread's partial.
+template <typename T>
+void check_rmsnorm() {
+  const int64_t n = kRows * kCols;
+  const double eps = 1e-5;
+  const std::vector<T> x = as<T>(uniform(n, -2, 3, 57)), dy = as<T>(uniform(n, -1, 1, 58));
+  const std::vector<T> w = as<T>(uniform(kCols, 0.5, 1.5, 59));
+  // dweight is accumulated into (+=): start from values that are not zero.
+  const std::vector<T> dw0 = as<T>(uniform(kCols, -1, 1, 60));
+  std::vector<T> y(n), rstd(kRows), dx(n), dw = dw0;
+  cpu_backend().rmsnorm_forward(dtype_of<T>(), x.data(), w.data(), y.data(), rstd.data(), kRows, kCols, eps);
+  cpu_backend().rmsnorm_backward(dtype_of<T>(), dy.data(), x.data(), w.data(), rstd.data(), dx.data(), dw.data(),
+                                 kRows, kCols);
+
+  const std::vector<double> xd(x.begin(), x.end()), dyd(dy.begin(), dy.end()), wd(w.begin(), w.end());
+  std::vector<double> want_y(n), want_rstd(kRows), want_dx(n), want_dw(dw0.begin(), dw0.end());
+  ref::rmsnorm_forward(xd.data(), wd.data(), want_y.data(), want_rstd.data(), kRows, kCols, eps);
+  ref::rmsnorm_backward(dyd.data(), xd.data(), wd.data(), want_rstd.data(), want_dx.data(), want_dw.data(), kRows,
+                        kCols);
+  INFO("rmsnorm " << dtype_name(dtype_of<T>()));
+  CHECK(worst(y, want_y) < tol<T>());
+  CHECK(worst(rstd, want_rstd) < tol<T>());
+  CHECK(worst(dx, want_dx) < 10 * tol<T>());
+  // Sums over 131 rows of O(1) terms: relative to that size.
+  CHECK(worst(dw, want_dw, static_cast<double>(kRows)) < tol<T>());
 }
 
 template <typename T>
@@ -338,21 +290,14 @@ void check_cross_entropy() {
   for (int64_t r = 0; r < kRows; ++r) targets[r] = r % 7 == 3 ? ignore : static_cast<int64_t>(gen.below(kCols));
   const double scale = 1.0 / 111.0;
   std::vector<T> loss(kRows, T(-999)), lse(kRows), dlogits(n, T(-999));
-  cpu().cross_entropy_forward(dtype_of<T>(), logits.data(), targets.data(), loss.data(), lse.data(), kRows, kCols, ignore);
-  cpu().cross_entropy_backward(dtype_of<T>(), logits.data(), targets.data(), lse.data(), dlogits.data(), kRows, kCols,
+  cpu_backend().cross_entropy_forward(dtype_of<T>(), logits.data(), targets.data(), loss.data(), lse.data(), kRows, kCols, ignore);
+  cpu_backend().cross_entropy_backward(dtype_of<T>(), logits.data(), targets.data(), lse.data(), dlogits.data(), kRows, kCols,
                                ignore, scale);
-  std::vector<double> want_loss(kRows), want_lse(kRows), want_d(n, 0.0);
-  for (int64_t r = 0; r < kRows; ++r) {
-    const int64_t o = r * kCols;
-    double m = -INFINITY, total = 0;
-    for (int64_t c = 0; c < kCols; ++c) m = std::max(m, static_cast<double>(logits[o + c]));
-    for (int64_t c = 0; c < kCols; ++c) total += std::exp(logits[o + c] - m);
-    want_lse[r] = m + std::log(total);
-    if (targets[r] == ignore) continue;  // loss 0, dlogits row 0
-    want_loss[r] = want_lse[r] - logits[o + targets[r]];
-    for (int64_t c = 0; c < kCols; ++c)
-      want_d[o + c] = scale * (std::exp(logits[o + c] - want_lse[r]) - (c == targets[r] ? 1.0 : 0.0));
-  }
+  const std::vector<double> logits_d(logits.begin(), logits.end());
+  std::vector<double> want_loss(kRows), want_lse(kRows), want_d(n);
+  ref::cross_entropy_forward(logits_d.data(), targets.data(), want_loss.data(), want_lse.data(), kRows, kCols, ignore);
+  ref::cross_entropy_backward(logits_d.data(), targets.data(), want_lse.data(), want_d.data(), kRows, kCols, ignore,
+                              scale);
   INFO("cross_entropy " << dtype_name(dtype_of<T>()));
   CHECK(worst(loss, want_loss) < tol<T>());
   CHECK(worst(lse, want_lse) < tol<T>());
@@ -361,115 +306,27 @@ void check_cross_entropy() {
 
 // ---- attention -----------------------------------------------------------------------------
 
-// Causal softmax of row `s` (length >= i + 1) over j <= i, zeros after.
-void causal_softmax_row(const double* s, double* out, int64_t i, int64_t n) {
-  double m = -INFINITY, total = 0;
-  for (int64_t j = 0; j <= i; ++j) m = std::max(m, s[j]);
-  for (int64_t j = 0; j <= i; ++j) total += std::exp(s[j] - m);
-  for (int64_t j = 0; j < n; ++j) out[j] = j <= i ? std::exp(s[j] - m) / total : 0.0;
-}
-
 struct AttentionResult {
   std::vector<double> y, attn, p, r, dq, dk, dv;
 };
 
-// The spec's forward and backward (../shared/spec/RUNWAY.md, "Gradients"), as plain loops.
+// The spec's forward and backward (../shared/spec/RUNWAY.md, "Gradients") as plain loops:
+// the reference kernel of engine/ops/attention.cpp, its backward fed its own forward.
 AttentionResult attention_reference(const AttentionArgs& a, const std::vector<double>& q, const std::vector<double>& k,
                                     const std::vector<double>& v, const std::vector<double>& dy) {
-  const int64_t B = a.batch, H = a.heads, N = a.seq, D = a.head_dim;
-  auto vec = [&](int64_t b, int64_t h, int64_t i) { return ((b * H + h) * N + i) * D; };
-  auto mat = [&](int64_t b, int64_t h, int64_t i, int64_t j) { return ((b * H + h) * N + i) * N + j; };
-  auto bmat = [&](int64_t b, int64_t i, int64_t j) { return (b * N + i) * N + j; };
+  const int64_t n = a.batch * a.heads * a.seq * a.head_dim, tt = a.seq * a.seq;
   AttentionResult out;
-  std::vector<double> s(B * H * N * N, 0.0);
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t h = 0; h < H; ++h)
-      for (int64_t i = 0; i < N; ++i)
-        for (int64_t j = 0; j <= i; ++j) {
-          double dot = 0;
-          for (int64_t d = 0; d < D; ++d) dot += q[vec(b, h, i) + d] * k[vec(b, h, j) + d];
-          const double slope = a.alibi_slopes.empty() ? 0.0 : a.alibi_slopes[h];
-          s[mat(b, h, i, j)] = dot * a.scale - slope * static_cast<double>(i - j);
-        }
-  out.p.assign(B * N * N, 0.0);
-  out.r.assign(B * N * N, 0.0);
-  std::vector<double> sp = s;  // rewired logits S'
-  if (a.rewired) {
-    for (int64_t b = 0; b < B; ++b) {
-      for (int64_t i = 0; i < N; ++i)
-        causal_softmax_row(&s[mat(b, a.runway_head, i, 0)], &out.p[bmat(b, i, 0)], i, N);
-      for (int64_t i = 0; i < N; ++i)
-        for (int64_t j = 0; j < i; ++j) {
-          double acc = 0;
-          for (int64_t kk = j + 1; kk < i; ++kk)
-            acc += a.two_hop ? out.p[bmat(b, i, kk)] * out.p[bmat(b, kk, j)] : out.p[bmat(b, kk, j)];
-          out.r[bmat(b, i, j)] = acc;
-        }
-      for (int64_t h = 0; h < H; ++h)
-        for (int64_t i = 0; i < N; ++i)
-          for (int64_t j = 0; j <= i; ++j) sp[mat(b, h, i, j)] -= a.beta * out.r[bmat(b, i, j)];
-    }
-  }
-  out.attn.assign(B * H * N * N, 0.0);
-  out.y.assign(B * H * N * D, 0.0);
-  out.dv.assign(B * H * N * D, 0.0);
-  out.dq.assign(B * H * N * D, 0.0);
-  out.dk.assign(B * H * N * D, 0.0);
-  std::vector<double> ds(B * H * N * N, 0.0);  // dS' (then dS)
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t h = 0; h < H; ++h)
-      for (int64_t i = 0; i < N; ++i) {
-        double* ai = &out.attn[mat(b, h, i, 0)];
-        causal_softmax_row(&sp[mat(b, h, i, 0)], ai, i, N);
-        std::vector<double> da(N, 0.0);
-        double rowdot = 0;
-        for (int64_t j = 0; j <= i; ++j) {
-          for (int64_t d = 0; d < D; ++d) {
-            out.y[vec(b, h, i) + d] += ai[j] * v[vec(b, h, j) + d];
-            out.dv[vec(b, h, j) + d] += ai[j] * dy[vec(b, h, i) + d];
-            da[j] += dy[vec(b, h, i) + d] * v[vec(b, h, j) + d];
-          }
-          rowdot += ai[j] * da[j];
-        }
-        for (int64_t j = 0; j <= i; ++j) ds[mat(b, h, i, j)] = ai[j] * (da[j] - rowdot);
-      }
-  if (a.rewired && !a.detach && a.beta != 0.0) {
-    for (int64_t b = 0; b < B; ++b) {
-      // dR = -beta sum_h dS'_h where R can be nonzero (i - j >= 2).
-      std::vector<double> dr(N * N, 0.0), dp(N * N, 0.0);
-      for (int64_t h = 0; h < H; ++h)
-        for (int64_t i = 2; i < N; ++i)
-          for (int64_t j = 0; j + 2 <= i; ++j) dr[i * N + j] -= a.beta * ds[mat(b, h, i, j)];
-      const double* p = &out.p[bmat(b, 0, 0)];
-      for (int64_t i = 0; i < N; ++i)
-        for (int64_t j = 0; j < i; ++j) {
-          double acc = 0;
-          if (a.two_hop) {
-            // dP = L(dR L(P)^T) + L(L(P)^T dR), L keeping strictly lower entries.
-            for (int64_t m = 0; m < N; ++m) {
-              if (m < j) acc += dr[i * N + m] * p[j * N + m];  // (dR L(P)^T)[i, j]: L(P)[j, m] needs m < j
-              if (m > i) acc += p[m * N + i] * dr[m * N + j];  // (L(P)^T dR)[i, j]: L(P)[m, i] needs m > i
-            }
-          } else {
-            for (int64_t m = i + 1; m < N; ++m) acc += dr[m * N + j];  // sum over rows below i
-          }
-          dp[i * N + j] = acc;
-        }
-      for (int64_t i = 0; i < N; ++i) {
-        double rowdot = 0;
-        for (int64_t j = 0; j <= i; ++j) rowdot += p[i * N + j] * dp[i * N + j];
-        for (int64_t j = 0; j <= i; ++j) ds[mat(b, a.runway_head, i, j)] += p[i * N + j] * (dp[i * N + j] - rowdot);
-      }
-    }
-  }
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t h = 0; h < H; ++h)
-      for (int64_t i = 0; i < N; ++i)
-        for (int64_t j = 0; j <= i; ++j)
-          for (int64_t d = 0; d < D; ++d) {
-            out.dq[vec(b, h, i) + d] += a.scale * ds[mat(b, h, i, j)] * k[vec(b, h, j) + d];
-            out.dk[vec(b, h, j) + d] += a.scale * ds[mat(b, h, i, j)] * q[vec(b, h, i) + d];
-          }
+  out.y.assign(n, 0.0);
+  out.attn.assign(a.batch * a.heads * tt, 0.0);
+  out.p.assign(a.batch * tt, 0.0);
+  out.r.assign(a.batch * tt, 0.0);
+  out.dq.assign(n, 0.0);
+  out.dk.assign(n, 0.0);
+  out.dv.assign(n, 0.0);
+  reference::attention_forward(a, q.data(), k.data(), v.data(), out.y.data(), out.attn.data(), out.p.data(),
+                               out.r.data());
+  reference::attention_backward(a, q.data(), k.data(), v.data(), out.attn.data(), out.p.data(), dy.data(),
+                                out.dq.data(), out.dk.data(), out.dv.data());
   return out;
 }
 
@@ -480,8 +337,8 @@ void check_attention(const std::string& name, AttentionArgs a) {
                             dy = uniform(n, -1, 1, 74);
   std::vector<double> y(n), attn(a.batch * a.heads * tt), p(a.batch * tt, 0.0), r(a.batch * tt, 0.0), dq(n), dk(n),
       dv(n);
-  cpu().attention_forward(DType::Float64, a, q.data(), k.data(), v.data(), y.data(), attn.data(), p.data(), r.data());
-  cpu().attention_backward(DType::Float64, a, q.data(), k.data(), v.data(), attn.data(), p.data(), r.data(), dy.data(),
+  cpu_backend().attention_forward(DType::Float64, a, q.data(), k.data(), v.data(), y.data(), attn.data(), p.data(), r.data());
+  cpu_backend().attention_backward(DType::Float64, a, q.data(), k.data(), v.data(), attn.data(), p.data(), dy.data(),
                            dq.data(), dk.data(), dv.data());
   const AttentionResult want = attention_reference(a, q, k, v, dy);
   CHECK(worst(y, want.y) < 1e-12);
@@ -515,6 +372,12 @@ TEST_CASE("threaded layernorm forward and backward, with the dweight and dbias p
   ThreadCount threads(kThreads);
   check_layernorm<double>();
   check_layernorm<float>();
+}
+
+TEST_CASE("threaded rmsnorm forward and backward, with the dweight partial sums of every thread") {
+  ThreadCount threads(kThreads);
+  check_rmsnorm<double>();
+  check_rmsnorm<float>();
 }
 
 TEST_CASE("threaded cross-entropy forward and backward with ignored rows match double loops") {
@@ -561,7 +424,7 @@ TEST_CASE("threaded qkv_to_heads with RoPE and its inverse heads_to_qkv match a 
   const double base = 10000.0;
   const std::vector<double> packed = uniform(n, -1, 1, 81);
   std::vector<double> heads(n), back(n);
-  cpu().qkv_to_heads(DType::Float64, packed.data(), heads.data(), B, T, H, D, base);
+  cpu_backend().qkv_to_heads(DType::Float64, packed.data(), heads.data(), B, T, H, D, base);
   std::vector<double> want(n);
   for (int64_t part = 0; part < 3; ++part)
     for (int64_t b = 0; b < B; ++b)
@@ -575,7 +438,7 @@ TEST_CASE("threaded qkv_to_heads with RoPE and its inverse heads_to_qkv match a 
             to[c + D / 2] = from[c] * std::sin(angle) + from[c + D / 2] * std::cos(angle);
           }
   CHECK(worst(heads, want) < 1e-14);
-  cpu().heads_to_qkv(DType::Float64, heads.data(), back.data(), B, T, H, D, base);  // rotates back
+  cpu_backend().heads_to_qkv(DType::Float64, heads.data(), back.data(), B, T, H, D, base);  // rotates back
   CHECK(worst(back, packed) < 1e-14);
 }
 
@@ -590,7 +453,7 @@ TEST_CASE("threaded rope and its inverse match a plain loop") {
     INFO((inverse ? "inverse" : "forward"));
     const std::vector<double> x = uniform(n, -1, 1, 85);
     std::vector<double> y(n), want(n);
-    cpu().rope(DType::Float64, x.data(), y.data(), rows, T, D, base, offset, inverse);
+    cpu_backend().rope(DType::Float64, x.data(), y.data(), rows, T, D, base, offset, inverse);
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t t = 0; t < T; ++t)
         for (int64_t c = 0; c < half; ++c) {
@@ -626,18 +489,6 @@ TEST_CASE("threaded gemm groups (row, column and batch splits) match double loop
     bs.push_back(uniform(c.batch * c.k * c.n, -1, 1, ++seed));
     cs.push_back(uniform(c.batch * c.m * c.n, -1, 1, ++seed));
     biases.push_back(uniform(c.n, -1, 1, ++seed));
-    std::vector<double> want(c.batch * c.m * c.n);
-    for (int64_t i = 0; i < c.batch; ++i)
-      for (int64_t r = 0; r < c.m; ++r)
-        for (int64_t col = 0; col < c.n; ++col) {
-          double acc = 0;
-          for (int64_t j = 0; j < c.k; ++j)
-            acc += as_.back()[i * c.m * c.k + (c.ta ? j * c.m + r : r * c.k + j)] *
-                   bs.back()[i * c.k * c.n + (c.tb ? col * c.k + j : j * c.n + col)];
-          const int64_t at = (i * c.m + r) * c.n + col;
-          want[at] = (c.bias ? biases.back()[col] : c.beta * cs.back()[at]) - 0.75 * acc;
-        }
-    wants.push_back(want);
   }
   for (size_t i = 0; i < cases.size(); ++i) {
     const Case& c = cases[i];
@@ -658,8 +509,11 @@ TEST_CASE("threaded gemm groups (row, column and batch splits) match double loop
     g.beta = c.beta;
     if (c.bias) g.row_init = biases[i].data();
     calls.push_back(GemmCall{g, as_[i].data(), bs[i].data(), cs[i].data()});
+    std::vector<double> want = cs[i];
+    ref::gemm(g, as_[i].data(), bs[i].data(), want.data());
+    wants.push_back(want);
   }
-  cpu().gemm_group(DType::Float64, calls);
+  cpu_backend().gemm_group(DType::Float64, calls);
   for (size_t i = 0; i < cases.size(); ++i) {
     INFO("product " << i);
     CHECK(worst(cs[i], wants[i]) < 1e-13);

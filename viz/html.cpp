@@ -1,5 +1,6 @@
 #include "viz/html.h"
 
+#include "engine/file_io.h"
 #include "viz/chart.h"
 
 namespace runway::viz {
@@ -21,5 +22,9 @@ std::string html_page_start(const std::string& title) {
 }
 
 std::string html_page_end() { return "</body></html>\n"; }
+
+void write_text_file(const std::string& path, const std::string& text) {
+  write_file_atomic(path, "write_text_file", [&](const ByteSink& sink) { sink(text.data(), text.size()); });
+}
 
 }  // namespace runway::viz

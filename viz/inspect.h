@@ -1,6 +1,7 @@
-// `runway inspect`: one text through a model, every layer's attention maps as pictures
-// (PNG heatmaps) and arrays (.npy), the runway-cascade diagnostics (nn/cascade.h), and
-// an index.html that shows all of it offline.
+// The pictures and the page of `runway inspect`: every layer's attention maps as PNG
+// heatmaps and .npy arrays, the runway-cascade chart, inspect.json and an index.html
+// that shows all of it offline. Running the model is lab/inspect.h's part: it hands
+// each layer's maps to an InspectFolder, then the cascade computed from them.
 //
 // Files written into the output folder (l = layer, h = head):
 //   L{l}_H{h}_A.png/.npy      A_h  = softmax(S_h), the un-rewired attention
@@ -21,7 +22,6 @@
 
 #include <nlohmann/json.hpp>
 
-#include "engine/attention.h"
 #include "nn/cascade.h"
 #include "nn/gpt.h"
 
@@ -38,20 +38,43 @@ struct InspectResult {
   nlohmann::json summary;  // what inspect.json holds
 };
 
-// Runs `bytes` (1..max length) through `model` and writes the folder `out_dir`
-// (created if missing). Errors: empty text, or longer than the model can take (learned
-// positions: seq_len).
-InspectResult inspect_model(const nn::GPT& model, const std::vector<uint8_t>& bytes, const std::string& out_dir,
-                            const InspectOptions& options = {});
+// One layer's attention on the inspected text (batch row 0), row-major float64.
+struct LayerMaps {
+  bool rewired = false;           // the layer applies -beta R
+  std::vector<double> a;          // (H, T, T) A = softmax(S)
+  std::vector<double> a_rewired;  // (H, T, T) A', the attention used (a standard layer: A)
+  std::vector<double> p;          // (T, T) the runway head's probabilities
+  std::vector<double> r;          // (T, T) runway coefficients (a standard layer: from p, not applied)
+};
 
-// R from P (row-major (T, T), causal) by the spec's two summaries:
-//   absorption R[i,j] = sum_{j<k<i} P[k,j];  two_hop R[i,j] = sum_{j<k<i} P[i,k] P[k,j].
-std::vector<double> runway_coefficients_from(const std::vector<double>& p, int64_t T, RunwaySummary summary);
+// The inspect folder, written a layer at a time (one layer's maps in memory at once).
+// The folder must exist.
+class InspectFolder {
+ public:
+  InspectFolder(const std::string& out_dir, const nn::GPTConfig& model, const std::vector<uint8_t>& bytes,
+                const InspectOptions& options);
+  // Writes layer `layer`'s pictures (and arrays) and keeps its section of the page.
+  void add_layer(int64_t layer, const LayerMaps& maps);
+  // Writes cascade.svg, cascade.json, inspect.json and index.html.
+  InspectResult finish(const nn::CascadeReport& cascade);
+
+ private:
+  std::string write_map(const std::string& name, const std::vector<double>& m, const std::string& title,
+                        bool signed_values);
+  std::string page(const InspectResult& result) const;
+
+  std::string out_dir_;
+  nn::GPTConfig model_;
+  std::vector<uint8_t> bytes_;
+  InspectOptions options_;
+  int64_t T_;
+  std::vector<std::string> labels_;  // one glyph per byte (axis labels)
+  nlohmann::json files_ = nlohmann::json::array();
+  nlohmann::json layers_ = nlohmann::json::array();
+  std::string layer_sections_;
+};
 
 // Chart of each layer's runway share by distance, runway_l(d) / (direct_l(d) + runway_l(d)).
 std::string cascade_chart_svg(const nn::CascadeReport& report, const std::string& title);
-
-// Writes text to a file atomically.
-void write_text_file(const std::string& path, const std::string& text);
 
 }  // namespace runway::viz

@@ -14,7 +14,6 @@
 #include "viz/chart.h"
 #include "viz/colormap.h"
 #include "viz/html.h"
-#include "viz/inspect.h"
 
 namespace runway::viz {
 
@@ -186,26 +185,24 @@ Spread spread_of(const std::vector<double>& values) {
   return s;
 }
 
-std::string write_report(const std::string& out_dir, const std::vector<ReportRun>& runs, const ReportOptions& options) {
-  if (runs.empty()) throw Error("report: no runs to report");
-  std::vector<RunData> data;
-  for (const ReportRun& r : runs) data.push_back(load_run(r));
+namespace {
+
+// ---- the data: runs grouped by label ----
+
+std::vector<Group> group_by_label(const std::vector<RunData>& data) {
   std::vector<Group> groups;
   for (const RunData& d : data) {
     auto it = std::find_if(groups.begin(), groups.end(), [&](const Group& g) { return g.label == d.run.label; });
     if (it == groups.end()) groups.push_back({d.run.label, {}}), it = groups.end() - 1;
     it->runs.push_back(&d);
   }
-  std::error_code ec;
-  fs::create_directories(fs::path(out_dir) / "plots", ec);
-  if (ec) throw Error(fmt::format("report: cannot create '{}/plots': {}", out_dir, ec.message()));
-  const bool several_seeds =
-      std::any_of(groups.begin(), groups.end(), [](const Group& g) { return g.runs.size() > 1; });
-  const std::string spread_note =
-      several_seeds ? "Values are means over seeds ± their sample standard deviation; shaded bands span min..max."
-                    : "One seed per configuration.";
+  return groups;
+}
 
-  // ---- loss curves ----
+// ---- the charts (plots/*.svg) ----
+
+// Training loss (smoothed) and validation loss of each group, in bits per byte.
+std::string loss_chart(const std::vector<Group>& groups) {
   std::vector<Series> loss_series;
   for (size_t g = 0; g < groups.size(); ++g) {
     std::vector<std::vector<double>> train, val;
@@ -229,14 +226,13 @@ std::string write_report(const std::string& out_dir, const std::vector<ReportRun
     v.dashed = v.markers = true;
     loss_series.push_back(v);
   }
-  ChartOptions loss_chart = chart_options("Loss during training", "optimizer step", "bits per byte");
-  loss_chart.width = 720;
-  write_plot(out_dir, "loss.svg", line_chart_svg(loss_chart, loss_series));
+  ChartOptions options = chart_options("Loss during training", "optimizer step", "bits per byte");
+  options.width = 720;
+  return line_chart_svg(options, loss_series);
+}
 
-  // ---- extrapolation ----
-  std::vector<int64_t> lengths;
-  for (const auto& [T, bpb] : curve_of(data[0])) lengths.push_back(T);
-  std::vector<Series> extrapolation;
+// Per group, the spread over its runs of the bits per byte at each of `lengths`.
+std::vector<std::vector<Spread>> curve_spreads(const std::vector<Group>& groups, const std::vector<int64_t>& lengths) {
   std::vector<std::vector<Spread>> curve_spread(groups.size());
   for (size_t g = 0; g < groups.size(); ++g) {
     std::vector<std::vector<double>> per_run;
@@ -247,114 +243,153 @@ std::string write_report(const std::string& out_dir, const std::vector<ReportRun
       per_run.push_back(ys);
     }
     curve_spread[g] = spread_by_index(per_run);
+  }
+  return curve_spread;
+}
+
+std::string extrapolation_chart(const std::vector<Group>& groups, const std::vector<int64_t>& lengths,
+                                const std::vector<std::vector<Spread>>& curve_spread, int64_t L) {
+  std::vector<Series> extrapolation;
+  for (size_t g = 0; g < groups.size(); ++g) {
     std::vector<double> xs(lengths.begin(), lengths.end());
     Series s = series_from(groups[g].label, xs, curve_spread[g], static_cast<int>(g), groups[g].runs.size() > 1);
     s.markers = true;
     extrapolation.push_back(s);
   }
-  const int64_t L = data[0].config.value("seq_len", int64_t{0});
-  ChartOptions ex_chart = chart_options(fmt::format("Length extrapolation (trained at L = {})", L),
-                                        "context length (bytes, log scale)", "bits per byte (validation)");
-  ex_chart.log2_x = true;
-  write_plot(out_dir, "extrapolation.svg", line_chart_svg(ex_chart, extrapolation));
+  ChartOptions options = chart_options(fmt::format("Length extrapolation (trained at L = {})", L),
+                                       "context length (bytes, log scale)", "bits per byte (validation)");
+  options.log2_x = true;
+  return line_chart_svg(options, extrapolation);
+}
 
-  // ---- cascade: runway share per layer ----
-  std::vector<Series> cascade_series;
+// Per group, the spread over its runs of each layer's runway share.
+std::vector<std::vector<Spread>> share_spreads(const std::vector<Group>& groups) {
   std::vector<std::vector<Spread>> share_spread(groups.size());
   for (size_t g = 0; g < groups.size(); ++g) {
     std::vector<std::vector<double>> per_run;
     for (const RunData* d : groups[g].runs) per_run.push_back(runway_shares(*d));
     share_spread[g] = spread_by_index(per_run);
+  }
+  return share_spread;
+}
+
+std::string cascade_chart(const std::vector<Group>& groups, const std::vector<std::vector<Spread>>& share_spread) {
+  std::vector<Series> cascade_series;
+  for (size_t g = 0; g < groups.size(); ++g) {
     std::vector<double> xs;
     for (size_t l = 0; l < share_spread[g].size(); ++l) xs.push_back(static_cast<double>(l));
     Series s = series_from(groups[g].label, xs, share_spread[g], static_cast<int>(g), groups[g].runs.size() > 1);
     s.markers = true;
     cascade_series.push_back(s);
   }
-  ChartOptions cascade_chart =
+  ChartOptions options =
       chart_options("Runway share of long-range influence, per layer", "layer", "runway share (pairs i - j >= 2)");
-  cascade_chart.y_min = 0;
-  cascade_chart.y_max = 1;
-  cascade_chart.integer_x = true;
-  write_plot(out_dir, "cascade.svg", line_chart_svg(cascade_chart, cascade_series));
+  options.y_min = 0;
+  options.y_max = 1;
+  options.integer_x = true;
+  return line_chart_svg(options, cascade_series);
+}
 
-  // ---- the table ----
-  struct Column {
-    std::string name;
-    std::vector<std::string> cells;
-  };
+// ---- the results: one row per group ----
+
+// What the report measures, for every group the same: the lengths of the extrapolation
+// curve (L = the training length) and of the passkey grid, and per group the spreads.
+struct Measures {
+  std::vector<int64_t> lengths, passkey_lengths;
+  int64_t L = 0;
+  std::vector<std::vector<Spread>> curve_spread, share_spread;  // [group][length], [group][layer]
+};
+
+// One group's numbers: one value per run of each.
+struct GroupNumbers {
+  std::vector<double> params, steps, seconds, final_val, recall, last_share;
+  std::map<int64_t, std::vector<double>> passkey_mean;  // by length: mean accuracy over depths, per run
+};
+
+GroupNumbers numbers_of(const Group& grp, const std::vector<int64_t>& passkey_lengths) {
+  GroupNumbers n;
+  for (const RunData* d : grp.runs) {
+    n.params.push_back(d->params);
+    n.steps.push_back(d->steps.back());
+    n.seconds.push_back(d->run.train_seconds);
+    n.final_val.push_back(d->val_bits.empty() ? kNaN : d->val_bits.back());
+    n.recall.push_back(d->eval.contains("recall") ? number_or_nan(d->eval["recall"], "accuracy") : kNaN);
+    const std::vector<double> shares = runway_shares(*d);
+    n.last_share.push_back(shares.empty() ? kNaN : shares.back());
+    const auto pk = passkey_of(*d);
+    for (int64_t T : passkey_lengths) {
+      std::vector<double> accs;
+      for (const auto& [key, acc] : pk)
+        if (key.first == T) accs.push_back(acc);
+      n.passkey_mean[T].push_back(spread_of(accs).mean);
+    }
+  }
+  return n;
+}
+
+struct Column {
+  std::string name;
+  std::vector<std::string> cells;  // one per group
+};
+
+std::vector<Column> table_columns(const Measures& m) {
   std::vector<Column> columns = {{"config", {}}, {"attention", {}}, {"seeds", {}}, {"parameters", {}},
                                  {"steps", {}},  {"train s", {}},   {"val bpb", {}}};
-  for (int64_t T : lengths) columns.push_back({T == L ? "bpb@L" : fmt::format("bpb@{}L", T / std::max<int64_t>(L, 1)), {}});
-  std::vector<int64_t> passkey_lengths;
-  for (const auto& [key, acc] : passkey_of(data[0]))
-    if (passkey_lengths.empty() || passkey_lengths.back() != key.first) passkey_lengths.push_back(key.first);
-  for (int64_t T : passkey_lengths) columns.push_back({fmt::format("passkey@{}", T), {}});
+  for (int64_t T : m.lengths)
+    columns.push_back({T == m.L ? "bpb@L" : fmt::format("bpb@{}L", T / std::max<int64_t>(m.L, 1)), {}});
+  for (int64_t T : m.passkey_lengths) columns.push_back({fmt::format("passkey@{}", T), {}});
   columns.push_back({"recall", {}});
   columns.push_back({"runway share (last layer)", {}});
-  json results = json::array();
-  for (size_t g = 0; g < groups.size(); ++g) {
-    const Group& grp = groups[g];
-    std::vector<double> params, steps, seconds, final_val, recall, last_share;
-    std::map<int64_t, std::vector<double>> passkey_mean;
-    for (const RunData* d : grp.runs) {
-      params.push_back(d->params);
-      steps.push_back(d->steps.back());
-      seconds.push_back(d->run.train_seconds);
-      final_val.push_back(d->val_bits.empty() ? kNaN : d->val_bits.back());
-      recall.push_back(d->eval.contains("recall") ? number_or_nan(d->eval["recall"], "accuracy") : kNaN);
-      const std::vector<double> shares = runway_shares(*d);
-      last_share.push_back(shares.empty() ? kNaN : shares.back());
-      const auto pk = passkey_of(*d);
-      for (int64_t T : passkey_lengths) {
-        std::vector<double> accs;
-        for (const auto& [key, acc] : pk)
-          if (key.first == T) accs.push_back(acc);
-        passkey_mean[T].push_back(spread_of(accs).mean);
-      }
-    }
-    size_t c = 0;
-    columns[c++].cells.push_back(grp.label);
-    columns[c++].cells.push_back(grp.runs[0]->config.value("attention", std::string("?")) +
-                                 (grp.runs[0]->config.value("attention", std::string()) == "rewired"
-                                      ? " (" + grp.runs[0]->config.value("runway_summary", std::string()) + ")"
-                                      : ""));
-    columns[c++].cells.push_back(std::to_string(grp.runs.size()));
-    columns[c++].cells.push_back(show(spread_of(params), 0));
-    columns[c++].cells.push_back(show(spread_of(steps), 0));
-    columns[c++].cells.push_back(show(spread_of(seconds), 1));
-    columns[c++].cells.push_back(show(spread_of(final_val), 3));
-    for (size_t i = 0; i < lengths.size(); ++i) columns[c++].cells.push_back(show(curve_spread[g][i], 3));
-    for (int64_t T : passkey_lengths) columns[c++].cells.push_back(show(spread_of(passkey_mean[T]), 2));
-    columns[c++].cells.push_back(show(spread_of(recall), 3));
-    columns[c++].cells.push_back(show(spread_of(last_share), 3));
+  return columns;
+}
 
-    json r{{"label", grp.label},
-           {"seeds", grp.runs.size()},
-           {"config", grp.runs[0]->config},
-           {"parameters", spread_of(params).mean},
-           {"final_val_bits_per_byte", {{"mean", spread_of(final_val).mean}, {"sd", spread_of(final_val).sd}}},
-           {"recall_accuracy", {{"mean", spread_of(recall).mean}, {"sd", spread_of(recall).sd}}}};
-    json curve = json::array();
-    for (size_t i = 0; i < lengths.size(); ++i)
-      curve.push_back({{"T", lengths[i]}, {"mean", curve_spread[g][i].mean}, {"sd", curve_spread[g][i].sd}});
-    r["bits_per_byte"] = curve;
-    json shares = json::array();
-    for (const Spread& s : share_spread[g]) shares.push_back({{"mean", s.mean}, {"sd", s.sd}});
-    r["runway_share_by_layer"] = shares;
-    json pk = json::object();
-    for (int64_t T : passkey_lengths) pk[std::to_string(T)] = spread_of(passkey_mean[T]).mean;
-    r["passkey_mean_accuracy_by_length"] = pk;
-    json seeds = json::array();
-    for (const RunData* d : grp.runs)
-      seeds.push_back({{"seed", d->run.seed}, {"dir", relative(d->run.dir, out_dir)}, {"train_seconds", d->run.train_seconds}});
-    r["runs"] = seeds;
-    results.push_back(r);
-  }
-  // JSON has no NaN: nlohmann writes null for it, which is what a missing value should be.
-  write_text_file((fs::path(out_dir) / "results.json").string(), json{{"configs", results}}.dump(2) + "\n");
+// Appends group g's cells, in the order of table_columns.
+void add_table_row(std::vector<Column>& columns, const Group& grp, size_t g, const GroupNumbers& n,
+                   const Measures& m) {
+  size_t c = 0;
+  columns[c++].cells.push_back(grp.label);
+  columns[c++].cells.push_back(grp.runs[0]->config.value("attention", std::string("?")) +
+                               (grp.runs[0]->config.value("attention", std::string()) == "rewired"
+                                    ? " (" + grp.runs[0]->config.value("runway_summary", std::string()) + ")"
+                                    : ""));
+  columns[c++].cells.push_back(std::to_string(grp.runs.size()));
+  columns[c++].cells.push_back(show(spread_of(n.params), 0));
+  columns[c++].cells.push_back(show(spread_of(n.steps), 0));
+  columns[c++].cells.push_back(show(spread_of(n.seconds), 1));
+  columns[c++].cells.push_back(show(spread_of(n.final_val), 3));
+  for (size_t i = 0; i < m.lengths.size(); ++i) columns[c++].cells.push_back(show(m.curve_spread[g][i], 3));
+  for (int64_t T : m.passkey_lengths) columns[c++].cells.push_back(show(spread_of(n.passkey_mean.at(T)), 2));
+  columns[c++].cells.push_back(show(spread_of(n.recall), 3));
+  columns[c++].cells.push_back(show(spread_of(n.last_share), 3));
+}
 
-  // Plain-text table for the terminal.
+// Group g's entry of results.json.
+json group_results(const Group& grp, size_t g, const GroupNumbers& n, const Measures& m, const std::string& out_dir) {
+  json r{{"label", grp.label},
+         {"seeds", grp.runs.size()},
+         {"config", grp.runs[0]->config},
+         {"parameters", spread_of(n.params).mean},
+         {"final_val_bits_per_byte", {{"mean", spread_of(n.final_val).mean}, {"sd", spread_of(n.final_val).sd}}},
+         {"recall_accuracy", {{"mean", spread_of(n.recall).mean}, {"sd", spread_of(n.recall).sd}}}};
+  json curve = json::array();
+  for (size_t i = 0; i < m.lengths.size(); ++i)
+    curve.push_back({{"T", m.lengths[i]}, {"mean", m.curve_spread[g][i].mean}, {"sd", m.curve_spread[g][i].sd}});
+  r["bits_per_byte"] = curve;
+  json shares = json::array();
+  for (const Spread& s : m.share_spread[g]) shares.push_back({{"mean", s.mean}, {"sd", s.sd}});
+  r["runway_share_by_layer"] = shares;
+  json pk = json::object();
+  for (int64_t T : m.passkey_lengths) pk[std::to_string(T)] = spread_of(n.passkey_mean.at(T)).mean;
+  r["passkey_mean_accuracy_by_length"] = pk;
+  json seeds = json::array();
+  for (const RunData* d : grp.runs)
+    seeds.push_back({{"seed", d->run.seed}, {"dir", relative(d->run.dir, out_dir)}, {"train_seconds", d->run.train_seconds}});
+  r["runs"] = seeds;
+  return r;
+}
+
+// The table as plain text for the terminal: columns padded to their widest cell.
+std::string text_table(const std::vector<Column>& columns, size_t rows) {
   std::vector<size_t> width;
   for (const Column& col : columns) {
     size_t w = col.name.size();
@@ -364,120 +399,196 @@ std::string write_report(const std::string& out_dir, const std::vector<ReportRun
   std::string text;
   for (size_t c = 0; c < columns.size(); ++c) text += fmt::format("{:<{}}  ", columns[c].name, width[c]);
   text += "\n";
-  for (size_t g = 0; g < groups.size(); ++g) {
+  for (size_t g = 0; g < rows; ++g) {
     for (size_t c = 0; c < columns.size(); ++c) text += fmt::format("{:<{}}  ", columns[c].cells[g], width[c]);
     text += "\n";
   }
+  return text;
+}
 
-  // ---- the page ----
-  std::string page = html_page_start(options.title);
-  page += fmt::format("<h1>{}</h1>\n", escape_xml(options.title));
-  if (!options.subtitle.empty()) page += fmt::format("<p class=\"note\">{}</p>\n", escape_xml(options.subtitle));
-  page += "<h2>Results</h2>\n<table><tr>";
-  for (const Column& col : columns) page += "<th>" + escape_xml(col.name) + "</th>";
-  page += "</tr>\n";
-  for (size_t g = 0; g < groups.size(); ++g) {
-    page += "<tr>";
+// ---- the sections of report.html ----
+
+std::string title_section(const ReportOptions& options) {
+  std::string html = fmt::format("<h1>{}</h1>\n", escape_xml(options.title));
+  if (!options.subtitle.empty()) html += fmt::format("<p class=\"note\">{}</p>\n", escape_xml(options.subtitle));
+  return html;
+}
+
+std::string results_section(const std::vector<Column>& columns, size_t rows, const std::string& spread_note) {
+  std::string html = "<h2>Results</h2>\n<table><tr>";
+  for (const Column& col : columns) html += "<th>" + escape_xml(col.name) + "</th>";
+  html += "</tr>\n";
+  for (size_t g = 0; g < rows; ++g) {
+    html += "<tr>";
     for (size_t c = 0; c < columns.size(); ++c)
-      page += fmt::format("<td{}>{}</td>", c < 2 ? " class=\"name\"" : "", escape_xml(columns[c].cells[g]));
-    page += "</tr>\n";
+      html += fmt::format("<td{}>{}</td>", c < 2 ? " class=\"name\"" : "", escape_xml(columns[c].cells[g]));
+    html += "</tr>\n";
   }
-  page += "</table>\n<p class=\"note\">" + escape_xml(spread_note) +
+  html += "</table>\n<p class=\"note\">" + escape_xml(spread_note) +
           " bpb = bits per byte on the validation split (lower is better); bpb@kL at k times the training "
           "length L; passkey@N = exact-match accuracy of the 5-digit key in N-byte documents, mean over needle "
           "depths; recall = associative-recall accuracy (teacher forced); runway share: see the cascade "
           "section. All numbers are in results.json.</p>\n";
+  return html;
+}
 
-  page += "<h2>Training</h2>\n<div class=\"row\">" + figure_img("plots/loss.svg",
+std::string curves_sections() {
+  std::string html = "<h2>Training</h2>\n<div class=\"row\">" + figure_img("plots/loss.svg",
           "Training loss (exponential moving average over ~1/40 of the run) and validation loss, in bits per byte.") +
           "</div>\n";
-  page += "<h2>Length extrapolation</h2>\n<div class=\"row\">" + figure_img("plots/extrapolation.svg",
+  html += "<h2>Length extrapolation</h2>\n<div class=\"row\">" + figure_img("plots/extrapolation.svg",
           "Bits per byte on held-out text at 1, 2, 4 and 8 times the training length (RoPE beyond its training range).") +
           "</div>\n";
+  return html;
+}
 
-  // Passkey grids: one table per configuration, cells coloured by accuracy.
-  page += "<h2>Passkey retrieval</h2>\n<div class=\"row\">\n";
-  if (passkey_lengths.empty())
-    page += "<p class=\"note\">Passkey retrieval was not evaluated (no trials, or no length of at least the "
-            "passkey minimum).</p>\n";
-  for (const Group& grp : groups) {
-    if (passkey_lengths.empty()) break;
-    std::map<std::pair<int64_t, double>, std::vector<double>> cells, digit_cells;
-    std::vector<double> depths;
-    for (const RunData* d : grp.runs) {
-      for (const auto& [key, acc] : passkey_of(*d)) {
-        cells[key].push_back(acc);
-        if (std::find(depths.begin(), depths.end(), key.second) == depths.end()) depths.push_back(key.second);
-      }
-      for (const auto& [key, acc] : passkey_of(*d, "digit_accuracy")) digit_cells[key].push_back(acc);
+// One group's passkey grid: a table by length and depth, cells coloured by accuracy.
+std::string passkey_table(const Group& grp, const std::vector<int64_t>& passkey_lengths) {
+  std::map<std::pair<int64_t, double>, std::vector<double>> cells, digit_cells;
+  std::vector<double> depths;
+  for (const RunData* d : grp.runs) {
+    for (const auto& [key, acc] : passkey_of(*d)) {
+      cells[key].push_back(acc);
+      if (std::find(depths.begin(), depths.end(), key.second) == depths.end()) depths.push_back(key.second);
     }
-    std::sort(depths.begin(), depths.end());
-    page += "<table><tr><th colspan=\"" + std::to_string(depths.size() + 1) + "\">" + escape_xml(grp.label) +
-            "</th></tr><tr><th>length \\ depth</th>";
-    for (double dp : depths) page += fmt::format("<th>{:.0f}%</th>", dp * 100);
-    page += "</tr>\n";
-    for (int64_t T : passkey_lengths) {
-      page += fmt::format("<tr><th>{}</th>", T);
-      for (double dp : depths) {
-        const Spread s = spread_of(cells[{T, dp}]);
-        if (s.count == 0) {
-          page += "<td>n/a</td>";
-          continue;
-        }
-        const Rgb bg = sequential_color(s.mean);
-        page += fmt::format("<td style=\"background:{};color:{}\">{:.2f}<br><small>digits {:.2f}</small></td>", hex(bg),
-                            s.mean > 0.6 ? "#000" : "#fff", s.mean, spread_of(digit_cells[{T, dp}]).mean);
-      }
-      page += "</tr>\n";
-    }
-    page += "</table>\n";
+    for (const auto& [key, acc] : passkey_of(*d, "digit_accuracy")) digit_cells[key].push_back(acc);
   }
-  page += "</div>\n<p class=\"note\">Exact-match accuracy of the 5 greedily decoded key digits (the colour), and "
+  std::sort(depths.begin(), depths.end());
+  std::string html = "<table><tr><th colspan=\"" + std::to_string(depths.size() + 1) + "\">" + escape_xml(grp.label) +
+                     "</th></tr><tr><th>length \\ depth</th>";
+  for (double dp : depths) html += fmt::format("<th>{:.0f}%</th>", dp * 100);
+  html += "</tr>\n";
+  for (int64_t T : passkey_lengths) {
+    html += fmt::format("<tr><th>{}</th>", T);
+    for (double dp : depths) {
+      const Spread s = spread_of(cells[{T, dp}]);
+      if (s.count == 0) {
+        html += "<td>n/a</td>";
+        continue;
+      }
+      const Rgb bg = sequential_color(s.mean);
+      html += fmt::format("<td style=\"background:{};color:{}\">{:.2f}<br><small>digits {:.2f}</small></td>", hex(bg),
+                          s.mean > 0.6 ? "#000" : "#fff", s.mean, spread_of(digit_cells[{T, dp}]).mean);
+    }
+    html += "</tr>\n";
+  }
+  html += "</table>\n";
+  return html;
+}
+
+std::string passkey_section(const std::vector<Group>& groups, const std::vector<int64_t>& passkey_lengths) {
+  std::string html = "<h2>Passkey retrieval</h2>\n<div class=\"row\">\n";
+  if (passkey_lengths.empty())
+    html += "<p class=\"note\">Passkey retrieval was not evaluated (no trials, or no length of at least the "
+            "passkey minimum).</p>\n";
+  else
+    for (const Group& grp : groups) html += passkey_table(grp, passkey_lengths);
+  html += "</div>\n<p class=\"note\">Exact-match accuracy of the 5 greedily decoded key digits (the colour), and "
           "below it the fraction of single digits right (chance: 0.1), by document length (bytes) and needle depth "
           "(0% = start of the document).</p>\n";
+  return html;
+}
 
-  page += "<h2>Runway cascade</h2>\n<p class=\"note\">For each layer, how much of token j's influence on token i "
-          "(pairs at distance &ge; 2) arrives through the runway, the tokens between them, rather than by i "
-          "attending to j directly; from attention rollout over the inspected sample (docs/cascade.md). "
-          "Layer 0 is 0 by construction.</p>\n<div class=\"row\">" +
-          figure_img("plots/cascade.svg", "Runway share per layer (mean over seeds).");
+std::string cascade_section(const std::vector<Group>& groups, const std::string& out_dir) {
+  std::string html =
+      "<h2>Runway cascade</h2>\n<p class=\"note\">For each layer, how much of token j's influence on token i "
+      "(pairs at distance &ge; 2) arrives through the runway, the tokens between them, rather than by i "
+      "attending to j directly; from attention rollout over the inspected sample (docs/cascade.md). "
+      "Layer 0 is 0 by construction.</p>\n<div class=\"row\">" +
+      figure_img("plots/cascade.svg", "Runway share per layer (mean over seeds).");
   for (const Group& grp : groups)
-    page += figure_img(relative((fs::path(grp.runs[0]->run.inspect_dir) / "cascade.svg").string(), out_dir),
+    html += figure_img(relative((fs::path(grp.runs[0]->run.inspect_dir) / "cascade.svg").string(), out_dir),
                        grp.label + ": runway share by distance i - j, per layer (seed " +
                            std::to_string(grp.runs[0]->run.seed) + ")");
-  page += "</div>\n";
+  html += "</div>\n";
+  return html;
+}
 
-  // Heatmaps: the last layer's runway head of each configuration's first seed.
-  page += "<h2>Attention maps</h2>\n<p class=\"note\">The last layer's runway head on the inspected sample: A "
-          "(softmax of the logits), R (runway coefficients; for a standard model what the runway head would measure, "
-          "not applied), A' (the rewired attention actually used) and A' - A. Every layer and head is on each run's "
-          "inspect page.</p>\n";
+// Heatmaps: the last layer's runway head of each configuration's first seed.
+std::string attention_maps_section(const std::vector<Group>& groups, const std::string& out_dir) {
+  std::string html =
+      "<h2>Attention maps</h2>\n<p class=\"note\">The last layer's runway head on the inspected sample: A "
+      "(softmax of the logits), R (runway coefficients; for a standard model what the runway head would measure, "
+      "not applied), A' (the rewired attention actually used) and A' - A. Every layer and head is on each run's "
+      "inspect page.</p>\n";
   for (const Group& grp : groups) {
     const RunData& d = *grp.runs[0];
     const std::string idir = relative(d.run.inspect_dir, out_dir);
     const int64_t last = static_cast<int64_t>(d.inspect.at("layers").size()) - 1;
     const int64_t head = d.inspect.value("runway_head", int64_t{0});
     const bool rewired = d.inspect.at("layers").back().value("rewired", false);
-    page += fmt::format("<h3>{} (seed {}): <a href=\"{}/index.html\">all layers and heads</a></h3>\n<div class=\"row\">\n",
+    html += fmt::format("<h3>{} (seed {}): <a href=\"{}/index.html\">all layers and heads</a></h3>\n<div class=\"row\">\n",
                         escape_xml(grp.label), d.run.seed, escape_xml(idir));
     const std::string stem = fmt::format("{}/L{}", idir, last);
     const std::string head_stem = fmt::format("{}_H{}", stem, head);
-    page += figure_img(head_stem + "_A.png", fmt::format("A, layer {} head {}", last, head), "heat");
-    page += figure_img(stem + "_R.png", fmt::format("R, layer {}", last), "heat");
+    html += figure_img(head_stem + "_A.png", fmt::format("A, layer {} head {}", last, head), "heat");
+    html += figure_img(stem + "_R.png", fmt::format("R, layer {}", last), "heat");
     if (rewired) {
-      page += figure_img(head_stem + "_Arew.png", fmt::format("A', layer {} head {}", last, head), "heat");
-      page += figure_img(head_stem + "_diff.png", fmt::format("A' - A, layer {} head {}", last, head), "heat");
+      html += figure_img(head_stem + "_Arew.png", fmt::format("A', layer {} head {}", last, head), "heat");
+      html += figure_img(head_stem + "_diff.png", fmt::format("A' - A, layer {} head {}", last, head), "heat");
     }
-    page += "</div>\n";
+    html += "</div>\n";
   }
+  return html;
+}
 
-  page += "<h2>Configurations</h2>\n";
+std::string configurations_section(const std::vector<Group>& groups) {
+  std::string html = "<h2>Configurations</h2>\n";
   for (const Group& grp : groups)
-    page += fmt::format("<details><summary>{}</summary><pre class=\"text\">{}</pre></details>\n", escape_xml(grp.label),
+    html += fmt::format("<details><summary>{}</summary><pre class=\"text\">{}</pre></details>\n", escape_xml(grp.label),
                         escape_xml(grp.runs[0]->config.dump(2)));
+  return html;
+}
+
+}  // namespace
+
+std::string write_report(const std::string& out_dir, const std::vector<ReportRun>& runs, const ReportOptions& options) {
+  if (runs.empty()) throw Error("report: no runs to report");
+  std::vector<RunData> data;
+  for (const ReportRun& r : runs) data.push_back(load_run(r));
+  const std::vector<Group> groups = group_by_label(data);
+  std::error_code ec;
+  fs::create_directories(fs::path(out_dir) / "plots", ec);
+  if (ec) throw Error(fmt::format("report: cannot create '{}/plots': {}", out_dir, ec.message()));
+
+  // The lengths come from the first run: every run of a study is evaluated alike.
+  Measures m;
+  for (const auto& [T, bpb] : curve_of(data[0])) m.lengths.push_back(T);
+  for (const auto& [key, acc] : passkey_of(data[0]))
+    if (m.passkey_lengths.empty() || m.passkey_lengths.back() != key.first) m.passkey_lengths.push_back(key.first);
+  m.L = data[0].config.value("seq_len", int64_t{0});
+  m.curve_spread = curve_spreads(groups, m.lengths);
+  m.share_spread = share_spreads(groups);
+  write_plot(out_dir, "loss.svg", loss_chart(groups));
+  write_plot(out_dir, "extrapolation.svg", extrapolation_chart(groups, m.lengths, m.curve_spread, m.L));
+  write_plot(out_dir, "cascade.svg", cascade_chart(groups, m.share_spread));
+
+  std::vector<Column> columns = table_columns(m);
+  json results = json::array();
+  for (size_t g = 0; g < groups.size(); ++g) {
+    const GroupNumbers n = numbers_of(groups[g], m.passkey_lengths);
+    add_table_row(columns, groups[g], g, n, m);
+    results.push_back(group_results(groups[g], g, n, m, out_dir));
+  }
+  // JSON has no NaN: nlohmann writes null for it, which is what a missing value should be.
+  write_text_file((fs::path(out_dir) / "results.json").string(), json{{"configs", results}}.dump(2) + "\n");
+
+  const bool several_seeds =
+      std::any_of(groups.begin(), groups.end(), [](const Group& g) { return g.runs.size() > 1; });
+  const std::string spread_note =
+      several_seeds ? "Values are means over seeds ± their sample standard deviation; shaded bands span min..max."
+                    : "One seed per configuration.";
+  std::string page = html_page_start(options.title);
+  page += title_section(options);
+  page += results_section(columns, groups.size(), spread_note);
+  page += curves_sections();
+  page += passkey_section(groups, m.passkey_lengths);
+  page += cascade_section(groups, out_dir);
+  page += attention_maps_section(groups, out_dir);
+  page += configurations_section(groups);
   page += html_page_end();
   write_text_file((fs::path(out_dir) / "report.html").string(), page);
-  return text;
+  return text_table(columns, groups.size());
 }
 
 }  // namespace runway::viz

@@ -1,4 +1,6 @@
-// CPU causal attention, standard and runway-rewired, forward and backward.
+// CPU causal attention, standard and runway-rewired, forward and backward: the tuned
+// kernels behind the ops attention, rewired_attention and qkv_attention
+// (engine/ops/attention.cpp), held equal to the plain-loop reference there.
 //
 // Layout: q, k, v, y, dq, dk, dv are (B, H, T, D) row-major; attn is (B, H, T, T);
 // p and r are (B, T, T). Matrix products per (b, h) go through Eigen (single-threaded
@@ -8,7 +10,7 @@
 //
 // Names follow docs/attention.md: S logits, A' = attn, P runway-head probabilities,
 // R runway coefficients, dS' the gradient of the rewired logits.
-#include "engine/cpu_attention.h"
+#include "engine/ops/attention_cpu_fast.h"
 
 #include <cblas.h>
 
@@ -19,6 +21,9 @@
 #include <limits>
 #include <memory>
 #include <vector>
+
+#include "engine/cpu_backend.h"
+#include "engine/cpu_kernels.h"
 
 namespace runway::cpu {
 
@@ -234,8 +239,9 @@ void attention_forward(const AttentionArgs& a, const T* q, const T* k, const T* 
 
 template <typename T>
 void attention_backward(const AttentionArgs& a, const T* q, const T* k, const T* v, const T* attn,
-                        const T* p, const T* r, const T* dy, T* dq, T* dk, T* dv) {
-  (void)r;  // R's value is not needed: every summary is linear or bilinear in P
+                        const T* p, const T* dy, T* dq, T* dk, T* dv) {
+  // R's value is not needed: every summary is linear (absorption) or bilinear (two_hop)
+  // in P, so its derivative needs only P.
   const int64_t B = a.batch, H = a.heads, N = a.seq, D = a.head_dim;
   const int64_t hd = N * D, tt = N * N;
   const T scale = static_cast<T>(a.scale);
@@ -332,74 +338,43 @@ void attention_backward(const AttentionArgs& a, const T* q, const T* k, const T*
   }
 }
 
-// RoPE angles depend only on (t, c): one cos/sin table of seq x half entries, computed in
-// double once per call, instead of a sincos per element (which was 9% of a training
-// step). sin carries the sign of the direction (minus for the inverse).
-template <typename T>
-struct RopeTable {
-  int64_t half;
-  std::vector<T> cos, sin;
-  RopeTable(int64_t seq, int64_t dim, double base, int64_t position_offset, bool inverse)
-      : half(dim / 2), cos(seq * (dim / 2)), sin(seq * (dim / 2)) {
-    const double sign = inverse ? -1.0 : 1.0;
-    for (int64_t c = 0; c < half; ++c) {
-      const double inv_freq = std::pow(base, -2.0 * static_cast<double>(c) / static_cast<double>(dim));
-      for (int64_t t = 0; t < seq; ++t) {
-        const double angle = static_cast<double>(t + position_offset) * inv_freq;
-        cos[t * half + c] = static_cast<T>(std::cos(angle));
-        sin[t * half + c] = static_cast<T>(sign * std::sin(angle));
-      }
-    }
-  }
-  // y = the rotation of x at position t (y may alias x: each pair is read before written).
-  void rotate(const T* x, T* y, int64_t t) const {
-    const T* cs = cos.data() + t * half;
-    const T* sn = sin.data() + t * half;
-    for (int64_t c = 0; c < half; ++c) {
-      const T x1 = x[c], x2 = x[c + half];
-      y[c] = x1 * cs[c] - x2 * sn[c];
-      y[c + half] = x1 * sn[c] + x2 * cs[c];
-    }
-  }
-};
-
-template <typename T>
-void rope(const T* x, T* y, int64_t rows, int64_t seq, int64_t dim, double base,
-          int64_t position_offset, bool inverse) {
-  const RopeTable<T> table(seq, dim, base, position_offset, inverse);
-#pragma omp parallel for schedule(static) if (rows * seq * dim > 1 << 14)
-  for (int64_t rt = 0; rt < rows * seq; ++rt) table.rotate(x + rt * dim, y + rt * dim, rt % seq);
-}
-
-template <typename T>
-void qkv_heads(const T* src, T* dst, int64_t B, int64_t T_, int64_t H, int64_t D, double rope_base, bool to_heads) {
-  const int64_t C = H * D;
-  const bool rotate = rope_base > 0;
-  const RopeTable<T> table(rotate ? T_ : 0, rotate ? D : 0, rotate ? rope_base : 1.0, 0, !to_heads);
-#pragma omp parallel for schedule(static) if (B * T_ * 3 * C > 1 << 14)
-  for (int64_t bt = 0; bt < B * T_; ++bt) {
-    const int64_t b = bt / T_, t = bt % T_;
-    for (int64_t part = 0; part < 3; ++part)
-      for (int64_t h = 0; h < H; ++h) {
-        const int64_t at_packed = (bt * 3 + part) * C + h * D;
-        const int64_t at_heads = (((part * B + b) * H + h) * T_ + t) * D;
-        const T* from = src + (to_heads ? at_packed : at_heads);
-        T* to = dst + (to_heads ? at_heads : at_packed);
-        if (rotate && part < 2) table.rotate(from, to, t);
-        else std::copy(from, from + D, to);
-      }
-  }
-}
-
 #define RUNWAY_INSTANTIATE(T)                                                                    \
   template void attention_forward<T>(const AttentionArgs&, const T*, const T*, const T*, T*, T*, \
                                      T*, T*);                                                    \
   template void attention_backward<T>(const AttentionArgs&, const T*, const T*, const T*,       \
-                                      const T*, const T*, const T*, const T*, T*, T*, T*);      \
-  template void rope<T>(const T*, T*, int64_t, int64_t, int64_t, double, int64_t, bool);        \
-  template void qkv_heads<T>(const T*, T*, int64_t, int64_t, int64_t, int64_t, double, bool);
+                                      const T*, const T*, const T*, T*, T*, T*);
 RUNWAY_INSTANTIATE(float)
 RUNWAY_INSTANTIATE(double)
 #undef RUNWAY_INSTANTIATE
 
 }  // namespace runway::cpu
+
+namespace runway {
+
+using cpu::dispatch_float;
+
+// ---- the CPU backend's attention methods: dispatch to the kernels above ----------------
+
+void CpuBackend::attention_forward(DType dt, const AttentionArgs& args, const void* q, const void* k,
+                       const void* v, void* y, void* attn, void* p, void* r) {
+  dispatch_float(dt, "attention", [&](auto t) {
+    using T = decltype(t);
+    cpu::attention_forward<T>(args, static_cast<const T*>(q), static_cast<const T*>(k),
+                              static_cast<const T*>(v), static_cast<T*>(y), static_cast<T*>(attn),
+                              static_cast<T*>(p), static_cast<T*>(r));
+  });
+}
+
+void CpuBackend::attention_backward(DType dt, const AttentionArgs& args, const void* q, const void* k,
+                        const void* v, const void* attn, const void* p, const void* dy,
+                        void* dq, void* dk, void* dv) {
+  dispatch_float(dt, "attention_backward", [&](auto t) {
+    using T = decltype(t);
+    cpu::attention_backward<T>(args, static_cast<const T*>(q), static_cast<const T*>(k),
+                               static_cast<const T*>(v), static_cast<const T*>(attn),
+                               static_cast<const T*>(p), static_cast<const T*>(dy), static_cast<T*>(dq), static_cast<T*>(dk),
+                               static_cast<T*>(dv));
+  });
+}
+
+}  // namespace runway

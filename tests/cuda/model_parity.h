@@ -1,5 +1,5 @@
 // Whole-model CPU-vs-CUDA parity: the models, batches, training recipe and tolerances
-// shared by cuda/test_cuda_model.cpp (the parity itself, on a GPU) and
+// shared by tests/cuda/test_cuda_model.cpp (the parity itself, on a GPU) and
 // tests/test_device.cpp (which measures, on the CPU, the float32 rounding error these
 // tolerances must cover). Header only; needs runway_nn.
 //
@@ -16,7 +16,7 @@
 // this measure sees at once.
 //
 // Where the numbers come from.
-//   * Op level: cuda/test_cuda_parity.cpp holds every op, forward and backward, to
+//   * Op level: tests/cuda/test_cuda_parity.cpp holds every op, forward and backward, to
 //     1e-5 + 1e-5 |cpu| in float32 (the worst float32 error of any op there is 6.8e-7).
 //   * Depth: the model chains ~80 ops: per block ~15 forward (layernorm, qkv matmul,
 //     split/permute, RoPE, attention, merge, proj, residual add, layernorm, fc, GELU,

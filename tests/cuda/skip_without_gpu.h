@@ -1,6 +1,6 @@
 // The CUDA test programs' shared start: without a usable CUDA backend they print why
 // (the reason load_backends() recorded) and exit with 77, which CTest reports as SKIPPED
-// (SKIP_RETURN_CODE in cuda/CMakeLists.txt).
+// (SKIP_RETURN_CODE in tests/cuda/CMakeLists.txt).
 #pragma once
 
 #include <cstdio>

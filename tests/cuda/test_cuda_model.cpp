@@ -4,7 +4,7 @@
 // resume on the other device, load_model(dir, device), eval, cached decoding) agrees
 // with the CPU.
 //
-// Models (cuda/model_parity.h): a small GPT (2 layers, 4 heads, width 64, T = 64)
+// Models (tests/cuda/model_parity.h): a small GPT (2 layers, 4 heads, width 64, T = 64)
 // standard, rewired absorption, rewired two_hop, and a mixed variant (ALiBi, only layer 1
 // rewired, beta 2, runway head 2). Tolerances and their reasons are in model_parity.h:
 // loss 1e-5 relative, every gradient 1e-4 of its largest entry, each step of a 10-step
@@ -15,7 +15,7 @@
 //
 // Usage: test_cuda_model                on the GPU (ctest: cuda_model)
 //        test_cuda_model --host-backed  Device::CUDA served by host memory and the CPU
-//                                       kernels (see HostBackedCuda): checks the plumbing
+//                                       kernels (see main): checks the plumbing
 //                                       and this test on any machine (ctest:
 //                                       cuda_model_host_backed)
 
@@ -27,14 +27,17 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <stdexcept>
 #include <string>
+#include <system_error>
 #include <vector>
 
-#include <unistd.h>
+#include <stdlib.h>  // mkdtemp
 
-#include "cuda/skip_without_gpu.h"
-#include "cuda/model_parity.h"
+#include "tests/cuda/skip_without_gpu.h"
+#include "tests/cuda/model_parity.h"
 #include "engine/backend.h"
+#include "engine/testing/delegating_backend.h"
 #include "nn/decode.h"
 #include "nn/device.h"
 #include "nn/eval.h"
@@ -48,6 +51,24 @@ using runway::Tensor;
 namespace mp = runway::model_parity;
 namespace nn = runway::nn;
 namespace fs = std::filesystem;
+
+// A fresh folder runway_test_XXXXXX in the temp folder ($TMPDIR, which CTest points at
+// the folder tmp_folder_left_empty checks), removed with its contents at scope exit. The
+// same as tests/test_support.h's TempDir, which needs Catch2 (this is a plain program).
+struct ScratchDir {
+  std::string path;
+  ScratchDir() {
+    std::string tmpl = (fs::temp_directory_path() / "runway_test_XXXXXX").string();
+    if (::mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error("mkdtemp failed in " + tmpl);
+    path = tmpl;
+  }
+  ~ScratchDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+  ScratchDir(const ScratchDir&) = delete;
+  ScratchDir& operator=(const ScratchDir&) = delete;
+};
 
 int g_passed = 0, g_failed = 0;
 
@@ -96,108 +117,14 @@ std::string compare_curves(const std::vector<double>& cuda, const std::vector<do
 
 // ---- a stand-in device for machines without a GPU ----------------------------------
 
-// With --host-backed, Device::CUDA is served by this backend: host memory and the CPU
+// With --host-backed, Device::CUDA is served by a stand-in backend: host memory and the CPU
 // kernels, but tagged as the CUDA device. Every check then runs without a GPU and agrees
 // exactly, so what it tests is the plumbing, not the kernels: every tensor of a
 // "CUDA" model must really be on Device::CUDA (CPU-only access such as Tensor::data<T>()
 // throws on it, and mixing devices throws in the ops), ids and targets must be moved
 // there, checkpoints must come back to the CPU, and the checks themselves must run.
-class HostBackedCuda : public runway::Backend {
- public:
-  using DType = runway::DType;
-  using UnaryOp = runway::UnaryOp;
-  using BinaryOp = runway::BinaryOp;
-  using BroadcastPlan = runway::BroadcastPlan;
-  using StridedView = runway::StridedView;
-  using GemmArgs = runway::GemmArgs;
-  using AttentionArgs = runway::AttentionArgs;
-  Device device() const override { return Device::CUDA; }
-  std::string name() const override { return "cuda (host-backed stand-in: CPU memory and kernels)"; }
-  void* allocate(size_t nbytes) override {
-    return cpu().allocate(nbytes);
-  }
-  void deallocate(void* ptr) override {
-    cpu().deallocate(ptr);
-  }
-  void copy_from_host(void* dst, const void* host_src, size_t nbytes) override {
-    cpu().copy_from_host(dst, host_src, nbytes);
-  }
-  void copy_to_host(void* host_dst, const void* src, size_t nbytes) override {
-    cpu().copy_to_host(host_dst, src, nbytes);
-  }
-  void copy_within(void* dst, const void* src, size_t nbytes) override {
-    cpu().copy_within(dst, src, nbytes);
-  }
-  void synchronize() override {
-    cpu().synchronize();
-  }
-  void fill(DType dt, void* dst, int64_t n, double value) override {
-    cpu().fill(dt, dst, n, value);
-  }
-  void strided_copy(DType dt, const StridedView& src, void* dst) override {
-    cpu().strided_copy(dt, src, dst);
-  }
-  void cast(DType from, const void* src, DType to, void* dst, int64_t n) override {
-    cpu().cast(from, src, to, dst, n);
-  }
-  void unary(UnaryOp op, DType dt, const void* x, void* y, int64_t n, double param) override {
-    cpu().unary(op, dt, x, y, n, param);
-  }
-  void binary(BinaryOp op, DType dt, const BroadcastPlan& plan, const void* a, const void* b, void* out) override {
-    cpu().binary(op, dt, plan, a, b, out);
-  }
-  void gemm(DType dt, const GemmArgs& args, const void* a, const void* b, void* c) override {
-    cpu().gemm(dt, args, a, b, c);
-  }
-  void sum_rows(DType dt, const void* x, void* y, int64_t rows, int64_t cols) override {
-    cpu().sum_rows(dt, x, y, rows, cols);
-  }
-  void max_rows(DType dt, const void* x, void* y, int64_t rows, int64_t cols) override {
-    cpu().max_rows(dt, x, y, rows, cols);
-  }
-  void softmax_rows(DType dt, const void* x, void* y, int64_t rows, int64_t cols, bool log) override {
-    cpu().softmax_rows(dt, x, y, rows, cols, log);
-  }
-  void softmax_backward_rows(DType dt, const void* y, const void* dy, void* dx, int64_t rows, int64_t cols, bool log) override {
-    cpu().softmax_backward_rows(dt, y, dy, dx, rows, cols, log);
-  }
-  void cumsum_rows(DType dt, const void* x, void* y, int64_t rows, int64_t cols, bool exclusive, bool reverse) override {
-    cpu().cumsum_rows(dt, x, y, rows, cols, exclusive, reverse);
-  }
-  void causal_mask(DType dt, const void* x, void* y, int64_t batch, int64_t t_q, int64_t t_k, double value) override {
-    cpu().causal_mask(dt, x, y, batch, t_q, t_k, value);
-  }
-  void layernorm_forward(DType dt, const void* x, const void* weight, const void* bias, void* y, void* mean, void* rstd, int64_t rows, int64_t cols, double eps) override {
-    cpu().layernorm_forward(dt, x, weight, bias, y, mean, rstd, rows, cols, eps);
-  }
-  void layernorm_backward(DType dt, const void* dy, const void* x, const void* weight, const void* mean, const void* rstd, void* dx, void* dweight, void* dbias, int64_t rows, int64_t cols) override {
-    cpu().layernorm_backward(dt, dy, x, weight, mean, rstd, dx, dweight, dbias, rows, cols);
-  }
-  void embedding_forward(DType dt, const void* weight, const int64_t* ids, void* out, int64_t n, int64_t dim) override {
-    cpu().embedding_forward(dt, weight, ids, out, n, dim);
-  }
-  void embedding_backward(DType dt, const void* dout, const int64_t* ids, void* dweight, int64_t n, int64_t dim) override {
-    cpu().embedding_backward(dt, dout, ids, dweight, n, dim);
-  }
-  void cross_entropy_forward(DType dt, const void* logits, const int64_t* targets, void* loss, void* lse, int64_t rows, int64_t cols, int64_t ignore_index) override {
-    cpu().cross_entropy_forward(dt, logits, targets, loss, lse, rows, cols, ignore_index);
-  }
-  void cross_entropy_backward(DType dt, const void* logits, const int64_t* targets, const void* lse, void* dlogits, int64_t rows, int64_t cols, int64_t ignore_index, double scale) override {
-    cpu().cross_entropy_backward(dt, logits, targets, lse, dlogits, rows, cols, ignore_index, scale);
-  }
-  void attention_forward(DType dt, const AttentionArgs& args, const void* q, const void* k, const void* v, void* y, void* attn, void* p, void* r) override {
-    cpu().attention_forward(dt, args, q, k, v, y, attn, p, r);
-  }
-  void attention_backward(DType dt, const AttentionArgs& args, const void* q, const void* k, const void* v, const void* attn, const void* p, const void* r, const void* dy, void* dq, void* dk, void* dv) override {
-    cpu().attention_backward(dt, args, q, k, v, attn, p, r, dy, dq, dk, dv);
-  }
-  void rope(DType dt, const void* x, void* y, int64_t rows, int64_t seq, int64_t dim, double base, int64_t position_offset, bool inverse) override {
-    cpu().rope(dt, x, y, rows, seq, dim, base, position_offset, inverse);
-  }
-
- private:
-  static runway::Backend& cpu() { return runway::backend_for(Device::CPU); }
-};
+// The stand-in is engine/testing/delegating_backend.h forwarding every kernel to the
+// CPU backend.
 
 // ---- model-level parity ---------------------------------------------------------------
 
@@ -407,17 +334,15 @@ int main(int argc, char** argv) {
     if (host_backed) {
       // Replaces a real CUDA backend too (nothing is allocated on it yet); never freed,
       // as tensors may outlive main's scope during static destruction.
-      static HostBackedCuda* stand_in = new HostBackedCuda();
+      static auto* stand_in = new runway::testing::DelegatingBackend(
+          runway::backend_for(Device::CPU), Device::CUDA, "cuda (host-backed stand-in: CPU memory and kernels)");
       runway::register_backend(stand_in);
     }
     if (runway::testing::skip_without_cuda()) return runway::testing::kSkipExitCode;
     std::printf("device: %s\n", nn::describe_device(Device::CUDA).c_str());
     for (const auto& v : mp::variants()) model_checks(v);
-    const std::string dir = fmt::format("/tmp/runway-test-cuda-model-{}", ::getpid());
-    fs::remove_all(dir);
-    fs::create_directories(dir);
-    trainer_checks(dir);
-    fs::remove_all(dir);
+    const ScratchDir dir;
+    trainer_checks(dir.path);
     std::printf("%d passed, %d failed\n", g_passed, g_failed);
     return g_failed == 0 && g_passed > 0 ? 0 : 1;
   } catch (const std::exception& e) {

@@ -30,9 +30,9 @@
 #include <string>
 #include <vector>
 
-#include "cuda/skip_without_gpu.h"
+#include "tests/cuda/skip_without_gpu.h"
 #include "cuda/cuda_backend.h"
-#include "engine/attention.h"
+#include "engine/ops/attention.h"
 #include "engine/backend.h"
 #include "engine/op_table.h"
 #include "engine/random.h"
@@ -222,7 +222,9 @@ std::optional<TensorFn> stand_in(const OpEntry& entry, const OpSample& sample, s
   o.detach = true;
   if (fmt::format("T={} H={} D={} {} b={} r={} det", t, h, d, s, beta, head) != sample.label) return std::nullopt;
   note = " [fused op with detach in place of the float64 frozen-R check]";
-  return TensorFn([o](const std::vector<Tensor>& x) { return runway::rewired_attention(x[0], x[1], x[2], o); });
+  return TensorFn([o](const std::vector<Tensor>& x) {
+    return runway::causal_attention(runway::AttentionInputs::split(x[0], x[1], x[2]), runway::AttentionOptions::rewired_with(o));
+  });
 }
 
 // ---- the run ---------------------------------------------------------------------------

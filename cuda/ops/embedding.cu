@@ -1,0 +1,76 @@
+// The CUDA backend's embedding lookup and its scatter-add backward (engine/ops/embedding.cpp).
+// Ops served: embedding.
+// The CPU kernels and the ops: engine/ops/embedding.cpp. Map: docs/architecture.md.
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+
+#include "cuda/cuda_backend.h"
+#include "cuda/cuda_check.h"
+#include "cuda/cuda_common.cuh"
+#include "cuda/cuda_kernels.cuh"
+
+namespace runway {
+namespace cuda_kernels {
+
+// weight: (V, dim); ids: (n) int64; out: (n, dim). out[r, :] = weight[ids[r], :].
+template <typename T>
+__global__ void embedding_forward_kernel(const T* weight, const int64_t* ids, T* out, int64_t n,
+                                         int64_t dim) {
+  const int64_t total = n * dim;
+  for (int64_t i = grid_start(); i < total; i += grid_step()) {
+    const int64_t r = i / dim;
+    const int64_t c = i % dim;
+    out[i] = weight[ids[r] * dim + c];
+  }
+}
+
+// dout: (n, dim); ids: (n) int64; dweight: (V, dim). dweight[ids[r], :] += dout[r, :]
+// (atomic, since ids may repeat).
+template <typename T>
+__global__ void embedding_backward_kernel(const T* dout, const int64_t* ids, T* dweight,
+                                          int64_t n, int64_t dim) {
+  const int64_t total = n * dim;
+  for (int64_t i = grid_start(); i < total; i += grid_step()) {
+    const int64_t r = i / dim;
+    const int64_t c = i % dim;
+    dev_atomic_add(&dweight[ids[r] * dim + c], dout[i]);
+  }
+}
+
+}  // namespace cuda_kernels
+
+using namespace cuda_kernels;
+using namespace cuda_host;
+
+void CudaBackend::embedding_forward(DType dt, const void* weight, const int64_t* ids, void* out,
+                                    int64_t n, int64_t dim) {
+  check_nonnegative("embedding_forward", "n", n);
+  check_nonnegative("embedding_forward", "dim", dim);
+  dispatch_float(dt, "embedding_forward", [&](auto tag) {
+    using T = decltype(tag);
+    if (n == 0 || dim == 0) return;
+    embedding_forward_kernel<T><<<elementwise_grid(n * dim), kThreads, 0, stream_>>>(
+        static_cast<const T*>(weight), ids, static_cast<T*>(out), n, dim);
+    RUNWAY_CUDA_LAUNCH_CHECK("embedding_forward_kernel");
+  });
+}
+
+void CudaBackend::embedding_backward(DType dt, const void* dout, const int64_t* ids,
+                                     void* dweight, int64_t n, int64_t dim) {
+  check_nonnegative("embedding_backward", "n", n);
+  check_nonnegative("embedding_backward", "dim", dim);
+  dispatch_float(dt, "embedding_backward", [&](auto tag) {
+    using T = decltype(tag);
+    if (n == 0 || dim == 0) return;
+    embedding_backward_kernel<T><<<elementwise_grid(n * dim), kThreads, 0, stream_>>>(
+        static_cast<const T*>(dout), ids, static_cast<T*>(dweight), n, dim);
+    RUNWAY_CUDA_LAUNCH_CHECK("embedding_backward_kernel");
+  });
+}
+
+}  // namespace runway
