@@ -75,6 +75,11 @@ struct GemmArgs {
 // Throws unless C meets row_init's requirement (a no-op without row_init).
 void check_row_init(const GemmArgs& g);
 
+// The arguments of `batch` contiguous row-major products C (m x n) = alpha op(A) op(B) + beta C,
+// with A stored m x k (k x m when trans_a) and B k x n (n x k when trans_b), one after another.
+GemmArgs contiguous_gemm_args(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, int64_t batch = 1,
+                              double alpha = 1.0, double beta = 0.0);
+
 // One product of a group: C = op(A) op(B) as described by args.
 struct GemmCall {
   GemmArgs args;

@@ -28,20 +28,7 @@ struct Product {
 
   Product(bool ta, bool tb, int64_t m, int64_t n, int64_t k, int64_t batch, double beta, bool with_bias,
           uint64_t seed) {
-    g.trans_a = ta;
-    g.trans_b = tb;
-    g.m = m;
-    g.n = n;
-    g.k = k;
-    g.lda = ta ? m : k;
-    g.ldb = tb ? k : n;
-    g.ldc = n;
-    g.stride_a = m * k;
-    g.stride_b = k * n;
-    g.stride_c = m * n;
-    g.batch = batch;
-    g.alpha = 1.5;
-    g.beta = beta;
+    g = contiguous_gemm_args(ta, tb, m, n, k, batch, /*alpha=*/1.5, beta);
     a = random_floats(batch * m * k, seed);
     b = random_floats(batch * k * n, seed + 1);
     c = random_floats(batch * m * n, seed + 2);

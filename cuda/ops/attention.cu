@@ -248,27 +248,6 @@ void check_attention_args(const char* op, const AttentionArgs& a) {
   }
 }
 
-// Row-major batched C = alpha op(A) op(B) + beta C with contiguous row strides.
-GemmArgs batched_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
-                      int64_t batch, double alpha, double beta) {
-  GemmArgs g;
-  g.trans_a = trans_a;
-  g.trans_b = trans_b;
-  g.m = m;
-  g.n = n;
-  g.k = k;
-  g.lda = trans_a ? m : k;
-  g.ldb = trans_b ? k : n;
-  g.ldc = n;
-  g.stride_a = m * k;
-  g.stride_b = k * n;
-  g.stride_c = m * n;
-  g.batch = batch;
-  g.alpha = alpha;
-  g.beta = beta;
-  return g;
-}
-
 }  // namespace
 
 template <typename T>
@@ -301,7 +280,7 @@ void CudaBackend::attention_forward_impl(const AttentionArgs& a, const T* q, con
   }
 
   // S_h = scale * Q_h K_h^T, into attn.
-  gemm(dt, batched_gemm(false, true, N, N, D, B * H, a.scale, 0.0), q, k, attn);
+  gemm(dt, contiguous_gemm_args(false, true, N, N, D, B * H, a.scale, 0.0), q, k, attn);
 
   if (a.rewired) {
     // P = causal softmax of the runway head's un-rewired logits.
@@ -313,7 +292,7 @@ void CudaBackend::attention_forward_impl(const AttentionArgs& a, const T* q, con
       T* lp = lp_tmp->as<T>();
       strictly_lower_kernel<T><<<elementwise_grid(B * tt), kThreads, 0, stream_>>>(p, lp, B, N);
       RUNWAY_CUDA_LAUNCH_CHECK("strictly_lower_kernel");
-      gemm(dt, batched_gemm(false, false, N, N, N, B, 1.0, 0.0), lp, lp, r);
+      gemm(dt, contiguous_gemm_args(false, false, N, N, N, B, 1.0, 0.0), lp, lp, r);
     } else {
       absorption_summary_kernel<T><<<elementwise_grid(B * N), kThreads, 0, stream_>>>(p, r, B, N);
       RUNWAY_CUDA_LAUNCH_CHECK("absorption_summary_kernel");
@@ -327,7 +306,7 @@ void CudaBackend::attention_forward_impl(const AttentionArgs& a, const T* q, con
   RUNWAY_CUDA_LAUNCH_CHECK("causal_softmax_kernel");
 
   // Y_h = A'_h V_h.
-  gemm(dt, batched_gemm(false, false, N, D, N, B * H, 1.0, 0.0), attn, v, y);
+  gemm(dt, contiguous_gemm_args(false, false, N, D, N, B * H, 1.0, 0.0), attn, v, y);
 }
 
 template <typename T>
@@ -343,8 +322,8 @@ void CudaBackend::attention_backward_impl(const AttentionArgs& a, const T* q, co
   T* ds = ds_buf.as<T>();
 
   // dV_h = A'_h^T dY_h;  dA'_h = dY_h V_h^T;  dS'_h = causal softmax backward (in place).
-  gemm(dt, batched_gemm(true, false, N, D, N, B * H, 1.0, 0.0), attn, dy, dv);
-  gemm(dt, batched_gemm(false, true, N, N, D, B * H, 1.0, 0.0), dy, v, ds);
+  gemm(dt, contiguous_gemm_args(true, false, N, D, N, B * H, 1.0, 0.0), attn, dy, dv);
+  gemm(dt, contiguous_gemm_args(false, true, N, N, D, B * H, 1.0, 0.0), dy, v, ds);
   causal_softmax_backward_kernel<T><<<row_grid(B * H * N), kThreads, 0, stream_>>>(
       attn, ds, ds, B * H * N, N, tt, false);
   RUNWAY_CUDA_LAUNCH_CHECK("causal_softmax_backward_kernel");
@@ -365,8 +344,8 @@ void CudaBackend::attention_backward_impl(const AttentionArgs& a, const T* q, co
       T* lp = lp_buf.as<T>();
       strictly_lower_kernel<T><<<elementwise_grid(B * tt), kThreads, 0, stream_>>>(p, lp, B, N);
       RUNWAY_CUDA_LAUNCH_CHECK("strictly_lower_kernel");
-      gemm(dt, batched_gemm(false, true, N, N, N, B, 1.0, 0.0), dr, lp, dp);
-      gemm(dt, batched_gemm(true, false, N, N, N, B, 1.0, 1.0), lp, dr, dp);
+      gemm(dt, contiguous_gemm_args(false, true, N, N, N, B, 1.0, 0.0), dr, lp, dp);
+      gemm(dt, contiguous_gemm_args(true, false, N, N, N, B, 1.0, 1.0), lp, dr, dp);
       strictly_lower_kernel<T><<<elementwise_grid(B * tt), kThreads, 0, stream_>>>(dp, dp, B, N);
       RUNWAY_CUDA_LAUNCH_CHECK("strictly_lower_kernel");
     } else {
@@ -381,8 +360,8 @@ void CudaBackend::attention_backward_impl(const AttentionArgs& a, const T* q, co
   }
 
   // dQ_h = scale * dS_h K_h;  dK_h = scale * dS_h^T Q_h.
-  gemm(dt, batched_gemm(false, false, N, D, N, B * H, a.scale, 0.0), ds, k, dq);
-  gemm(dt, batched_gemm(true, false, N, D, N, B * H, a.scale, 0.0), ds, q, dk);
+  gemm(dt, contiguous_gemm_args(false, false, N, D, N, B * H, a.scale, 0.0), ds, k, dq);
+  gemm(dt, contiguous_gemm_args(true, false, N, D, N, B * H, a.scale, 0.0), ds, q, dk);
 }
 
 void CudaBackend::attention_forward(DType dt, const AttentionArgs& args, const void* q,

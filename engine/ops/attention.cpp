@@ -545,22 +545,7 @@ void upload(Backend& b, DType dt, const std::vector<double>& host, void* dst) {
 // trans_a), B (k x n, or n x k when trans_b), C (m x n); beta = 1 accumulates into C.
 void batched_gemm(Backend& be, DType dt, int64_t batch, bool trans_a, bool trans_b, int64_t m, int64_t n,
                   int64_t k, double alpha, const void* a, const void* b, void* c, double beta = 0.0) {
-  GemmArgs g;
-  g.trans_a = trans_a;
-  g.trans_b = trans_b;
-  g.m = m;
-  g.n = n;
-  g.k = k;
-  g.lda = trans_a ? m : k;
-  g.ldb = trans_b ? k : n;
-  g.ldc = n;
-  g.stride_a = m * k;
-  g.stride_b = k * n;
-  g.stride_c = m * n;
-  g.batch = batch;
-  g.alpha = alpha;
-  g.beta = beta;
-  be.gemm(dt, g, a, b, c);
+  be.gemm(dt, contiguous_gemm_args(trans_a, trans_b, m, n, k, batch, alpha, beta), a, b, c);
 }
 
 // out (B, T, T) = x (B, T, T) transposed in each batch item.

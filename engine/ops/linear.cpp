@@ -322,6 +322,26 @@ void check_row_init(const GemmArgs& g) {
                             "ldc {}, stride_c {}", g.n, g.m * g.n, g.ldc, g.stride_c));
 }
 
+GemmArgs contiguous_gemm_args(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, int64_t batch,
+                              double alpha, double beta) {
+  GemmArgs g;
+  g.trans_a = trans_a;
+  g.trans_b = trans_b;
+  g.m = m;
+  g.n = n;
+  g.k = k;
+  g.lda = trans_a ? m : k;
+  g.ldb = trans_b ? k : n;
+  g.ldc = n;
+  g.stride_a = m * k;
+  g.stride_b = k * n;
+  g.stride_c = m * n;
+  g.batch = batch;
+  g.alpha = alpha;
+  g.beta = beta;
+  return g;
+}
+
 // OpenBLAS runs single-threaded (see the constructor); the engine splits each product
 // over its OpenMP threads itself: batch items when there are enough of them, else the
 // rows of C (or its columns when C is wide and short), one single-threaded sgemm per
