@@ -25,9 +25,11 @@
 #include "nn/checkpoint.h"
 #include "nn/train.h"
 #include "tests/test_support.h"
+#include "tests/train_test_support.h"
 
 using namespace runway;
 using namespace runway::nn;
+using runway::testing::run_losses;
 using Catch::Matchers::Contains;
 using runway::testing::read_bytes;
 using runway::testing::slurp;
@@ -51,13 +53,8 @@ std::vector<std::string> tiny_flags(const std::string& data, const std::string& 
 }
 
 TrainConfig tiny_config(const std::string& data) {
-  TrainConfig c;
-  c.data = data;
-  c.model.n_layer = 1;
-  c.model.n_head = 2;
-  c.model.n_embd = 16;
-  c.model.seq_len = 16;
-  c.batch_size = 4;
+  TrainConfig c = runway::testing::tiny_train_config(data);
+  c.model.rewired = false;
   c.steps = 8;
   c.warmup = 1;
   c.eval_every = 3;
@@ -140,16 +137,6 @@ void to_flat_layout(const std::string& run) {
   for (const char* f : {"model.safetensors", "optimizer.safetensors", "state.json"})
     fs::rename(at.dir + "/" + f, run + "/" + f);
   fs::remove_all(run + "/checkpoints");
-}
-
-std::vector<double> run_losses(Trainer& t, int64_t stop_at = -1) {
-  std::vector<double> out;
-  std::atomic<bool> stop{false};
-  t.run([&](const StepReport& r) {
-    out.push_back(r.loss);
-    if (r.step == stop_at) stop.store(true);
-  }, &stop);
-  return out;
 }
 
 }  // namespace

@@ -18,9 +18,11 @@
 #include "nn/checkpoint.h"
 #include "nn/train.h"
 #include "tests/test_support.h"
+#include "tests/train_test_support.h"
 
 using namespace runway;
 using namespace runway::nn;
+using runway::testing::run_losses;
 using Catch::Matchers::Contains;
 namespace fs = std::filesystem;
 namespace mp = runway::model_parity;
@@ -28,14 +30,7 @@ namespace mp = runway::model_parity;
 namespace {
 
 TrainConfig tiny_config(const std::string& data) {
-  TrainConfig c;
-  c.data = data;
-  c.model.n_layer = 1;
-  c.model.n_head = 2;
-  c.model.n_embd = 16;
-  c.model.seq_len = 16;
-  c.model.rewired = true;
-  c.batch_size = 4;
+  TrainConfig c = runway::testing::tiny_train_config(data);
   c.steps = 6;
   c.warmup = 2;
   c.eval_every = 3;
@@ -47,16 +42,6 @@ std::string make_corpus(const std::string& dir) {
   fs::create_directories(dir + "/corpus");
   std::ofstream(dir + "/corpus/a.txt") << mp::corpus_text();
   return dir + "/corpus";
-}
-
-std::vector<double> run_losses(Trainer& t, int64_t stop_at = -1) {
-  std::vector<double> out;
-  std::atomic<bool> stop{false};
-  t.run([&](const StepReport& r) {
-    out.push_back(r.loss);
-    if (r.step == stop_at) stop.store(true);
-  }, &stop);
-  return out;
 }
 
 }  // namespace

@@ -11,9 +11,11 @@
 
 #include "nn/train.h"
 #include "tests/test_support.h"
+#include "tests/train_test_support.h"
 
 using namespace runway;
 using namespace runway::nn;
+using runway::testing::run_losses;
 using Catch::Matchers::Contains;
 using runway::testing::TempDir;
 namespace fs = std::filesystem;
@@ -32,30 +34,13 @@ std::string make_corpus(const std::string& dir) {
 }
 
 TrainConfig tiny_config(const std::string& data) {
-  TrainConfig c;
-  c.data = data;
-  c.model.n_layer = 1;
-  c.model.n_head = 2;
-  c.model.n_embd = 16;
-  c.model.seq_len = 16;
-  c.model.rewired = true;
-  c.batch_size = 4;
+  TrainConfig c = runway::testing::tiny_train_config(data);
   c.steps = 8;
   c.warmup = 2;
   c.eval_every = 4;
   c.eval_batches = 2;
   c.grad_accum = 2;
   return c;
-}
-
-std::vector<double> losses(Trainer& t, int64_t stop_at = -1) {
-  std::vector<double> out;
-  std::atomic<bool> stop{false};
-  t.run([&](const StepReport& r) {
-    out.push_back(r.loss);
-    if (r.step == stop_at) stop.store(true);
-  }, &stop);
-  return out;
 }
 
 }  // namespace
@@ -65,7 +50,7 @@ TEST_CASE("the same seed and data give the same losses, bit for bit") {
   const std::string& dir = tmp.path;
   const TrainConfig c = tiny_config(make_corpus(dir));
   Trainer a(c, dir + "/a", false), b(c, dir + "/b", false);
-  const auto la = losses(a), lb = losses(b);
+  const auto la = run_losses(a), lb = run_losses(b);
   REQUIRE(la.size() == 8);
   CHECK(la == lb);
   CHECK(la.back() < la.front());
@@ -76,16 +61,16 @@ TEST_CASE("resume continues with exactly the losses of an uninterrupted run") {
   const std::string& dir = tmp.path;
   const TrainConfig c = tiny_config(make_corpus(dir));
   Trainer full(c, dir + "/full", false);
-  const auto straight = losses(full);
+  const auto straight = run_losses(full);
   std::vector<double> pieced;
   {
     Trainer first(c, dir + "/pieced", false);
-    pieced = losses(first, 3);  // interrupted after step 3: a checkpoint is saved
+    pieced = run_losses(first, 3);  // interrupted after step 3: a checkpoint is saved
     REQUIRE(first.step() == 3);
   }
   Trainer second(TrainConfig{}, dir + "/pieced", true);  // the saved config wins
   CHECK(second.step() == 3);
-  const auto rest = losses(second);
+  const auto rest = run_losses(second);
   pieced.insert(pieced.end(), rest.begin(), rest.end());
   CHECK(pieced == straight);
   // The metrics log holds every step once, in order.
@@ -101,7 +86,7 @@ TEST_CASE("a truncated or inconsistent checkpoint is refused with a clear messag
   const TrainConfig c = tiny_config(make_corpus(dir));
   {
     Trainer t(c, dir + "/run", false);
-    losses(t);
+    run_losses(t);
   }
   // The run's only checkpoint (nn/checkpoint.h) is damaged: its manifest catches it.
   const std::string model = dir + "/run/checkpoints/step-00000008/model.safetensors";
@@ -110,7 +95,7 @@ TEST_CASE("a truncated or inconsistent checkpoint is refused with a clear messag
   CHECK_THROWS_WITH(load_model(dir + "/run"), Contains("model.safetensors"));
   {
     Trainer t(c, dir + "/run2", false);
-    losses(t);
+    run_losses(t);
   }
   // A state.json from another step: not the file the manifest vouches for.
   std::ofstream(dir + "/run2/checkpoints/step-00000008/state.json") << R"({"step": 5, "data_rng": ["0","0","0","1"], "data_rng_has_spare": false, "data_rng_spare_bits": "0"})";
@@ -155,5 +140,5 @@ TEST_CASE("task mixing is validated and changes the training batches") {
   TrainConfig plain = c;
   plain.mix_recall = 0;
   Trainer mixed(c, dir + "/mixed", false), base(plain, dir + "/plain", false);
-  CHECK(losses(mixed) != losses(base));
+  CHECK(run_losses(mixed) != run_losses(base));
 }

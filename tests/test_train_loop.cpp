@@ -22,6 +22,7 @@
 #include "nn/gpt.h"
 #include "nn/train.h"
 #include "test_support.h"
+#include "train_test_support.h"
 
 using namespace runway;
 using namespace runway::nn;
@@ -40,14 +41,7 @@ std::string write_corpus(const TempDir& dir) {
 }
 
 TrainConfig small_config(const std::string& data) {
-  TrainConfig c;
-  c.data = data;
-  c.model.n_layer = 1;
-  c.model.n_head = 2;
-  c.model.n_embd = 16;
-  c.model.seq_len = 16;
-  c.model.rewired = true;
-  c.batch_size = 4;
+  TrainConfig c = runway::testing::tiny_train_config(data);
   c.steps = 1;
   c.warmup = 0;
   c.eval_every = 1000;
