@@ -376,7 +376,7 @@ void Trainer::check_replicas() const {
                             "range from {:016x} to {:016x}): the replicas diverged, stopping (nothing saved at this "
                             "step; the newest checkpoint is {})",
                             step_, hash, rank(), lo, hi,
-                            last_saved_step_ >= 0 ? fmt::format("step {}", last_saved_step_) : std::string("none")));
+                            newest_checkpoint_text()));
 }
 
 // Test hooks for the fault tests (tests/test_distributed.cpp): RUNWAY_FAULT_RANK=r and
@@ -412,7 +412,7 @@ void Trainer::save_checkpoint() const {
       throw Error(fmt::format("not saving the checkpoint of step {} in '{}': the {} '{}' holds a value that is not "
                               "finite (the run diverged); the newest checkpoint on disk is {}",
                               step_, out_dir_, what, params[i].name,
-                              last_saved_step_ >= 0 ? fmt::format("step {}", last_saved_step_) : std::string("none")));
+                              newest_checkpoint_text()));
   }
   const std::map<std::string, std::string> meta{{"step", std::to_string(step_)}, {"format", "runway"}};
   const Generator::State st = data_gen_.state();
@@ -461,7 +461,11 @@ double Trainer::validation_loss(int64_t batches, int64_t T) const {
   return total / static_cast<double>(batches);
 }
 
-int64_t Trainer::run(const std::function<void(const StepReport&)>& on_step, const std::atomic<bool>* stop) {
+std::string Trainer::newest_checkpoint_text() const {
+  return last_saved_step_ >= 0 ? fmt::format("step {}", last_saved_step_) : std::string("none");
+}
+
+double Trainer::accumulate_gradients() {
   const int64_t B = config_.batch_size, T = config_.model.seq_len;
   // Data parallel: this rank's rows of every global micro-batch of B rows, and the
   // factor that turns its rows' mean loss into its share of the global mean: the global
@@ -471,6 +475,57 @@ int64_t Trainer::run(const std::function<void(const StepReport&)>& on_step, cons
   const int64_t N = ranks(), local_B = B / N, first_row = rank() * local_B;
   const double share = 1.0 / static_cast<double>(config_.grad_accum * N);
   std::vector<int64_t> inputs, targets;
+  double step_loss = 0;
+  for (int64_t micro = 0; micro < config_.grad_accum; ++micro) {
+    // The whole global micro-batch, drawn (and mixed) the same way on every rank.
+    data_->sampler->next_batch(B, data_gen_, &inputs, &targets);
+    if (config_.mix_passkey > 0) mix_passkey(inputs, targets, B, T, config_.mix_passkey, data_gen_);
+    if (config_.mix_recall > 0)
+      mix_recall(inputs, targets, B, T, config_.mix_recall, config_.recall_pairs, config_.recall_queries, data_gen_);
+    if (N > 1) {  // keep this rank's rows
+      inputs.assign(inputs.begin() + first_row * T, inputs.begin() + (first_row + local_B) * T);
+      targets.assign(targets.begin() + first_row * T, targets.begin() + (first_row + local_B) * T);
+    }
+    Tensor loss = model_->loss(Tensor::from_indices(inputs, {local_B, T}).to(device_),
+                               Tensor::from_indices(targets, {local_B, T}).to(device_));
+    mul_scalar(loss, share).backward();
+    step_loss += loss.item() / static_cast<double>(config_.grad_accum * N);  // = x share, rounded as before
+  }
+  return step_loss;
+}
+
+void Trainer::stop_if_diverged(double step_loss, double grad_norm) const {
+  if (std::isfinite(step_loss) && std::isfinite(grad_norm)) return;
+  // Stop before the update: the parameters in memory are still those of step_.
+  std::string culprit = "every gradient is finite: the loss itself overflowed";
+  for (const auto& p : model_->named_parameters()) {
+    const Tensor g = p.tensor.grad();
+    if (g.defined() && !all_finite(g)) {
+      culprit = fmt::format("the first parameter whose gradient is not finite is '{}'", p.name);
+      break;
+    }
+  }
+  throw Error(fmt::format(
+      "step {}: the training loss is {} and the gradient norm is {}: not finite, the run diverged ({}). Stopped "
+      "before the update and saved nothing; the newest checkpoint in '{}' is {}. Lower --lr, lengthen --warmup "
+      "or clip harder (--grad-clip) and train again",
+      step_ + 1, step_loss, grad_norm, culprit, out_dir_, newest_checkpoint_text()));
+}
+
+void Trainer::append_metrics(std::ofstream& metrics, const std::string& path, const StepReport& r) const {
+  json line{{"step", r.step}, {"loss", r.loss}, {"lr", r.lr}, {"grad_norm", r.grad_norm},
+            {"tokens_per_second", r.tokens_per_second}};
+  if (r.evaluated) line["val_loss"] = r.val_loss;
+  if (comm_) {
+    line["ranks"] = ranks();
+    line["allreduce_seconds"] = r.allreduce_seconds;
+  }
+  metrics << line.dump() << "\n" << std::flush;
+  if (!metrics) throw Error(fmt::format("cannot append to '{}' (disk full?)", path));
+}
+
+int64_t Trainer::run(const std::function<void(const StepReport&)>& on_step, const std::atomic<bool>* stop) {
+  const int64_t T = config_.model.seq_len;
   const auto start = std::chrono::steady_clock::now();
   const int64_t first_step = step_;
   const std::string metrics_path = out_dir_ + "/metrics.jsonl";
@@ -485,22 +540,7 @@ int64_t Trainer::run(const std::function<void(const StepReport&)>& on_step, cons
     if (comm_) maybe_inject_fault(rank(), step_, model_->named_parameters());
     const auto t0 = std::chrono::steady_clock::now();
     optimizer_->zero_grad();
-    double step_loss = 0;
-    for (int64_t micro = 0; micro < config_.grad_accum; ++micro) {
-      // The whole global micro-batch, drawn (and mixed) the same way on every rank.
-      data_->sampler->next_batch(B, data_gen_, &inputs, &targets);
-      if (config_.mix_passkey > 0) mix_passkey(inputs, targets, B, T, config_.mix_passkey, data_gen_);
-      if (config_.mix_recall > 0)
-        mix_recall(inputs, targets, B, T, config_.mix_recall, config_.recall_pairs, config_.recall_queries, data_gen_);
-      if (N > 1) {  // keep this rank's rows
-        inputs.assign(inputs.begin() + first_row * T, inputs.begin() + (first_row + local_B) * T);
-        targets.assign(targets.begin() + first_row * T, targets.begin() + (first_row + local_B) * T);
-      }
-      Tensor loss = model_->loss(Tensor::from_indices(inputs, {local_B, T}).to(device_),
-                                 Tensor::from_indices(targets, {local_B, T}).to(device_));
-      mul_scalar(loss, share).backward();
-      step_loss += loss.item() / static_cast<double>(config_.grad_accum * N);  // = x share, rounded as before
-    }
+    double step_loss = accumulate_gradients();
     StepReport r;
     if (comm_) {
       const auto a0 = std::chrono::steady_clock::now();
@@ -512,23 +552,7 @@ int64_t Trainer::run(const std::function<void(const StepReport&)>& on_step, cons
       stop_agreed = shared[1] > 0;
     }
     r.grad_norm = global_grad_norm(model_->named_parameters());
-    if (!std::isfinite(step_loss) || !std::isfinite(r.grad_norm)) {
-      // Stop before the update: the parameters in memory are still those of step_.
-      std::string culprit = "every gradient is finite: the loss itself overflowed";
-      for (const auto& p : model_->named_parameters()) {
-        const Tensor g = p.tensor.grad();
-        if (g.defined() && !all_finite(g)) {
-          culprit = fmt::format("the first parameter whose gradient is not finite is '{}'", p.name);
-          break;
-        }
-      }
-      throw Error(fmt::format(
-          "step {}: the training loss is {} and the gradient norm is {}: not finite, the run diverged ({}). Stopped "
-          "before the update and saved nothing; the newest checkpoint in '{}' is {}. Lower --lr, lengthen --warmup "
-          "or clip harder (--grad-clip) and train again",
-          step_ + 1, step_loss, r.grad_norm, culprit, out_dir_,
-          last_saved_step_ >= 0 ? fmt::format("step {}", last_saved_step_) : std::string("none")));
-    }
+    stop_if_diverged(step_loss, r.grad_norm);
     r.lr = learning_rate(step_, config_.steps, config_.warmup, config_.lr, config_.min_lr_ratio);
     optimizer_->step(r.lr, clip_scale(r.grad_norm, config_.grad_clip));
     ++step_;
@@ -536,7 +560,8 @@ int64_t Trainer::run(const std::function<void(const StepReport&)>& on_step, cons
     const double elapsed = std::chrono::duration<double>(t1 - start).count();
     r.step = step_;
     r.loss = step_loss;
-    r.tokens_per_second = static_cast<double>(B * T * config_.grad_accum) / std::chrono::duration<double>(t1 - t0).count();
+    r.tokens_per_second = static_cast<double>(config_.batch_size * T * config_.grad_accum) /
+                          std::chrono::duration<double>(t1 - t0).count();
     r.seconds_left = elapsed / static_cast<double>(step_ - first_step) * static_cast<double>(config_.steps - step_);
     if (writes_files() && (step_ % config_.eval_every == 0 || step_ == config_.steps)) {  // rank 0 validates
       r.evaluated = true;
@@ -545,23 +570,12 @@ int64_t Trainer::run(const std::function<void(const StepReport&)>& on_step, cons
         throw Error(fmt::format("step {}: the validation loss is {}: not finite, the run diverged (its weights overflow). "
                                 "Stopped without saving this step; the newest checkpoint in '{}' is {}. Lower --lr, "
                                 "lengthen --warmup or clip harder (--grad-clip) and train again",
-                                step_, r.val_loss, out_dir_,
-                                last_saved_step_ >= 0 ? fmt::format("step {}", last_saved_step_) : std::string("none")));
+                                step_, r.val_loss, out_dir_, newest_checkpoint_text()));
     }
     // The replicas must hold the same parameters: checked every kReplicaCheckEvery steps,
     // at the last one and before a stop's save.
     if (comm_ && (step_ % kReplicaCheckEvery == 0 || step_ == config_.steps || stopping())) check_replicas();
-    if (writes_files()) {
-      json line{{"step", r.step}, {"loss", r.loss}, {"lr", r.lr}, {"grad_norm", r.grad_norm},
-                {"tokens_per_second", r.tokens_per_second}};
-      if (r.evaluated) line["val_loss"] = r.val_loss;
-      if (comm_) {
-        line["ranks"] = N;
-        line["allreduce_seconds"] = r.allreduce_seconds;
-      }
-      metrics << line.dump() << "\n" << std::flush;
-      if (!metrics) throw Error(fmt::format("cannot append to '{}' (disk full?)", metrics_path));
-    }
+    if (writes_files()) append_metrics(metrics, metrics_path, r);
     // Periodic saves (rank 0), after the step's metrics line (a checkpoint never runs ahead
     // of its log); the last step and a stop get the save below.
     if (writes_files() && step_ < config_.steps && !stopping()) {

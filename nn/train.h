@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <iosfwd>
 #include <memory>
 #include <string>
 #include <vector>
@@ -130,8 +131,6 @@ class Trainer {
   // first one that is not, and nothing written, otherwise).
   void save_checkpoint() const;
   void set_save_schedule(const SaveSchedule& schedule) { save_schedule_ = schedule; }
-  // The step of the newest checkpoint this trainer saved or resumed from; -1: none yet.
-  int64_t last_saved_step() const { return last_saved_step_; }
   const GPT& model() const { return *model_; }
   int64_t step() const { return step_; }
   const TrainConfig& config() const { return config_; }
@@ -153,6 +152,15 @@ class Trainer {
   void broadcast_state();        // rank 0's parameters, moments, step and data RNG to all
   void reduce_gradients();       // sum of every rank's gradients, on every rank
   void check_replicas() const;   // the parameter checksum over the ranks
+  // One step's forward and backward over its grad_accum micro-batches (this rank's rows
+  // of each); returns this rank's share of the step's mean loss.
+  double accumulate_gradients();
+  // Throws, naming the step and the first parameter whose gradient is not finite, when
+  // the loss or the gradient norm is not finite (before the update: nothing is saved).
+  void stop_if_diverged(double step_loss, double grad_norm) const;
+  void append_metrics(std::ofstream& metrics, const std::string& path, const StepReport& r) const;
+  // "step N" for the newest checkpoint on disk, or "none": for the messages of a stop.
+  std::string newest_checkpoint_text() const;
 
   struct Data;
   TrainConfig config_;
