@@ -250,14 +250,7 @@ void Backend::layernorm_backward(DType dt, const void* dy, const void* x, const 
   binary(BinaryOp::Mul, dt, per_row_plan(rows, cols), xhat.get(), rstd, xhat.get());
   binary(BinaryOp::Mul, dt, per_col_plan(rows, cols), dy, weight, dxhat.get());
   // Column sums into dweight and dbias: ones (1 x rows) @ M (rows x C), C += the product.
-  GemmArgs colsum;
-  colsum.m = 1;
-  colsum.n = cols;
-  colsum.k = rows;
-  colsum.lda = rows;
-  colsum.ldb = cols;
-  colsum.ldc = cols;
-  colsum.beta = 1.0;
+  const GemmArgs colsum = contiguous_gemm_args(false, false, 1, cols, rows, /*batch=*/1, /*alpha=*/1.0, /*beta=*/1.0);
   binary(BinaryOp::Mul, dt, same_plan(rows, cols), dy, xhat.get(), tmp.get());
   gemm(dt, colsum, ones.get(), tmp.get(), dweight);
   gemm(dt, colsum, ones.get(), dy, dbias);

@@ -218,14 +218,7 @@ void Backend::rmsnorm_backward(DType dt, const void* dy, const void* x, const vo
   binary(BinaryOp::Mul, dt, per_row_plan(rows, cols), x, rstd, xhat.get());
   binary(BinaryOp::Mul, dt, per_col_plan(rows, cols), dy, weight, dxhat.get());
   // Column sums into dweight: ones (1 x rows) @ (dy * xhat) (rows x C), C += the product.
-  GemmArgs colsum;
-  colsum.m = 1;
-  colsum.n = cols;
-  colsum.k = rows;
-  colsum.lda = rows;
-  colsum.ldb = cols;
-  colsum.ldc = cols;
-  colsum.beta = 1.0;
+  const GemmArgs colsum = contiguous_gemm_args(false, false, 1, cols, rows, /*batch=*/1, /*alpha=*/1.0, /*beta=*/1.0);
   binary(BinaryOp::Mul, dt, same_plan(rows, cols), dy, xhat.get(), tmp.get());
   gemm(dt, colsum, ones.get(), tmp.get(), dweight);
   binary(BinaryOp::Mul, dt, same_plan(rows, cols), dxhat.get(), xhat.get(), tmp.get());
