@@ -5,7 +5,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 DEB_PACKAGES := build-essential cmake libeigen3-dev libopenblas-dev libfmt-dev catch2 libopenmpi-dev openmpi-bin \
-                libcli11-dev nlohmann-json3-dev libstb-dev fortunes fortunes-min
+                libcli11-dev nlohmann-json3-dev libstb-dev fortunes fortunes-min python3
 
 .PHONY: all deps configure build test test-long run gradcheck bench bench-deps bench-cpu sanitize fuzz fuzz-deps clean gpu-bundle
 

@@ -49,22 +49,27 @@ std::string describe_inputs(const std::vector<Input>& inputs) {
   return out;
 }
 
-int run_attention(const AttentionArgs& args, const CLI::App& cmd) {
-  const bool rewired = args.kind == "rewired";
-  const DType dtype = args.dtype == "float32" ? DType::Float32 : DType::Float64;
+// Options that only mean something for the rewired op are ignored, but say so: a user
+// passing --beta to a standard run probably forgot --kind rewired.
+void warn_about_rewired_only_flags(const CLI::App& cmd) {
+  std::vector<std::string> ignored;
+  for (const char* flag : {"--summary", "--beta", "--runway-head", "--detach"})
+    if (cmd.count(flag) > 0) ignored.push_back(flag);
+  if (!ignored.empty())
+    fmt::print(stderr, "runway attention: warning: {} only appl{} to --kind rewired; ignored\n",
+               fmt::join(ignored, ", "), ignored.size() == 1 ? "ies" : "y");
+}
 
-  // Options that only mean something for the rewired op are ignored, but say so: a
-  // user passing --beta to a standard run probably forgot --kind rewired.
-  if (!rewired) {
-    std::vector<std::string> ignored;
-    for (const char* flag : {"--summary", "--beta", "--runway-head", "--detach"})
-      if (cmd.count(flag) > 0) ignored.push_back(flag);
-    if (!ignored.empty())
-      fmt::print(stderr, "runway attention: warning: {} only appl{} to --kind rewired; ignored\n",
-                 fmt::join(ignored, ", "), ignored.size() == 1 ? "ies" : "y");
-  }
+// The op's inputs, converted to the compute dtype; q, k and v are the leaves whose
+// gradients are written.
+struct AttentionProblem {
+  Tensor q, k, v, dy;
+  int64_t B = 0, H = 0, T = 0, D = 0;
+};
 
-  // ---- inputs: four (B, H, T, D) arrays of one shape ----------------------------------
+// Reads --q, --k, --v and --dy: four (B, H, T, D) arrays of one shape, every extent at
+// least 1, with --runway-head naming one of the H heads for a rewired run.
+AttentionProblem read_inputs(const AttentionArgs& args, bool rewired, DType dtype) {
   std::vector<Input> inputs{{"--q", args.q, {}}, {"--k", args.k, {}}, {"--v", args.v, {}}, {"--dy", args.dy, {}}};
   for (Input& in : inputs) in.tensor = read_npy(in.path);
   for (const Input& in : inputs)
@@ -79,30 +84,40 @@ int run_attention(const AttentionArgs& args, const CLI::App& cmd) {
     if (d < 1)
       throw Error(fmt::format("the inputs have shape {}; B, H, T and D must all be at least 1:{}",
                               shape_to_string(shape), describe_inputs(inputs)));
-  const int64_t B = shape[0], H = shape[1], T = shape[2], D = shape[3];
+  AttentionProblem problem;
+  problem.B = shape[0], problem.H = shape[1], problem.T = shape[2], problem.D = shape[3];
 
-  if (rewired && (args.runway_head < 0 || args.runway_head >= H))
+  if (rewired && (args.runway_head < 0 || args.runway_head >= problem.H))
     throw Error(fmt::format("--runway-head {} is out of range: the inputs have H = {} heads, so it must be in [0, {})",
-                            args.runway_head, H, H));
+                            args.runway_head, problem.H, problem.H));
 
   // Conversions make fresh leaves, so requires_grad is set on exactly q, k and v.
-  Tensor q = inputs[0].tensor.to(dtype).set_requires_grad(true);
-  Tensor k = inputs[1].tensor.to(dtype).set_requires_grad(true);
-  Tensor v = inputs[2].tensor.to(dtype).set_requires_grad(true);
-  Tensor dy = inputs[3].tensor.to(dtype);
+  problem.q = inputs[0].tensor.to(dtype).set_requires_grad(true);
+  problem.k = inputs[1].tensor.to(dtype).set_requires_grad(true);
+  problem.v = inputs[2].tensor.to(dtype).set_requires_grad(true);
+  problem.dy = inputs[3].tensor.to(dtype);
+  return problem;
+}
 
-  // ---- compute ----------------------------------------------------------------------------
-  AttentionSink inter;
+RunwayOptions runway_options_of(const AttentionArgs& args) {
   RunwayOptions options;
-  if (rewired) {
-    options.runway_head = args.runway_head;
-    options.summary = parse_runway_summary(args.summary);
-    options.beta = args.beta;
-    options.detach = args.detach;
-  }
-  const AttentionOptions how = rewired ? AttentionOptions::rewired_with(options) : AttentionOptions::standard();
-  Tensor y = causal_attention(AttentionInputs::split(q, k, v), how, rewired ? &inter : nullptr);
-  y.backward(dy);
+  options.runway_head = args.runway_head;
+  options.summary = parse_runway_summary(args.summary);
+  options.beta = args.beta;
+  options.detach = args.detach;
+  return options;
+}
+
+using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
+
+// Runs the op forward, backpropagates dy, and returns what is written: y, the input
+// gradients and, for a rewired run (`options` set), the intermediates.
+NamedTensors run_op(const AttentionProblem& problem, const RunwayOptions* options) {
+  AttentionSink inter;
+  const AttentionOptions how = options ? AttentionOptions::rewired_with(*options) : AttentionOptions::standard();
+  Tensor y = causal_attention(AttentionInputs::split(problem.q, problem.k, problem.v), how,
+                              options ? &inter : nullptr);
+  y.backward(problem.dy);
 
   // A gradient the tape never reached is zero (it cannot happen for attention, but a
   // missing file would be worse than an explicit zero).
@@ -110,35 +125,53 @@ int run_attention(const AttentionArgs& args, const CLI::App& cmd) {
     Tensor g = x.grad();
     return g.defined() ? g : Tensor::zeros(x.shape(), x.dtype(), x.device());
   };
-  std::vector<std::pair<std::string, Tensor>> outputs{
-      {"y", y.detach()}, {"dq", grad_of(q)}, {"dk", grad_of(k)}, {"dv", grad_of(v)}};
-  if (rewired) {
+  NamedTensors outputs{
+      {"y", y.detach()}, {"dq", grad_of(problem.q)}, {"dk", grad_of(problem.k)}, {"dv", grad_of(problem.v)}};
+  if (options) {
     outputs.emplace_back("p", inter.p);
     outputs.emplace_back("r", inter.r);
     outputs.emplace_back("a", inter.a);
     outputs.emplace_back("a_rewired", inter.a_rewired);
   }
+  return outputs;
+}
 
-  // ---- outputs --------------------------------------------------------------------------
+void make_output_directory(const std::string& out) {
   namespace fs = std::filesystem;
   std::error_code ec;
-  fs::create_directories(args.out, ec);
-  if (ec) throw Error(fmt::format("cannot create the output directory '{}': {}", args.out, ec.message()));
-  if (!fs::is_directory(args.out))
-    throw Error(fmt::format("--out '{}' exists and is not a directory", args.out));
+  fs::create_directories(out, ec);
+  if (ec) throw Error(fmt::format("cannot create the output directory '{}': {}", out, ec.message()));
+  if (!fs::is_directory(out)) throw Error(fmt::format("--out '{}' exists and is not a directory", out));
+}
 
-  if (rewired)
+// One line saying what ran, then one .npy file (and one line) per output.
+void write_outputs(const std::string& out, const AttentionProblem& problem, const RunwayOptions* options,
+                   DType dtype, const NamedTensors& outputs) {
+  if (options)
     fmt::print("runway attention: rewired (summary {}, beta {:g}, runway head {}{}), {}, B={} H={} T={} D={}\n",
-               runway_summary_name(options.summary), options.beta, options.runway_head,
-               options.detach ? ", R detached" : "", dtype_name(dtype), B, H, T, D);
+               runway_summary_name(options->summary), options->beta, options->runway_head,
+               options->detach ? ", R detached" : "", dtype_name(dtype), problem.B, problem.H, problem.T, problem.D);
   else
-    fmt::print("runway attention: standard, {}, B={} H={} T={} D={}\n", dtype_name(dtype), B, H, T, D);
+    fmt::print("runway attention: standard, {}, B={} H={} T={} D={}\n", dtype_name(dtype), problem.B, problem.H,
+               problem.T, problem.D);
   for (const auto& [name, tensor] : outputs) {
     if (!tensor.defined()) throw Error(fmt::format("the op did not produce '{}'", name));
-    const std::string path = (fs::path(args.out) / (name + ".npy")).string();
+    const std::string path = (std::filesystem::path(out) / (name + ".npy")).string();
     write_npy(path, tensor);
     fmt::print("  wrote {:<40} {}\n", path, tensor.shape_str());
   }
+}
+
+int run_attention(const AttentionArgs& args, const CLI::App& cmd) {
+  const bool rewired = args.kind == "rewired";
+  const DType dtype = args.dtype == "float32" ? DType::Float32 : DType::Float64;
+  if (!rewired) warn_about_rewired_only_flags(cmd);
+  const AttentionProblem problem = read_inputs(args, rewired, dtype);
+  const RunwayOptions options = rewired ? runway_options_of(args) : RunwayOptions{};
+  const RunwayOptions* rewiring = rewired ? &options : nullptr;
+  const NamedTensors outputs = run_op(problem, rewiring);
+  make_output_directory(args.out);
+  write_outputs(args.out, problem, rewiring, dtype, outputs);
   return 0;
 }
 

@@ -43,6 +43,7 @@ struct EvalArgs {
   uint64_t seed = 1;
   std::string data;                      // empty: the checkpoint's corpus
   std::string device = "cpu";
+  std::string attention_impl;            // empty: the checkpoint's (config.json)
 };
 
 // "128 (2L)" when the length is a multiple of L, else "100".
@@ -131,6 +132,7 @@ int run_eval(const EvalArgs& args) {
   // The memory a forward pass at the longest length needs, before the model is built.
   nn::TrainConfig config;
   config.update_from_file((fs::path(args.checkpoint) / "config.json").string());
+  if (!args.attention_impl.empty()) config.model.attention_impl = parse_attention_impl(args.attention_impl);
   {
     const int64_t L = config.model.seq_len;
     int64_t longest = args.lengths.empty() ? 8 * L : 0;
@@ -142,6 +144,10 @@ int run_eval(const EvalArgs& args) {
                              "choose a smaller --batch-size or shorter --lengths / --passkey-lengths");
   }
   std::unique_ptr<nn::GPT> model = nn::load_model(args.checkpoint, device, &config);
+  if (!args.attention_impl.empty()) {
+    config.model.attention_impl = parse_attention_impl(args.attention_impl);
+    model->set_attention_impl(config.model.attention_impl);
+  }
   const nn::GPTConfig& m = config.model;
   const int64_t L = m.seq_len;
   nn::EvalSuiteOptions suite;
@@ -161,9 +167,9 @@ int run_eval(const EvalArgs& args) {
   if (args.recall_trials > 0 && (P > 676 || Q > P))
     throw Error(fmt::format("--recall-pairs {} / --recall-queries {}: pairs must be at most 676 (distinct 2-letter keys) "
                             "and queries at most the pairs (each query asks a distinct pair)", P, Q));
-  fmt::print("runway eval: {}: {} attention, {} layers, {} heads, width {}, L={}, pos {}, {} parameters\n",
+  fmt::print("runway eval: {}: {} attention, {} layers, {} heads, width {}, L={}, pos {}, {} parameters; {} kernels\n",
              args.checkpoint, m.rewired ? "rewired" : "standard", m.n_layer, m.n_head, m.n_embd, L,
-             nn::position_encoding_name(m.pos), model->parameter_count());
+             nn::position_encoding_name(m.pos), model->parameter_count(), attention_impl_name(m.attention_impl));
 
   const std::string data_path = args.data.empty() ? config.data : args.data;
   const std::vector<uint8_t> val = nn::load_corpus(data_path, config.val_fraction).val;
@@ -217,6 +223,10 @@ void add_eval_command(CLI::App& app, int* exit_code) {
   add_uint_option(cmd, "--seed", &args->seed, "Seed of the passkey keys and recall examples");
   cmd->add_option("--data", args->data, "Text file or folder to take the validation split from (default: the checkpoint's)");
   add_device_option(cmd, &args->device);
+  add_choice_option(cmd, "--attention-impl", &args->attention_impl,
+                    "Attention kernels (default: the checkpoint's attention_impl): auto = blockwise from 1024 "
+                    "positions, materialized keeps the T x T maps, blockwise O(T) memory",
+                    {"auto", "materialized", "blockwise"});
   cmd->callback([args, exit_code] { *exit_code = run_eval(*args); });  // errors: main() reports them
 }
 

@@ -47,11 +47,8 @@ struct TrainArgs {
   nlohmann::json flags = nlohmann::json::object();
 };
 
-// One process's part of a run: the whole run, or one rank's of a data-parallel run
-// (comm; rank 0 alone prints).
-int train_in_this_process(const TrainArgs& args, nn::Communicator* comm) {
-  const bool talk = !comm || comm->rank() == 0;
-  const Device device = device_from_option(args.device);
+// The run's config: the config file (if any), then the flags given on the command line.
+nn::TrainConfig config_from_args(const TrainArgs& args) {
   nn::TrainConfig config;
   if (!args.config_file.empty()) {
     try {
@@ -60,46 +57,84 @@ int train_in_this_process(const TrainArgs& args, nn::Communicator* comm) {
       throw Error(fmt::format("--config: {}", e.what()));
     }
   }
+  config.update_from_json(args.flags, "command line");
+  return config;
+}
+
+// A resumed run keeps its saved config, so every flag but --steps is ignored (and, when
+// `talk`, said so). Returns the --steps given, or 0.
+int64_t steps_override_on_resume(const TrainArgs& args, bool talk) {
+  if (!args.resume) return 0;
   const nlohmann::json& given = args.flags;  // only the flags present on the command line
-  config.update_from_json(given, "command line");
-  int64_t steps_override = 0;
-  if (args.resume) {
-    for (const auto& [key, value] : given.items())
-      if (key != "steps" && talk) fmt::print(stderr, "runway train: --resume uses the saved config; ignoring --{}\n", key);
-    if (given.contains("steps")) steps_override = given["steps"].get<int64_t>();
+  for (const auto& [key, value] : given.items())
+    if (key != "steps" && talk) fmt::print(stderr, "runway train: --resume uses the saved config; ignoring --{}\n", key);
+  return given.contains("steps") ? given["steps"].get<int64_t>() : 0;
+}
+
+// SIGINT and SIGTERM set g_stop (and g_signal) while this lives; the handlers before it
+// come back when it goes.
+class StopSignalHandlers {
+ public:
+  StopSignalHandlers() {
+    g_stop.store(false);
+    g_signal.store(0);
+    previous_int_ = std::signal(SIGINT, on_stop_signal);
+    previous_term_ = std::signal(SIGTERM, on_stop_signal);
   }
+  ~StopSignalHandlers() {
+    std::signal(SIGINT, previous_int_);
+    std::signal(SIGTERM, previous_term_);
+  }
+  StopSignalHandlers(const StopSignalHandlers&) = delete;
+  StopSignalHandlers& operator=(const StopSignalHandlers&) = delete;
+
+ private:
+  void (*previous_int_)(int) = nullptr;
+  void (*previous_term_)(int) = nullptr;
+};
+
+// What is about to run: the model, its size, the device, the data and the schedule.
+void print_run_summary(const nn::Trainer& trainer, const TrainArgs& args, Device device,
+                       const nn::Communicator* comm) {
+  const nn::TrainConfig& c = trainer.config();
+  fmt::print("runway train: {} attention{}, {} layers, {} heads, width {}, T={}, pos {}\n",
+             c.model.rewired ? "rewired" : "standard",
+             c.model.rewired ? fmt::format(" ({}, beta {}, runway head {}{})", runway_summary_name(c.model.runway.summary),
+                                           c.model.runway.beta, c.model.runway.runway_head, c.model.runway.detach ? ", detached" : "")
+                             : "",
+             c.model.n_layer, c.model.n_head, c.model.n_embd, c.model.seq_len, nn::position_encoding_name(c.model.pos));
+  fmt::print("parameters: {}\n", trainer.model().parameter_count());
+  fmt::print("device: {}\n", nn::describe_device(device));
+  fmt::print("data: {}; {} steps of {} x {} x {} bytes{}\n", c.data, c.steps, c.batch_size, c.grad_accum, c.model.seq_len,
+             args.resume ? fmt::format(", resuming at step {}", trainer.step()) : "");
+  if (comm)
+    fmt::print("data parallel: {} ranks, {} of {} rows of every micro-batch each; gradients summed by {} all-reduce\n",
+               comm->size(), c.batch_size / comm->size(), c.batch_size, comm->name());
+  std::fflush(stdout);
+}
+
+// One step's progress line.
+std::string step_line(const nn::StepReport& r, const nn::TrainConfig& c, bool data_parallel) {
+  return fmt::format("step {:>6}/{} | loss {:.4f} | lr {:.2e} | {:.0f} tok/s | ETA {}{}{}\n", r.step, c.steps, r.loss, r.lr,
+                     r.tokens_per_second, nn::format_duration(r.seconds_left),
+                     data_parallel ? fmt::format(" | all-reduce {:.2f} ms", r.allreduce_seconds * 1e3) : "",
+                     r.evaluated ? fmt::format(" | val loss {:.4f} ({:.3f} bits/byte)", r.val_loss, r.val_loss / std::log(2.0))
+                                 : "");
+}
+
+// One process's part of a run: the whole run, or one rank's of a data-parallel run
+// (comm; rank 0 alone prints).
+int train_in_this_process(const TrainArgs& args, nn::Communicator* comm) {
+  const bool talk = !comm || comm->rank() == 0;
+  const Device device = device_from_option(args.device);
+  const nn::TrainConfig config = config_from_args(args);
+  const int64_t steps_override = steps_override_on_resume(args, talk);
   // Handlers first: a SIGTERM while the trainer loads makes it save at once and stop.
-  g_stop.store(false);
-  g_signal.store(0);
-  auto previous_int = std::signal(SIGINT, on_stop_signal);
-  auto previous_term = std::signal(SIGTERM, on_stop_signal);
-  struct RestoreHandlers {
-    void (*int_handler)(int);
-    void (*term_handler)(int);
-    ~RestoreHandlers() {
-      std::signal(SIGINT, int_handler);
-      std::signal(SIGTERM, term_handler);
-    }
-  } restore{previous_int, previous_term};
+  const StopSignalHandlers handlers;
   nn::Trainer trainer(config, args.out, args.resume, steps_override, device, args.overwrite, comm);
   trainer.set_save_schedule(args.save);
   const nn::TrainConfig& c = trainer.config();
-  if (talk) {
-    fmt::print("runway train: {} attention{}, {} layers, {} heads, width {}, T={}, pos {}\n",
-               c.model.rewired ? "rewired" : "standard",
-               c.model.rewired ? fmt::format(" ({}, beta {}, runway head {}{})", runway_summary_name(c.model.runway.summary),
-                                             c.model.runway.beta, c.model.runway.runway_head, c.model.runway.detach ? ", detached" : "")
-                               : "",
-               c.model.n_layer, c.model.n_head, c.model.n_embd, c.model.seq_len, nn::position_encoding_name(c.model.pos));
-    fmt::print("parameters: {}\n", trainer.model().parameter_count());
-    fmt::print("device: {}\n", nn::describe_device(device));
-    fmt::print("data: {}; {} steps of {} x {} x {} bytes{}\n", c.data, c.steps, c.batch_size, c.grad_accum, c.model.seq_len,
-               args.resume ? fmt::format(", resuming at step {}", trainer.step()) : "");
-    if (comm)
-      fmt::print("data parallel: {} ranks, {} of {} rows of every micro-batch each; gradients summed by {} all-reduce\n",
-                 comm->size(), c.batch_size / comm->size(), c.batch_size, comm->name());
-    std::fflush(stdout);
-  }
+  if (talk) print_run_summary(trainer, args, device, comm);
   // Rank 0 of a data-parallel run writes its progress through mpirun, which closes that
   // pipe as it tears the job down after Ctrl-C (SIGCONT, then SIGTERM a second later):
   // a failed write must not kill the rank (SIGPIPE) or throw before the stop's save.
@@ -115,12 +150,7 @@ int train_in_this_process(const TrainArgs& args, nn::Communicator* comm) {
   };
   if (comm) std::signal(SIGPIPE, SIG_IGN);
   const int64_t reached = trainer.run([&](const nn::StepReport& r) {
-    if (r.step % c.log_every == 0 || r.step == c.steps || r.evaluated)
-      say(fmt::format("step {:>6}/{} | loss {:.4f} | lr {:.2e} | {:.0f} tok/s | ETA {}{}{}\n", r.step, c.steps, r.loss, r.lr,
-                      r.tokens_per_second, nn::format_duration(r.seconds_left),
-                      comm ? fmt::format(" | all-reduce {:.2f} ms", r.allreduce_seconds * 1e3) : "",
-                      r.evaluated ? fmt::format(" | val loss {:.4f} ({:.3f} bits/byte)", r.val_loss, r.val_loss / std::log(2.0))
-                                  : ""));
+    if (r.step % c.log_every == 0 || r.step == c.steps || r.evaluated) say(step_line(r, c, comm != nullptr));
     if (r.checkpointed) say(fmt::format("checkpoint: step {} saved\n", r.step));
   }, &g_stop);
   if (reached < c.steps) {

@@ -201,6 +201,19 @@ class Backend {
   virtual void attention_backward(DType dt, const AttentionArgs& args, const void* q,
                                   const void* k, const void* v, const void* attn, const void* p,
                                   const void* dy, void* dq, void* dk, void* dv);
+  // Blockwise (memory-linear) attention (engine/ops/attention_blockwise.cpp): the same y
+  // as attention_forward, but no (T x T) map is saved. Saves lse (B,H,T), the log-sum-exp
+  // of every row of S'_h (S_h when standard), and, rewired, runway_lse (B,T), that of the
+  // runway head's un-rewired rows S_r; the backward recomputes the maps block by block from
+  // them and the forward's output y. The default runs attention_forward/backward with
+  // the maps in scratch for the duration of the call (same numbers, no memory saving;
+  // it leaves lse and runway_lse at 0, which its backward does not read).
+  virtual void attention_blockwise_forward(DType dt, const AttentionArgs& args, const void* q, const void* k,
+                                           const void* v, void* y, void* lse, void* runway_lse);
+  // Writes (overwrites) dq, dk, dv from dy (B,H,T,D) and what the forward saved.
+  virtual void attention_blockwise_backward(DType dt, const AttentionArgs& args, const void* q, const void* k,
+                                            const void* v, const void* y, const void* lse, const void* runway_lse,
+                                            const void* dy, void* dq, void* dk, void* dv);
   // Rotary position embedding over `rows` sequences of `seq` positions of width `dim`
   // (even), "rotate-half" convention: pairs (x[c], x[c + dim/2]) at position t are
   // rotated by angle (t + position_offset) * base^(-2c/dim); inverse rotates back.

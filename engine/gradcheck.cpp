@@ -108,10 +108,9 @@ void structural_checks(const Problem& p, const Tensor& y0, GradcheckResult& resu
   }
 }
 
-}  // namespace
-
-GradcheckResult gradcheck(const TensorFn& f, const std::vector<Tensor>& inputs,
-                          const GradcheckOptions& options, const std::vector<bool>& wrt) {
+// The problem of checking f at `inputs`: private float64 copies of the inputs, and
+// which of them are differentiated (float64 ones unless `wrt` says otherwise).
+Problem make_problem(const TensorFn& f, const std::vector<Tensor>& inputs, const std::vector<bool>& wrt) {
   if (!wrt.empty() && wrt.size() != inputs.size())
     throw Error(fmt::format("gradcheck: {} wrt flags for {} inputs", wrt.size(), inputs.size()));
   Problem p{f, {}, {}};
@@ -125,7 +124,69 @@ GradcheckResult gradcheck(const TensorFn& f, const std::vector<Tensor>& inputs,
     p.inputs.push_back(x.detach().clone());  // private, contiguous, perturbable
     if (wanted) p.diff.push_back(i);
   }
+  return p;
+}
 
+// Full mode for differentiable input k: the numeric Jacobian column by column (central
+// differences of f), the analytic one row by row (backward from each one-hot upstream).
+void check_full_jacobian(Problem& p, size_t k, const Tensor& y0, const GradcheckOptions& options,
+                         InputCheck& check) {
+  const int64_t n_out = y0.numel();
+  Tensor& x = p.inputs[p.diff[k]];
+  double* data = x.data<double>();
+  std::vector<std::vector<double>> numeric(x.numel());
+  for (int64_t j = 0; j < x.numel(); ++j) {
+    const double saved = data[j];
+    data[j] = saved + options.eps;
+    const auto plus = evaluate(p);
+    data[j] = saved - options.eps;
+    const auto minus = evaluate(p);
+    data[j] = saved;
+    numeric[j].resize(n_out);
+    for (int64_t o = 0; o < n_out; ++o) numeric[j][o] = (plus[o] - minus[o]) / (2 * options.eps);
+  }
+  for (int64_t o = 0; o < n_out; ++o) {
+    std::vector<double> onehot(n_out, 0.0);
+    onehot[o] = 1.0;
+    const auto rows = analytic_vjp(p, Tensor::from_vector(onehot, y0.shape(), DType::Float64), nullptr);
+    for (int64_t j = 0; j < x.numel(); ++j) compare(check, rows[k][j], numeric[j][o], options);
+  }
+}
+
+// Fast mode for differentiable input k: `options.projections` random pairs (u, v), each
+// comparing <grad_x <u, f(x)>, v> with <u, f(x + eps v) - f(x - eps v)> / (2 eps).
+void check_random_projections(Problem& p, size_t k, const Tensor& y0, const GradcheckOptions& options,
+                              Generator& gen, InputCheck& check) {
+  const int64_t n_out = y0.numel();
+  Tensor& x = p.inputs[p.diff[k]];
+  double* data = x.data<double>();
+  for (int proj = 0; proj < options.projections; ++proj) {
+    Tensor u = Tensor::normal(y0.shape(), 0.0, 1.0, gen, DType::Float64);
+    const auto uv = u.to_vector();
+    std::vector<double> v(x.numel());
+    for (double& e : v) e = gen.normal();
+    const auto grads = analytic_vjp(p, u, nullptr);
+    const double analytic = dot(grads[k], v);
+    std::vector<double> saved(data, data + x.numel());
+    for (int64_t j = 0; j < x.numel(); ++j) data[j] = saved[j] + options.eps * v[j];
+    std::vector<double> difference = evaluate(p);
+    for (int64_t j = 0; j < x.numel(); ++j) data[j] = saved[j] - options.eps * v[j];
+    const std::vector<double> minus = evaluate(p);
+    std::copy(saved.begin(), saved.end(), data);
+    // Differences first, then the dot with u: <u, f+> - <u, f-> would subtract two
+    // sums of n_out terms whose rounding errors (~1e-16 of the partial sums, over
+    // thousands of outputs) do not cancel, divided by 2 eps: measured up to 4e-6 on
+    // the threaded-size samples, against 3e-8 this way.
+    for (int64_t o = 0; o < n_out; ++o) difference[o] -= minus[o];
+    compare(check, analytic, dot(uv, difference) / (2 * options.eps), options);
+  }
+}
+
+}  // namespace
+
+GradcheckResult gradcheck(const TensorFn& f, const std::vector<Tensor>& inputs,
+                          const GradcheckOptions& options, const std::vector<bool>& wrt) {
+  Problem p = make_problem(f, inputs, wrt);
   GradcheckResult result;
   Generator gen(options.seed);
   Tensor y0;
@@ -135,55 +196,15 @@ GradcheckResult gradcheck(const TensorFn& f, const std::vector<Tensor>& inputs,
   }
   if (y0.dtype() != DType::Float64)
     throw Error(fmt::format("gradcheck: the function returned {}, expected float64", dtype_name(y0.dtype())));
-  const int64_t n_out = y0.numel();
 
   for (size_t k = 0; k < p.diff.size(); ++k) {
     InputCheck check;
     check.input_index = p.diff[k];
-    Tensor& x = p.inputs[p.diff[k]];
-    check.numel = x.numel();
-    double* data = x.data<double>();
-    if (!options.fast) {
-      // Numeric Jacobian column by column, analytic row by row.
-      std::vector<std::vector<double>> numeric(x.numel());
-      for (int64_t j = 0; j < x.numel(); ++j) {
-        const double saved = data[j];
-        data[j] = saved + options.eps;
-        const auto plus = evaluate(p);
-        data[j] = saved - options.eps;
-        const auto minus = evaluate(p);
-        data[j] = saved;
-        numeric[j].resize(n_out);
-        for (int64_t o = 0; o < n_out; ++o) numeric[j][o] = (plus[o] - minus[o]) / (2 * options.eps);
-      }
-      for (int64_t o = 0; o < n_out; ++o) {
-        std::vector<double> onehot(n_out, 0.0);
-        onehot[o] = 1.0;
-        const auto rows = analytic_vjp(p, Tensor::from_vector(onehot, y0.shape(), DType::Float64), nullptr);
-        for (int64_t j = 0; j < x.numel(); ++j) compare(check, rows[k][j], numeric[j][o], options);
-      }
-    } else {
-      for (int proj = 0; proj < options.projections; ++proj) {
-        Tensor u = Tensor::normal(y0.shape(), 0.0, 1.0, gen, DType::Float64);
-        const auto uv = u.to_vector();
-        std::vector<double> v(x.numel());
-        for (double& e : v) e = gen.normal();
-        const auto grads = analytic_vjp(p, u, nullptr);
-        const double analytic = dot(grads[k], v);
-        std::vector<double> saved(data, data + x.numel());
-        for (int64_t j = 0; j < x.numel(); ++j) data[j] = saved[j] + options.eps * v[j];
-        std::vector<double> difference = evaluate(p);
-        for (int64_t j = 0; j < x.numel(); ++j) data[j] = saved[j] - options.eps * v[j];
-        const std::vector<double> minus = evaluate(p);
-        std::copy(saved.begin(), saved.end(), data);
-        // Differences first, then the dot with u: <u, f+> - <u, f-> would subtract two
-        // sums of n_out terms whose rounding errors (~1e-16 of the partial sums, over
-        // thousands of outputs) do not cancel, divided by 2 eps: measured up to 4e-6 on
-        // the threaded-size samples, against 3e-8 this way.
-        for (int64_t o = 0; o < n_out; ++o) difference[o] -= minus[o];
-        compare(check, analytic, dot(uv, difference) / (2 * options.eps), options);
-      }
-    }
+    check.numel = p.inputs[p.diff[k]].numel();
+    if (!options.fast)
+      check_full_jacobian(p, k, y0, options, check);
+    else
+      check_random_projections(p, k, y0, options, gen, check);
     result.passed = result.passed && check.passed;
     result.inputs.push_back(check);
   }

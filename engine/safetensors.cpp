@@ -253,21 +253,16 @@ Entry interpret_entry(const std::string& name, const Json& info, const Failer& f
 
 namespace {
 
-// The reader proper, over an InputFile or a MemoryInput; `path` names the source in errors.
+// The header text: reads the 8-byte little-endian header length, checks it against the
+// limit and the file size, then reads that many bytes. `header_len` receives the length.
 template <typename Input>
-SafetensorsFile read_safetensors_from(Input& in, const std::string& path) {
-  const Failer fail{"read_safetensors", path};
-
-  const uint64_t file_size = in.size();
-  auto read_exact = [&in](void* dst, size_t n, const std::string& what) { in.read_exact(dst, n, what); };
-
-  // The header length.
+std::string read_header_text(Input& in, uint64_t file_size, uint64_t& header_len, const Failer& fail) {
   if (file_size < 8)
     fail(fmt::format("file is truncated: a safetensors file starts with an 8-byte header length, expected at "
                      "least 8 bytes, the file has {}", file_size));
   unsigned char len_buf[8];
-  read_exact(len_buf, 8, "the header length");
-  uint64_t header_len = 0;
+  in.read_exact(len_buf, 8, "the header length");
+  header_len = 0;
   for (int i = 0; i < 8; ++i) header_len |= static_cast<uint64_t>(len_buf[i]) << (8 * i);
   if (header_len > kMaxHeader)
     fail(fmt::format("header length {} is absurd (the limit is {} bytes; the file has {}): not a safetensors "
@@ -277,14 +272,18 @@ SafetensorsFile read_safetensors_from(Input& in, const std::string& path) {
                      "(expected at least {} bytes, the file has {})",
                      header_len, file_size - 8, 8 + header_len, file_size));
   std::string header(header_len, '\0');
-  read_exact(header.data(), header.size(), "the header");
+  in.read_exact(header.data(), header.size(), "the header");
+  return header;
+}
 
-  // The header: a JSON object of entries and the optional metadata.
+// The header's top-level entries in header order: "__metadata__" (null, or an object of
+// string to string) goes into `metadata`, every other key is a tensor entry.
+std::vector<Entry> interpret_header(const std::string& header, std::map<std::string, std::string>& metadata,
+                                    const Failer& fail) {
   std::vector<std::string> keys;  // the top-level keys in header order
   const Json root = parse_header_json(header, keys, fail);
   if (!root.is_object()) fail(fmt::format("header is {}, not a JSON object (header: \"{}\")", describe(root), excerpt(header)));
 
-  SafetensorsFile out;
   std::vector<Entry> entries;
   for (const std::string& key : keys) {
     const Json& value = root.at(key);
@@ -296,15 +295,20 @@ SafetensorsFile read_safetensors_from(Input& in, const std::string& path) {
         if (!mvalue.is_string())
           fail(fmt::format("\"__metadata__\" values must be strings, but \"{}\" is {}", excerpt(mkey, 60),
                            describe(mvalue)));
-        out.metadata.emplace(mkey, mvalue.template get<std::string>());
+        metadata.emplace(mkey, mvalue.template get<std::string>());
       }
       continue;
     }
     entries.push_back(interpret_entry(key, value, fail));
     entries.back().json_index = entries.size() - 1;
   }
+  return entries;
+}
 
-  // The tensors, in data order, must tile [0, data_size) exactly.
+// Sorts the entries into data order and checks that they tile [0, data_size) exactly:
+// no gap, no overlap, nothing missing at the end and nothing left over.
+void check_entries_tile_data(std::vector<Entry>& entries, uint64_t file_size, uint64_t header_len,
+                             const Failer& fail) {
   std::sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) {
     return std::tie(a.begin, a.end, a.json_index) < std::tie(b.begin, b.end, b.json_index);
   });
@@ -332,13 +336,27 @@ SafetensorsFile read_safetensors_from(Input& in, const std::string& path) {
   if (covered < data_size)
     fail(fmt::format("file has {} trailing bytes after the tensor data (the tensors cover {} bytes, the data "
                      "section has {})", data_size - covered, covered, data_size));
+}
 
-  // Only now, with every size checked against the file, allocate and read.
+// The reader proper, over an InputFile or a MemoryInput; `path` names the source in errors.
+template <typename Input>
+SafetensorsFile read_safetensors_from(Input& in, const std::string& path) {
+  const Failer fail{"read_safetensors", path};
+  const uint64_t file_size = in.size();
+  uint64_t header_len = 0;
+  const std::string header = read_header_text(in, file_size, header_len, fail);
+
+  SafetensorsFile out;
+  std::vector<Entry> entries = interpret_header(header, out.metadata, fail);
+  check_entries_tile_data(entries, file_size, header_len, fail);
+
+  // Only now, with every size checked against the file, allocate and read (the entries
+  // are in data order, so the reads are sequential).
   out.tensors.reserve(entries.size());
   for (const Entry& e : entries) {
     Tensor t = Tensor::empty(e.shape, e.dtype);
-    read_exact(t.raw_data(), static_cast<size_t>(e.end - e.begin),
-               fmt::format("the data of tensor \"{}\"", excerpt(e.name, 60)));
+    in.read_exact(t.raw_data(), static_cast<size_t>(e.end - e.begin),
+                  fmt::format("the data of tensor \"{}\"", excerpt(e.name, 60)));
     out.tensors.emplace_back(e.name, std::move(t));
   }
   return out;

@@ -9,6 +9,7 @@
 #include <system_error>
 
 #include "engine/file_io.h"
+#include "engine/ops/attention_blockwise.h"
 #include "nn/data.h"
 
 namespace runway::nn {
@@ -136,6 +137,14 @@ std::vector<ConfigField> make_fields() {
       "rewired_layers", FieldType::IntList, RUNWAY_MEMBER(model.rewired_layers), NumberRange::closed(0, kMaxLayers - 1),
       "the rewired layers, comma separated (empty: all), each below n_layer"));
   f.push_back(float_field("rope_base", RUNWAY_MEMBER(model.rope_base), NumberRange::above(0), "RoPE frequency base"));
+  f.push_back(enum_field(
+      "attention_impl", {"auto", "materialized", "blockwise"},
+      [](const TrainConfig& c) { return json(attention_impl_name(c.model.attention_impl)); },
+      [](TrainConfig& c, const json& v) { c.model.attention_impl = parse_attention_impl(v.get<std::string>()); },
+      ""));
+  f.back().omitted_when_default = true;
+  f.back().help = fmt::format("attention kernels, same numbers: materialized keeps the T x T maps, blockwise O(T) memory, "
+                              "auto = blockwise from {} positions", kBlockwiseAutoFrom);
   // data
   f.push_back(member_field<std::string>(
       "data", FieldType::String, RUNWAY_MEMBER(data), NumberRange{},
@@ -306,7 +315,11 @@ TrainConfig::TrainConfig() = default;
 
 json TrainConfig::to_json() const {
   json j = json::object();
-  for (const ConfigField& f : train_config_fields()) j[f.key] = f.get(*this);
+  for (const ConfigField& f : train_config_fields()) {
+    json value = f.get(*this);
+    if (f.omitted_when_default && value == f.default_value()) continue;
+    j[f.key] = std::move(value);
+  }
   return j;
 }
 
@@ -402,13 +415,30 @@ constexpr double kFloat = 4;  // float32
 
 uint64_t model_parameter_count(const GPTConfig& m) { return saturate(parameters(m)); }
 
+// Whether `impl` runs the blockwise kernels at T positions (engine/ops/attention.h).
+bool blockwise_at(const GPTConfig& m, double T) {
+  return m.attention_impl == AttentionImpl::Blockwise ||
+         (m.attention_impl == AttentionImpl::Auto && T >= static_cast<double>(kBlockwiseAutoFrom));
+}
+
+// Blockwise scratch: a (64 x T) stripe per head and per thread for logits and dS', plus a
+// few for the runway head; and two_hop's backward, which materialises one batch item.
+double blockwise_scratch(const GPTConfig& m, double T) {
+  const double H = static_cast<double>(m.n_head);
+  double s = static_cast<double>(kBlockwiseQueryBlock) * T * (2 * H + 4);
+  if (m.rewired && m.runway.summary == RunwaySummary::TwoHop) s += (H + 3) * T * T;
+  return s;
+}
+
 uint64_t training_memory_bytes(const TrainConfig& c) {
   const GPTConfig& m = c.model;
   const double B = static_cast<double>(c.batch_size), T = static_cast<double>(m.seq_len),
                C = static_cast<double>(m.n_embd), H = static_cast<double>(m.n_head), L = static_cast<double>(m.n_layer);
   const double weights = 4 * parameters(m);                    // parameters, gradients, two AdamW moments
   const double activations = 20 * B * T * C * L;               // what each block keeps for the backward
-  const double maps = B * H * T * T * L + 2 * B * T * T * layers_rewired(m);  // A' per layer; P, R when rewired
+  // Materialised: A' per layer, P and R when rewired. Blockwise: per-row statistics only.
+  const double maps = blockwise_at(m, T) ? (B * H * T + B * T) * L + blockwise_scratch(m, T)
+                                         : B * H * T * T * L + 2 * B * T * T * layers_rewired(m);
   const double logits = 3 * B * T * static_cast<double>(m.vocab_size);
   return saturate(kFloat * (weights + activations + maps + logits));
 }
@@ -416,7 +446,9 @@ uint64_t training_memory_bytes(const TrainConfig& c) {
 uint64_t inference_memory_bytes(const GPTConfig& m, int64_t batch, int64_t T_) {
   const double B = static_cast<double>(batch), T = static_cast<double>(T_), C = static_cast<double>(m.n_embd),
                H = static_cast<double>(m.n_head);
-  const double maps = B * H * T * T + (m.rewired ? 2 * B * T * T : 0);  // one layer at a time without the tape
+  // One layer at a time without the tape.
+  const double maps = blockwise_at(m, T) ? B * H * T + B * T + blockwise_scratch(m, T)
+                                         : B * H * T * T + (m.rewired ? 2 * B * T * T : 0);
   return saturate(kFloat * (parameters(m) + 8 * B * T * C + maps + 2 * B * T * static_cast<double>(m.vocab_size)));
 }
 

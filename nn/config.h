@@ -60,6 +60,9 @@ struct ConfigField {
   // check_field_value() accepted.
   std::function<nlohmann::json(const TrainConfig&)> get;
   std::function<void(TrainConfig&, const nlohmann::json&)> set;
+  // Written to config.json only when it differs from the default: a field added later
+  // (attention_impl) leaves the config.json of a default run as it was before.
+  bool omitted_when_default = false;
 
   std::string flag() const;                 // "--n-layer"
   nlohmann::json default_value() const;     // from TrainConfig{}

@@ -99,6 +99,7 @@ AttentionOptions CausalSelfAttention::attention_options() const {
   AttentionOptions o = rewired ? AttentionOptions::rewired_with(config.runway) : AttentionOptions::standard();
   if (config.pos == PositionEncoding::Rope) o.rope_base = config.rope_base;
   o.alibi = config.pos == PositionEncoding::Alibi;
+  o.impl = config.attention_impl;
   return o;
 }
 
@@ -149,6 +150,11 @@ Tensor GPT::forward(const Tensor& ids, std::vector<AttentionTrace>* traces) cons
   if (traces) traces->assign(blocks.size(), AttentionTrace{});
   for (size_t l = 0; l < blocks.size(); ++l) x = blocks[l]->forward(x, traces ? &(*traces)[l] : nullptr);
   return matmul(ln_f->forward(x), transpose(wte, 0, 1));  // tied output embedding
+}
+
+void GPT::set_attention_impl(AttentionImpl impl) {
+  config.attention_impl = impl;
+  for (auto& block : blocks) block->attn->config.attention_impl = impl;
 }
 
 Tensor GPT::loss(const Tensor& ids, const Tensor& targets) const {

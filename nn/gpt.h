@@ -33,6 +33,9 @@ struct GPTConfig {
   RunwayOptions runway;  // runway_head, summary, beta, detach
   std::vector<int64_t> rewired_layers;  // empty: all layers (when rewired)
   double rope_base = 10000.0;
+  // Which attention kernels run (not a property of the weights: every choice computes the
+  // same numbers); auto = blockwise from kBlockwiseAutoFrom positions on.
+  AttentionImpl attention_impl = AttentionImpl::Auto;
 
   // Throws an Error naming the field and its allowed values.
   void validate() const;
@@ -106,6 +109,8 @@ class GPT : public Module {
   Tensor forward(const Tensor& ids, std::vector<AttentionTrace>* traces = nullptr) const;
   // Mean cross-entropy of next-byte prediction: targets int64 (B, T).
   Tensor loss(const Tensor& ids, const Tensor& targets) const;
+  // Switches every layer to `impl` (e.g. `runway eval --attention-impl`).
+  void set_attention_impl(AttentionImpl impl);
 
   GPTConfig config;
   std::shared_ptr<Embedding> token_embedding, position_embedding;  // "wte", "wpe" (learned only)

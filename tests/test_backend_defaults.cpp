@@ -83,7 +83,8 @@ void compare_every_sample(double tol) {
       INFO(entry.name << " / " << sample.label);
       // The detached rewired samples check against a reference whose R0 is computed once,
       // on the CPU, when the sample is built (detached_runway_check): they cannot move.
-      if (entry.name == "rewired_attention" && sample.label.find(" det") != std::string::npos) {
+      const bool rewired_op = entry.name == "rewired_attention" || entry.name == "rewired_attention_blockwise";
+      if (rewired_op && sample.label.find(" det") != std::string::npos) {
         ++held_on_cpu;
         continue;
       }
@@ -99,7 +100,7 @@ void compare_every_sample(double tol) {
     }
   }
   CHECK(samples >= 300);
-  CHECK(held_on_cpu <= 129);
+  CHECK(held_on_cpu <= 129 + 130);  // the detached samples of rewired_attention and of its blockwise twin
 }
 
 }  // namespace

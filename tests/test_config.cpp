@@ -118,11 +118,26 @@ TEST_CASE("the field table covers exactly the keys of config.json, each with a f
     CHECK_FALSE(f.help.empty());
     CHECK(f.flag().rfind("--", 0) == 0);
     CHECK(f.flag().find('_') == std::string::npos);
-    CHECK(f.default_value() == written.at(f.key));
+    if (f.omitted_when_default)
+      CHECK(written.count(f.key) == 0);
+    else
+      CHECK(f.default_value() == written.at(f.key));
     CHECK(find_config_field(f.key) == &f);
   }
   for (const auto& [key, value] : written.items()) json_keys.insert(key);
+  std::set<std::string> omitted;
+  for (const ConfigField& f : train_config_fields())
+    if (f.omitted_when_default) omitted.insert(f.key);
+  CHECK(omitted == std::set<std::string>{"attention_impl"});  // the only one: every other key is always written
+  for (const std::string& key : omitted) json_keys.insert(key);
   CHECK(table_keys == json_keys);
+  // Written once it differs from the default, and read back.
+  TrainConfig blockwise;
+  blockwise.model.attention_impl = AttentionImpl::Blockwise;
+  CHECK(blockwise.to_json().at("attention_impl") == "blockwise");
+  TrainConfig back;
+  back.update_from_json(blockwise.to_json(), "test");
+  CHECK(back.model.attention_impl == AttentionImpl::Blockwise);
   CHECK(find_config_field("n_layer")->flag() == "--n-layer");
   CHECK(find_config_field("rewired_layers")->default_text() == "all");
   CHECK(find_config_field("pos")->allowed_text() == "rope, none, learned, alibi");

@@ -30,6 +30,23 @@ const char* runway_summary_name(RunwaySummary s) {
   return s == RunwaySummary::Absorption ? "absorption" : "two_hop";
 }
 
+AttentionImpl parse_attention_impl(const std::string& name) {
+  if (name == "auto") return AttentionImpl::Auto;
+  if (name == "materialized") return AttentionImpl::Materialized;
+  if (name == "blockwise") return AttentionImpl::Blockwise;
+  throw Error(fmt::format("unknown attention implementation '{}': allowed values are auto, materialized, blockwise",
+                          name));
+}
+
+const char* attention_impl_name(AttentionImpl impl) {
+  switch (impl) {
+    case AttentionImpl::Materialized: return "materialized";
+    case AttentionImpl::Blockwise: return "blockwise";
+    case AttentionImpl::Auto: break;
+  }
+  return "auto";
+}
+
 std::vector<double> alibi_slopes(int64_t heads) {
   std::vector<double> s(heads);
   for (int64_t h = 0; h < heads; ++h)
@@ -51,9 +68,14 @@ void set_runway(AttentionArgs& a, const RunwayOptions& o, const char* op) {
   a.detach = o.detach;
 }
 
-// What the fused forward saves for its backward.
+// What the fused forward saves for its backward: materialised, the maps attn = A' and,
+// rewired, P and R; blockwise, the output y and the row statistics lse (B,H,T) and
+// runway_lse (B,T).
 struct Saved {
-  Tensor q, k, v, attn, p, r;  // contiguous, detached
+  Tensor q, k, v;  // contiguous, detached
+  bool blockwise = false;
+  Tensor attn, p, r;
+  Tensor y, lse, runway_lse;
 };
 
 // Forward, q, k, v (B, H, T, D) -> y (B, H, T, D), through Backend::attention_forward:
@@ -67,6 +89,15 @@ Tensor fused_forward(const AttentionArgs& a, const Tensor& q, const Tensor& k, c
   const DType dt = q.dtype();
   const Device dev = q.device();
   Tensor y = Tensor::empty(q.shape(), dt, dev);
+  if (s.blockwise) {
+    s.lse = Tensor::empty({a.batch, a.heads, a.seq}, dt, dev);
+    s.runway_lse = Tensor::empty({a.batch, a.rewired ? a.seq : 0}, dt, dev);
+    s.y = y.detach();
+    if (q.numel())
+      backend_for(dev).attention_blockwise_forward(dt, a, s.q.raw_data(), s.k.raw_data(), s.v.raw_data(),
+                                                   y.raw_data(), s.lse.raw_data(), s.runway_lse.raw_data());
+    return y;
+  }
   s.attn = Tensor::empty({a.batch, a.heads, a.seq, a.seq}, dt, dev);
   if (a.rewired) {
     s.p = Tensor::empty({a.batch, a.seq, a.seq}, dt, dev);
@@ -86,16 +117,34 @@ Tensor fused_forward(const AttentionArgs& a, const Tensor& q, const Tensor& k, c
 //     absorption: dP[m,j] = sum_{i>m} dR[i,j] (j < m);  two_hop: dP = L(dR L(P)^T) + L(L(P)^T dR)
 //     dS_r += P * (dP - rowsum(dP * P))
 //   dq_h = dS_h k_h * scale;  dk_h = dS_h^T q_h * scale
+// Blockwise, the same formulas on one query block at a time, A' recomputed from the saved
+// lse (and P from runway_lse), rowsum(dA'_h * A'_h) taken as rowsum(dy_h * y_h).
+void backward_into(const AttentionArgs& a, const Saved& s, const Tensor& dy, void* dq, void* dk, void* dv) {
+  if (!s.q.numel()) return;
+  Backend& backend = backend_for(s.q.device());
+  if (s.blockwise)
+    backend.attention_blockwise_backward(s.q.dtype(), a, s.q.raw_data(), s.k.raw_data(), s.v.raw_data(),
+                                         s.y.raw_data(), s.lse.raw_data(), s.runway_lse.raw_data(), dy.raw_data(), dq,
+                                         dk, dv);
+  else
+    backend.attention_backward(s.q.dtype(), a, s.q.raw_data(), s.k.raw_data(), s.v.raw_data(), s.attn.raw_data(),
+                               a.rewired ? s.p.raw_data() : nullptr, dy.raw_data(), dq, dk, dv);
+}
+
 Grads fused_backward(const AttentionArgs& a, const Saved& s, const Tensor& g) {
   Tensor dy = g.contiguous();
   Tensor dq = Tensor::empty(s.q.shape(), s.q.dtype(), s.q.device());
   Tensor dk = Tensor::empty(s.q.shape(), s.q.dtype(), s.q.device());
   Tensor dv = Tensor::empty(s.q.shape(), s.q.dtype(), s.q.device());
-  if (s.q.numel())
-    backend_for(s.q.device()).attention_backward(
-        s.q.dtype(), a, s.q.raw_data(), s.k.raw_data(), s.v.raw_data(), s.attn.raw_data(),
-        a.rewired ? s.p.raw_data() : nullptr, dy.raw_data(), dq.raw_data(), dk.raw_data(), dv.raw_data());
+  backward_into(a, s, dy, dq.raw_data(), dk.raw_data(), dv.raw_data());
   return {dq, dk, dv};
+}
+
+// Blockwise unless the maps are wanted (a sink) or Auto finds the sequence short.
+bool use_blockwise(const AttentionOptions& o, int64_t seq, const AttentionSink* sink) {
+  if (sink) return false;
+  if (o.impl == AttentionImpl::Blockwise) return true;
+  return o.impl == AttentionImpl::Auto && seq >= kBlockwiseAutoFrom;
 }
 
 }  // namespace
@@ -103,6 +152,9 @@ Grads fused_backward(const AttentionArgs& a, const Saved& s, const Tensor& g) {
 static const OpName kAttention = declare_op("attention");
 static const OpName kRewiredAttention = declare_op("rewired_attention");
 static const OpName kQkvAttention = declare_op("qkv_attention");
+static const OpName kAttentionBlockwise = declare_op("attention_blockwise");
+static const OpName kRewiredAttentionBlockwise = declare_op("rewired_attention_blockwise");
+static const OpName kQkvAttentionBlockwise = declare_op("qkv_attention_blockwise");
 
 namespace {
 
@@ -174,10 +226,12 @@ Tensor fused_split(const Tensor& q, const Tensor& k, const Tensor& v, const Atte
   const char* op = o.rewired ? "rewired_attention" : "attention";
   const AttentionArgs a = kernel_args(op, q.size(0), q.size(1), q.size(2), q.size(3), o);
   Saved s;
+  s.blockwise = use_blockwise(o, q.size(2), sink);
   Tensor y = fused_forward(a, q, k, v, s);
   fill_sink(sink, a, s);
-  return record(o.rewired ? kRewiredAttention : kAttention, y, {q, k, v},
-                [a, s](const Tensor& g) { return fused_backward(a, s, g); });
+  const OpName name = s.blockwise ? (o.rewired ? kRewiredAttentionBlockwise : kAttentionBlockwise)
+                                  : (o.rewired ? kRewiredAttention : kAttention);
+  return record(name, y, {q, k, v}, [a, s](const Tensor& g) { return fused_backward(a, s, g); });
 }
 
 // Packed fused path: qkv (B, T, 3C) -> (B, T, C), RoPE at positions 0.. inside the
@@ -199,6 +253,7 @@ Tensor fused_packed(const Tensor& qkv, int64_t heads, const AttentionOptions& o,
   }
   const AttentionArgs a = kernel_args("qkv_attention", B, H, T, D, o);
   Saved s;
+  s.blockwise = use_blockwise(o, T, sink);
   Tensor y;
   {
     NoGradGuard no_grad;
@@ -211,7 +266,8 @@ Tensor fused_packed(const Tensor& qkv, int64_t heads, const AttentionOptions& o,
   // Backward: dy (B, T, C) -> (B, H, T, D); the fused backward writes dq, dk, dv into
   // the three parts of one (3, B, H, T, D) buffer, which one scatter lays out as
   // (B, T, 3C), rotating dq and dk back.
-  return record(kQkvAttention, y, {qkv}, [a, s, B, T, C, H, D, rope_base, part, esize](const Tensor& g) -> Grads {
+  const OpName name = s.blockwise ? kQkvAttentionBlockwise : kQkvAttention;
+  return record(name, y, {qkv}, [a, s, B, T, C, H, D, rope_base, part, esize](const Tensor& g) -> Grads {
     Backend& backend = backend_for(g.device());
     const DType dt = g.dtype();
     Tensor dy = permute(reshape(g.contiguous(), {B, T, H, D}), {0, 2, 1, 3}).contiguous();
@@ -219,8 +275,7 @@ Tensor fused_packed(const Tensor& qkv, int64_t heads, const AttentionOptions& o,
     char* d_bytes = static_cast<char*>(dpacked.raw_data());
     Tensor dqkv = Tensor::empty({B, T, 3 * C}, dt, g.device());
     if (part) {
-      backend.attention_backward(dt, a, s.q.raw_data(), s.k.raw_data(), s.v.raw_data(), s.attn.raw_data(),
-                                 a.rewired ? s.p.raw_data() : nullptr, dy.raw_data(), d_bytes, d_bytes + part * esize, d_bytes + 2 * part * esize);
+      backward_into(a, s, dy, d_bytes, d_bytes + part * esize, d_bytes + 2 * part * esize);
       backend.heads_to_qkv(dt, dpacked.raw_data(), dqkv.raw_data(), B, T, H, D, rope_base);
     }
     return {dqkv};
@@ -696,8 +751,8 @@ TensorFn packed_fn(int64_t heads, const AttentionOptions& o) {
 // function: the returned fn evaluates to the frozen-R reference (built from primitives
 // with R0 from the unperturbed inputs) while its tape gradient comes from the fused
 // op alone: fused + (reference - fused).detach().
-TensorFn detached_runway_check(const RunwayOptions& o, const std::vector<Tensor>& inputs) {
-  const AttentionOptions fused_options = AttentionOptions::rewired_with(o);
+TensorFn detached_runway_check(const RunwayOptions& o, const std::vector<Tensor>& inputs, AttentionImpl impl) {
+  const AttentionOptions fused_options = AttentionOptions::rewired_with(o).with_impl(impl);
   AttentionSink at_inputs;
   causal_attention(AttentionInputs::split(inputs[0], inputs[1], inputs[2]), fused_options, &at_inputs);
   const Tensor r0 = reshape(at_inputs.r, {inputs[0].size(0), 1, inputs[0].size(2), inputs[0].size(2)});
@@ -710,77 +765,154 @@ TensorFn detached_runway_check(const RunwayOptions& o, const std::vector<Tensor>
   };
 }
 
+// The materialised and blockwise kernels share every sample; blockwise adds T past one
+// query block (kBlockwiseQueryBlock = 64 rows) and not a multiple of it.
+Samples standard_samples(AttentionImpl impl) {
+  const AttentionOptions standard = AttentionOptions::standard().with_impl(impl);
+  Samples out;
+  uint64_t seed = 200;
+  for (int64_t t : {1, 2, 3, 17})
+    for (int64_t h : {1, 3})
+      for (int64_t d : {1, 4})
+        out.push_back({fmt::format("B={} H={} T={} D={}", t <= 3 ? 2 : 1, h, t, d), qkv(t <= 3 ? 2 : 1, h, t, d, seed += 3),
+                       {}, split_fn(standard)});
+  out.push_back({"ALiBi B=1 H=3 T=6 D=4", qkv(1, 3, 6, 4, seed += 3), {}, split_fn(standard.with_alibi())});
+  // T = 41 also crosses the kernels' 32-row causal blocks.
+  out.push_back(threaded("B=3 H=5 T=41 D=16", qkv(3, 5, 41, 16, seed += 3), split_fn(standard)));
+  out.push_back(threaded("ALiBi B=3 H=5 T=41 D=16", qkv(3, 5, 41, 16, seed += 3), split_fn(standard.with_alibi())));
+  if (impl == AttentionImpl::Blockwise) {
+    out.push_back({"ALiBi B=1 H=2 T=70 D=2", qkv(1, 2, 70, 2, 250), {}, split_fn(standard.with_alibi())});
+    out.push_back(threaded("B=2 H=3 T=150 D=8", qkv(2, 3, 150, 8, 251), split_fn(standard)));
+  }
+  return out;
+}
+
+// The sampling grid of the issue: T in {1,2,3,17}, H in {1,3}, D in {1,4}; for the rewired
+// op every (summary, beta, detach) at each shape, with the runway head moving off 0.
+Samples rewired_samples(AttentionImpl impl) {
+  Samples out;
+  uint64_t seed = 400;
+  auto sample_fn = [impl](const RunwayOptions& o, const std::vector<Tensor>& inputs) {
+    return o.detach ? detached_runway_check(o, inputs, impl) : split_fn(AttentionOptions::rewired_with(o).with_impl(impl));
+  };
+  for (int64_t t : {1, 2, 3, 17})
+    for (int64_t h : {1, 3})
+      for (int64_t d : {1, 4}) {
+        int variant = 0;
+        for (RunwaySummary summary : {RunwaySummary::Absorption, RunwaySummary::TwoHop})
+          for (double beta : {0.0, 0.5, -0.7, 3.0})
+            for (bool detach : {false, true}) {
+              RunwayOptions o;
+              o.summary = summary;
+              o.beta = beta;
+              o.detach = detach;
+              o.runway_head = (variant++) % h;
+              const int64_t b = t <= 3 ? 2 : 1;
+              auto inputs = qkv(b, h, t, d, seed += 3);
+              TensorFn fn = sample_fn(o, inputs);
+              out.push_back({fmt::format("T={} H={} D={} {} b={} r={}{}", t, h, d,
+                                         summary == RunwaySummary::Absorption ? "abs" : "2hop", beta, o.runway_head,
+                                         detach ? " det" : ""),
+                             inputs, {}, fn});
+            }
+      }
+  for (RunwaySummary summary : {RunwaySummary::Absorption, RunwaySummary::TwoHop}) {
+    RunwayOptions o;
+    o.summary = summary;
+    o.runway_head = 1;
+    out.push_back({fmt::format("ALiBi T=6 H=3 D=4 {}", runway_summary_name(summary)), qkv(1, 3, 6, 4, seed += 3), {},
+                   split_fn(AttentionOptions::rewired_with(o).with_alibi().with_impl(impl))});
+  }
+  // Threaded sizes: B = 3 batch items (the runway head's stage) and 15 heads.
+  for (RunwaySummary summary : {RunwaySummary::Absorption, RunwaySummary::TwoHop}) {
+    RunwayOptions o;
+    o.summary = summary;
+    o.beta = summary == RunwaySummary::TwoHop ? -0.7 : 1.3;
+    o.runway_head = summary == RunwaySummary::TwoHop ? 3 : 1;
+    out.push_back(threaded(fmt::format("B=3 H=5 T=41 D=16 {} b={} ALiBi", runway_summary_name(summary), o.beta),
+                           qkv(3, 5, 41, 16, seed += 3),
+                           split_fn(AttentionOptions::rewired_with(o).with_alibi().with_impl(impl))));
+  }
+  {
+    RunwayOptions o;
+    o.runway_head = 2;
+    o.detach = true;
+    auto inputs = qkv(3, 5, 41, 16, seed += 3);
+    TensorFn fn = detached_runway_check(o, inputs, impl);
+    out.push_back(threaded("B=3 H=5 T=41 D=16 absorption det", std::move(inputs), std::move(fn)));
+  }
+  if (impl == AttentionImpl::Blockwise) {
+    // Past one query block: the runway state carried from block to block (forward) and
+    // back (backward), T not a multiple of 64; B = 1 runs heads in parallel, B = 4 items.
+    for (RunwaySummary summary : {RunwaySummary::Absorption, RunwaySummary::TwoHop}) {
+      RunwayOptions o;
+      o.summary = summary;
+      o.beta = 1.7;
+      o.runway_head = 1;
+      out.push_back({fmt::format("ALiBi B=1 H=2 T=70 D=2 {}", runway_summary_name(summary)), qkv(1, 2, 70, 2, 450), {},
+                     split_fn(AttentionOptions::rewired_with(o).with_alibi().with_impl(impl))});
+      o.beta = -0.9;
+      o.runway_head = 2;
+      out.push_back(threaded(fmt::format("B=1 H=3 T=150 D=8 {} b=-0.9 r=2", runway_summary_name(summary)),
+                             qkv(1, 3, 150, 8, 451), split_fn(AttentionOptions::rewired_with(o).with_impl(impl))));
+      o.runway_head = 1;
+      out.push_back(threaded(fmt::format("B=4 H=2 T=129 D=4 {} b=-0.9 r=1 ALiBi", runway_summary_name(summary)),
+                             qkv(4, 2, 129, 4, 452), split_fn(AttentionOptions::rewired_with(o).with_alibi().with_impl(impl))));
+    }
+    RunwayOptions o;
+    o.detach = true;
+    o.beta = 2.0;
+    auto inputs = qkv(1, 2, 130, 4, 453);
+    TensorFn fn = detached_runway_check(o, inputs, impl);
+    out.push_back(threaded("B=1 H=2 T=130 D=4 absorption det", std::move(inputs), std::move(fn)));
+  }
+  return out;
+}
+
+Samples qkv_samples(AttentionImpl impl) {
+  const AttentionOptions standard = AttentionOptions::standard().with_impl(impl);
+  RunwayOptions two_hop;
+  two_hop.summary = RunwaySummary::TwoHop;
+  two_hop.runway_head = 1;
+  const AttentionOptions absorption = AttentionOptions::rewired_with(RunwayOptions{}).with_impl(impl);
+  const AttentionOptions two_hop_options = AttentionOptions::rewired_with(two_hop).with_impl(impl);
+  Samples out{
+      {"standard rope B=2 T=5 H=2 D=2", {rnd({2, 5, 12}, 91, -1.5, 1.5)}, {}, packed_fn(2, standard.with_rope(10000.0))},
+      {"standard no rope, alibi B=1 T=4 H=3 D=2", {rnd({1, 4, 18}, 92, -1.5, 1.5)}, {}, packed_fn(3, standard.with_alibi())},
+      {"rewired absorption rope B=2 T=6 H=2 D=4", {rnd({2, 6, 24}, 93, -1.5, 1.5)}, {},
+       packed_fn(2, absorption.with_rope(10000.0))},
+      {"rewired two_hop head 1 rope B=1 T=6 H=2 D=2", {rnd({1, 6, 12}, 94, -1.5, 1.5)}, {},
+       packed_fn(2, two_hop_options.with_rope(10.0))},
+      // B T 3C = 3 * 41 * 144 > 2^14: the fused gather + rope runs threaded.
+      threaded("standard rope B=3 T=41 H=3 D=16", {rnd({3, 41, 144}, 95, -1.5, 1.5)}, packed_fn(3, standard.with_rope(10000.0))),
+      threaded("rewired two_hop rope B=3 T=41 H=3 D=16", {rnd({3, 41, 144}, 96, -1.5, 1.5)},
+               packed_fn(3, two_hop_options.with_rope(10000.0))),
+  };
+  if (impl == AttentionImpl::Blockwise)
+    out.push_back(threaded("rewired absorption rope B=2 T=100 H=2 D=8", {rnd({2, 100, 48}, 97, -1.5, 1.5)},
+                           packed_fn(2, absorption.with_rope(10000.0))));
+  return out;
+}
+
 }  // namespace
 
 std::vector<OpEntry> attention_op_entries() {
   std::vector<OpEntry> t;
   const AttentionOptions standard = AttentionOptions::standard();
-  // The sampling grid of the issue: T in {1,2,3,17}, H in {1,3}, D in {1,4}; for the rewired
-  // op every (summary, beta, detach) at each shape, with the runway head moving off 0.
-  t.push_back(op_entry("attention", "fused causal attention (B,H,T,D), handwritten backward", split_fn(standard), [standard] {
-    Samples out;
-    uint64_t seed = 200;
-    for (int64_t t : {1, 2, 3, 17})
-      for (int64_t h : {1, 3})
-        for (int64_t d : {1, 4})
-          out.push_back({fmt::format("B={} H={} T={} D={}", t <= 3 ? 2 : 1, h, t, d), qkv(t <= 3 ? 2 : 1, h, t, d, seed += 3), {}, {}});
-    out.push_back({"ALiBi B=1 H=3 T=6 D=4", qkv(1, 3, 6, 4, seed += 3), {}, split_fn(standard.with_alibi())});
-    // T = 41 also crosses the kernels' 32-row causal blocks.
-    out.push_back(threaded("B=3 H=5 T=41 D=16", qkv(3, 5, 41, 16, seed += 3)));
-    out.push_back(threaded("ALiBi B=3 H=5 T=41 D=16", qkv(3, 5, 41, 16, seed += 3), split_fn(standard.with_alibi())));
-    return out;
-  }));
-  t.push_back(op_entry("rewired_attention", "fused runway-rewired attention, both summaries, any beta, detach",
-                       split_fn(AttentionOptions::rewired_with(RunwayOptions{})), [] {
-    Samples out;
-    uint64_t seed = 400;
-    for (int64_t t : {1, 2, 3, 17})
-      for (int64_t h : {1, 3})
-        for (int64_t d : {1, 4}) {
-          int variant = 0;
-          for (RunwaySummary summary : {RunwaySummary::Absorption, RunwaySummary::TwoHop})
-            for (double beta : {0.0, 0.5, -0.7, 3.0})
-              for (bool detach : {false, true}) {
-                RunwayOptions o;
-                o.summary = summary;
-                o.beta = beta;
-                o.detach = detach;
-                o.runway_head = (variant++) % h;
-                const int64_t b = t <= 3 ? 2 : 1;
-                auto inputs = qkv(b, h, t, d, seed += 3);
-                TensorFn fn = detach ? detached_runway_check(o, inputs) : split_fn(AttentionOptions::rewired_with(o));
-                out.push_back({fmt::format("T={} H={} D={} {} b={} r={}{}", t, h, d,
-                                           summary == RunwaySummary::Absorption ? "abs" : "2hop", beta, o.runway_head,
-                                           detach ? " det" : ""),
-                               inputs, {}, fn});
-              }
-        }
-    for (RunwaySummary summary : {RunwaySummary::Absorption, RunwaySummary::TwoHop}) {
-      RunwayOptions o;
-      o.summary = summary;
-      o.runway_head = 1;
-      out.push_back({fmt::format("ALiBi T=6 H=3 D=4 {}", runway_summary_name(summary)), qkv(1, 3, 6, 4, seed += 3), {},
-                     split_fn(AttentionOptions::rewired_with(o).with_alibi())});
-    }
-    // Threaded sizes: B = 3 batch items (the runway head's stage) and 15 heads.
-    for (RunwaySummary summary : {RunwaySummary::Absorption, RunwaySummary::TwoHop}) {
-      RunwayOptions o;
-      o.summary = summary;
-      o.beta = summary == RunwaySummary::TwoHop ? -0.7 : 1.3;
-      o.runway_head = summary == RunwaySummary::TwoHop ? 3 : 1;
-      out.push_back(threaded(fmt::format("B=3 H=5 T=41 D=16 {} b={} ALiBi", runway_summary_name(summary), o.beta),
-                             qkv(3, 5, 41, 16, seed += 3), split_fn(AttentionOptions::rewired_with(o).with_alibi())));
-    }
-    {
-      RunwayOptions o;
-      o.runway_head = 2;
-      o.detach = true;
-      auto inputs = qkv(3, 5, 41, 16, seed += 3);
-      TensorFn fn = detached_runway_check(o, inputs);
-      out.push_back(threaded("B=3 H=5 T=41 D=16 absorption det", std::move(inputs), std::move(fn)));
-    }
-    return out;
-  }));
+  for (AttentionImpl impl : {AttentionImpl::Materialized, AttentionImpl::Blockwise}) {
+    const bool blockwise = impl == AttentionImpl::Blockwise;
+    const std::string suffix = blockwise ? "_blockwise" : "";
+    const std::string kernels = blockwise ? " (blockwise kernels: no T x T map saved)" : "";
+    t.push_back(op_entry("attention" + suffix, "fused causal attention (B,H,T,D), handwritten backward" + kernels,
+                         split_fn(standard.with_impl(impl)), [impl] { return standard_samples(impl); }));
+    t.push_back(op_entry("rewired_attention" + suffix,
+                         "fused runway-rewired attention, both summaries, any beta, detach" + kernels,
+                         split_fn(AttentionOptions::rewired_with(RunwayOptions{}).with_impl(impl)),
+                         [impl] { return rewired_samples(impl); }));
+    t.push_back(op_entry("qkv_attention" + suffix,
+                         "attention from the packed (B,T,3C) projection: rope, standard/rewired, merged heads" + kernels,
+                         packed_fn(2, standard.with_rope(10000.0).with_impl(impl)), [impl] { return qkv_samples(impl); }));
+  }
   const AttentionOptions composed = standard.composed_from_primitives();
   t.push_back(op_entry("attention_composite", "attention from primitives (the fused op's twin)",
                        split_fn(composed.with_alibi()), [composed] {
@@ -801,26 +933,6 @@ std::vector<OpEntry> attention_op_entries() {
     }
     return out;
   }, true));
-  t.push_back(op_entry("qkv_attention", "attention from the packed (B,T,3C) projection: rope, standard/rewired, merged heads",
-                       packed_fn(2, standard.with_rope(10000.0)), [standard] {
-    RunwayOptions two_hop;
-    two_hop.summary = RunwaySummary::TwoHop;
-    two_hop.runway_head = 1;
-    const AttentionOptions absorption = AttentionOptions::rewired_with(RunwayOptions{});
-    const AttentionOptions two_hop_options = AttentionOptions::rewired_with(two_hop);
-    return Samples{
-        {"standard rope B=2 T=5 H=2 D=2", {rnd({2, 5, 12}, 91, -1.5, 1.5)}},
-        {"standard no rope, alibi B=1 T=4 H=3 D=2", {rnd({1, 4, 18}, 92, -1.5, 1.5)}, {}, packed_fn(3, standard.with_alibi())},
-        {"rewired absorption rope B=2 T=6 H=2 D=4", {rnd({2, 6, 24}, 93, -1.5, 1.5)}, {},
-         packed_fn(2, absorption.with_rope(10000.0))},
-        {"rewired two_hop head 1 rope B=1 T=6 H=2 D=2", {rnd({1, 6, 12}, 94, -1.5, 1.5)}, {},
-         packed_fn(2, two_hop_options.with_rope(10.0))},
-        // B T 3C = 3 * 41 * 144 > 2^14: the fused gather + rope runs threaded.
-        threaded("standard rope B=3 T=41 H=3 D=16", {rnd({3, 41, 144}, 95, -1.5, 1.5)}, packed_fn(3, standard.with_rope(10000.0))),
-        threaded("rewired two_hop rope B=3 T=41 H=3 D=16", {rnd({3, 41, 144}, 96, -1.5, 1.5)},
-                 packed_fn(3, two_hop_options.with_rope(10000.0))),
-    };
-  }));
   t.push_back(op_entry("learned_positions", "learned absolute positions: x + table[:T] (composite of slice, add)",
                        [](const std::vector<Tensor>& x) { return add(x[0], slice(x[1], 0, 0, x[0].size(-2))); }, [] {
     return Samples{{"x (2,3,4), table (5,4)", {rnd({2, 3, 4}, 630), rnd({5, 4}, 631)}, {}, {}},

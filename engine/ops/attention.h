@@ -80,6 +80,18 @@ struct AttentionInputs {
   }
 };
 
+// Which kernels the fused path runs. Materialized keeps the (B,H,T,T) softmax (and P, R)
+// for the backward; Blockwise keeps only per-row statistics, O(B H T) (docs/attention.md,
+// "Blockwise attention"; engine/ops/attention_blockwise.cpp). Both compute the same
+// numbers. Auto picks blockwise from kBlockwiseAutoFrom positions on. Whenever the maps are
+// asked for (a sink: `runway inspect`, the plots), the materialised kernels run.
+enum class AttentionImpl { Auto, Materialized, Blockwise };
+AttentionImpl parse_attention_impl(const std::string& name);  // "auto" / "materialized" / "blockwise"
+const char* attention_impl_name(AttentionImpl impl);
+// Measured (docs/performance.md, bench_attention --memory): from here on blockwise is at
+// least as fast as materialised on the CPU, and its memory is far smaller.
+constexpr int64_t kBlockwiseAutoFrom = 1024;
+
 // How to attend. The defaults are plain causal attention: no RoPE, no ALiBi, not rewired.
 struct AttentionOptions {
   double rope_base = 0.0;       // RoPE on q and k (rotate-half) with this base; 0 = none
@@ -90,6 +102,7 @@ struct AttentionOptions {
   // Computes the same thing from primitive ops (matmul, causal_mask, softmax, cumsum, ...),
   // the gradients coming from the tape: the fused op's twin, to check it a second way.
   bool composed = false;
+  AttentionImpl impl = AttentionImpl::Auto;  // fused path only
 
   static AttentionOptions standard() { return {}; }
   static AttentionOptions rewired_with(const RunwayOptions& runway) {
@@ -107,6 +120,11 @@ struct AttentionOptions {
     AttentionOptions o = *this;
     o.rope_base = base;
     o.position_offset = offset;
+    return o;
+  }
+  AttentionOptions with_impl(AttentionImpl i) const {
+    AttentionOptions o = *this;
+    o.impl = i;
     return o;
   }
   AttentionOptions composed_from_primitives() const {

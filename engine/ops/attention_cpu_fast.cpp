@@ -237,105 +237,145 @@ void attention_forward(const AttentionArgs& a, const T* q, const T* k, const T* 
   }
 }
 
+namespace {
+
+// ---- the backward's steps (docs/attention.md, section (c)) -----------------------------
+//
+// Shapes per call: one head's attn_h is (T x T), its dy_h, v_h, q_h, k_h and gradients
+// (T x D); one batch's ds_b is (H, T, T) and p_b, ds_r (T x T).
+
+// Step 1 for one head: dV_h = A'^T dY_h;  dA' = dY_h V_h^T;  dS'_h = softmax backward
+// (uses the saved A'). `dA` is (T x T) scratch; only its lower triangle is formed and read.
+template <typename T>
+void value_and_softmax_backward(const T* attn_h, const T* dy_h, const T* v_h, T* dv_h, T* dA, T* ds_h,
+                                int64_t seq, int64_t dim) {
+  lower_transposed_times(attn_h, dy_h, dv_h, seq, dim, T(1));
+  lower_of_outer(dy_h, v_h, dA, seq, dim, T(1));
+  causal_softmax_backward(attn_h, dA, ds_h, seq);
+}
+
+// Step 5 for one head: dQ_h = dS_h K_h * scale;  dK_h = dS_h^T Q_h * scale. dS has
+// zeros above the diagonal (the softmax backward writes them).
+template <typename T>
+void logits_backward(const T* ds_h, const T* q_h, const T* k_h, T* dq_h, T* dk_h, int64_t seq, int64_t dim,
+                     T scale) {
+  lower_times(ds_h, k_h, dq_h, seq, dim, scale);
+  lower_transposed_times(ds_h, q_h, dk_h, seq, dim, scale);
+}
+
+// Steps 2-4 for one batch, two_hop: dR = -beta sum_h dS'_h (only the band i - j >= 2,
+// where R depends on P); dP = L(dR L(P)^T) + L(L(P)^T dR); dS_r += P (dP - rowsum(dP P)).
+template <typename T>
+void two_hop_runway_backward(const T* ds_b, const T* p_b, T* ds_r, int64_t heads, int64_t seq, T neg_beta) {
+  const int64_t tt = seq * seq;
+  Mat<T> dR = Mat<T>::Zero(seq, seq);
+  for (int64_t h = 0; h < heads; ++h) {
+    const T* dsh = ds_b + h * tt;
+    for (int64_t i = 2; i < seq; ++i)
+      for (int64_t j = 0; j + 2 <= i; ++j) dR(i, j) += dsh[i * seq + j];
+  }
+  dR *= neg_beta;
+  const Mat<T> lp = strictly_lower(p_b, seq);
+  Mat<T> dP(seq, seq);
+  dP.noalias() = dR * lp.transpose();
+  dP.noalias() += lp.transpose() * dR;
+  dP.template triangularView<Eigen::Upper>().setZero();
+  Mat<T> dSr(seq, seq);
+  causal_softmax_backward(p_b, dP.data(), dSr.data(), seq);
+  for (int64_t i = 0; i < seq; ++i)
+    for (int64_t j = 0; j <= i; ++j) ds_r[i * seq + j] += dSr(i, j);
+}
+
+// Steps 2-4 for one batch, absorption: dP[k,j] = sum_{i>k} dR[i,j] for j < k is a
+// reverse exclusive scan down each column, so one sweep from the last row up forms dR
+// row i (from every head's dS' row i), dP row i, and the softmax backward of P on that
+// row, in place.
+template <typename T>
+void absorption_runway_backward(const T* ds_b, const T* p_b, T* ds_r, int64_t heads, int64_t seq, T neg_beta) {
+  const int64_t tt = seq * seq;
+  std::vector<T> acc(seq, T(0)), dp_row(seq), dr_row(seq);
+  for (int64_t i = seq - 1; i >= 0; --i) {
+    for (int64_t j = 0; j < i; ++j) dp_row[j] = acc[j];  // sum of dR[i', j] over i' > i
+    // dR row i, only j <= i - 2 (must be read before dS_r row i is updated).
+    std::fill(dr_row.begin(), dr_row.begin() + std::max<int64_t>(i - 1, 0), T(0));
+    for (int64_t h = 0; h < heads; ++h) {
+      const T* dsh = ds_b + h * tt + i * seq;
+      for (int64_t j = 0; j + 2 <= i; ++j) dr_row[j] += dsh[j];
+    }
+    for (int64_t j = 0; j + 2 <= i; ++j) acc[j] += neg_beta * dr_row[j];
+    // dS_r[i, j] += P[i,j] (dP[i,j] - sum_j' P[i,j'] dP[i,j']), with dP[i, i] = 0.
+    const T* prow = p_b + i * seq;
+    T dot = 0;
+    for (int64_t j = 0; j < i; ++j) dot += prow[j] * dp_row[j];
+    T* out = ds_r + i * seq;
+    for (int64_t j = 0; j < i; ++j) out[j] += prow[j] * (dp_row[j] - dot);
+    out[i] -= prow[i] * dot;
+  }
+}
+
+// The backward without a gradient path through R (standard attention, beta = 0 or
+// detached R): each head's dS is used only by its own dQ and dK, so steps 1 and 5 run in
+// one pass per head, with dS in a per-thread scratch that stays in cache, instead of a
+// (B, H, T, T) buffer and a second parallel loop.
+template <typename T>
+void attention_backward_per_head(const AttentionArgs& a, const T* q, const T* k, const T* v, const T* attn,
+                                 const T* dy, T* dq, T* dk, T* dv) {
+  const int64_t B = a.batch, H = a.heads, N = a.seq, D = a.head_dim;
+  const int64_t hd = N * D, tt = N * N;
+  const T scale = static_cast<T>(a.scale);
+#pragma omp parallel for schedule(dynamic)
+  for (int64_t bh = 0; bh < B * H; ++bh) {
+    T* dA = head_scratch<T>(tt, 0);
+    T* dS = head_scratch<T>(tt, 1);
+    value_and_softmax_backward(attn + bh * tt, dy + bh * hd, v + bh * hd, dv + bh * hd, dA, dS, N, D);
+    logits_backward(dS, q + bh * hd, k + bh * hd, dq + bh * hd, dk + bh * hd, N, D, scale);
+  }
+}
+
+}  // namespace
+
 template <typename T>
 void attention_backward(const AttentionArgs& a, const T* q, const T* k, const T* v, const T* attn,
                         const T* p, const T* dy, T* dq, T* dk, T* dv) {
   // R's value is not needed: every summary is linear (absorption) or bilinear (two_hop)
   // in P, so its derivative needs only P.
-  const int64_t B = a.batch, H = a.heads, N = a.seq, D = a.head_dim;
-  const int64_t hd = N * D, tt = N * N;
-  const T scale = static_cast<T>(a.scale);
-  // Without a gradient path through R (standard attention, beta = 0 or detached R),
-  // each head's dS is used only by its own dQ and dK: one pass per head, with dS in a
-  // per-thread scratch that stays in cache, instead of a (B, H, T, T) buffer and a
-  // second parallel loop.
   const bool through_r = a.rewired && !a.detach && a.beta != 0.0;
   if (!through_r) {
-#pragma omp parallel for schedule(dynamic)
-    for (int64_t bh = 0; bh < B * H; ++bh) {
-      lower_transposed_times(attn + bh * tt, dy + bh * hd, dv + bh * hd, N, D, T(1));
-      T* dA = head_scratch<T>(tt, 0);  // only its lower triangle is formed and read
-      T* dS = head_scratch<T>(tt, 1);
-      lower_of_outer(dy + bh * hd, v + bh * hd, dA, N, D, T(1));
-      causal_softmax_backward(attn + bh * tt, dA, dS, N);
-      lower_times(dS, k + bh * hd, dq + bh * hd, N, D, scale);
-      lower_transposed_times(dS, q + bh * hd, dk + bh * hd, N, D, scale);
-    }
+    attention_backward_per_head(a, q, k, v, attn, dy, dq, dk, dv);
     return;
   }
+  const int64_t B = a.batch, H = a.heads, N = a.seq, D = a.head_dim;
+  const int64_t hd = N * D, tt = N * N;
 
   // dS' per head, then dS. Not zero-filled: the softmax backward writes every entry.
   Scratch<T> ds_buffer(B * H * tt);
   T* const ds = ds_buffer.get();
 
-  // dV_h = A'^T dY_h;  dA' = dY_h V_h^T;  dS'_h = softmax backward (uses the saved A').
+  // Step 1: dV_h, dA'_h and dS'_h for every head.
 #pragma omp parallel for schedule(dynamic)
-  for (int64_t bh = 0; bh < B * H; ++bh) {
-    lower_transposed_times(attn + bh * tt, dy + bh * hd, dv + bh * hd, N, D, T(1));
-    T* dA = head_scratch<T>(tt);  // only its lower triangle is formed and read
-    lower_of_outer(dy + bh * hd, v + bh * hd, dA, N, D, T(1));
-    causal_softmax_backward(attn + bh * tt, dA, ds + bh * tt, N);
-  }
+  for (int64_t bh = 0; bh < B * H; ++bh)
+    value_and_softmax_backward(attn + bh * tt, dy + bh * hd, v + bh * hd, dv + bh * hd, head_scratch<T>(tt),
+                               ds + bh * tt, N, D);
 
-  // Through R into the runway head: dR = -beta sum_h dS'_h, then dP, then dS_r += P (dP - rowsum).
-  // R is 0 wherever i - j < 2, so only that strictly-lower band of dR matters.
-  {
-    const T neg_beta = static_cast<T>(-a.beta);
+  // Steps 2-4, through R into the runway head: dR = -beta sum_h dS'_h, then dP, then
+  // dS_r += P (dP - rowsum). R is 0 wherever i - j < 2, so only that strictly-lower band
+  // of dR matters.
+  const T neg_beta = static_cast<T>(-a.beta);
 #pragma omp parallel for schedule(static)
-    for (int64_t b = 0; b < B; ++b) {
-      T* dsr = ds + (b * H + a.runway_head) * tt;  // dS_r, gains the runway path
-      const T* pb = p + b * tt;
-      if (a.two_hop) {
-        Mat<T> dR = Mat<T>::Zero(N, N);
-        for (int64_t h = 0; h < H; ++h) {
-          const T* dsh = ds + (b * H + h) * tt;
-          for (int64_t i = 2; i < N; ++i)
-            for (int64_t j = 0; j + 2 <= i; ++j) dR(i, j) += dsh[i * N + j];
-        }
-        dR *= neg_beta;
-        // dP = L(dR L(P)^T) + L(L(P)^T dR)
-        const Mat<T> lp = strictly_lower(pb, N);
-        Mat<T> dP(N, N);
-        dP.noalias() = dR * lp.transpose();
-        dP.noalias() += lp.transpose() * dR;
-        dP.template triangularView<Eigen::Upper>().setZero();
-        Mat<T> dSr(N, N);
-        causal_softmax_backward(pb, dP.data(), dSr.data(), N);
-        for (int64_t i = 0; i < N; ++i)
-          for (int64_t j = 0; j <= i; ++j) dsr[i * N + j] += dSr(i, j);
-      } else {
-        // dP[k,j] = sum_{i>k} dR[i,j] for j < k: a reverse exclusive scan down each
-        // column, so one sweep from the last row up forms dR row i (from every head's
-        // dS' row i), dP row i, and the softmax backward of P on that row, in place.
-        std::vector<T> acc(N, T(0)), dp_row(N), dr_row(N);
-        for (int64_t i = N - 1; i >= 0; --i) {
-          for (int64_t j = 0; j < i; ++j) dp_row[j] = acc[j];  // sum of dR[i', j] over i' > i
-          // dR row i, only j <= i - 2 (must be read before dS_r row i is updated).
-          std::fill(dr_row.begin(), dr_row.begin() + std::max<int64_t>(i - 1, 0), T(0));
-          for (int64_t h = 0; h < H; ++h) {
-            const T* dsh = ds + ((b * H + h) * N + i) * N;
-            for (int64_t j = 0; j + 2 <= i; ++j) dr_row[j] += dsh[j];
-          }
-          for (int64_t j = 0; j + 2 <= i; ++j) acc[j] += neg_beta * dr_row[j];
-          // dS_r[i, j] += P[i,j] (dP[i,j] - sum_j' P[i,j'] dP[i,j']), with dP[i, i] = 0.
-          const T* prow = pb + i * N;
-          T dot = 0;
-          for (int64_t j = 0; j < i; ++j) dot += prow[j] * dp_row[j];
-          T* out = dsr + i * N;
-          for (int64_t j = 0; j < i; ++j) out[j] += prow[j] * (dp_row[j] - dot);
-          out[i] -= prow[i] * dot;
-        }
-      }
-    }
+  for (int64_t b = 0; b < B; ++b) {
+    const T* ds_b = ds + b * H * tt;
+    T* ds_r = ds + (b * H + a.runway_head) * tt;  // dS_r, gains the runway path
+    if (a.two_hop)
+      two_hop_runway_backward(ds_b, p + b * tt, ds_r, H, N, neg_beta);
+    else
+      absorption_runway_backward(ds_b, p + b * tt, ds_r, H, N, neg_beta);
   }
 
-  // dQ_h = dS_h K_h * scale;  dK_h = dS_h^T Q_h * scale.
+  // Step 5: dQ_h and dK_h for every head.
+  const T scale = static_cast<T>(a.scale);
 #pragma omp parallel for schedule(dynamic)
-  for (int64_t bh = 0; bh < B * H; ++bh) {
-    // dS has zeros above the diagonal (the softmax backward writes them).
-    lower_times(ds + bh * tt, k + bh * hd, dq + bh * hd, N, D, scale);
-    lower_transposed_times(ds + bh * tt, q + bh * hd, dk + bh * hd, N, D, scale);
-  }
+  for (int64_t bh = 0; bh < B * H; ++bh)
+    logits_backward(ds + bh * tt, q + bh * hd, k + bh * hd, dq + bh * hd, dk + bh * hd, N, D, scale);
 }
 
 #define RUNWAY_INSTANTIATE(T)                                                                    \

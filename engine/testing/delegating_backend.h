@@ -144,7 +144,18 @@ class DelegatingBackend : public Backend {
                           const void* attn, const void* p, const void* dy, void* dq, void* dk, void* dv) override {
     if (all()) return target_.attention_backward(dt, args, q, k, v, attn, p, dy, dq, dk, dv);
     Backend::attention_backward(dt, args, q, k, v, attn, p, dy, dq, dk, dv);
+  }  void attention_blockwise_forward(DType dt, const AttentionArgs& args, const void* q, const void* k, const void* v,
+                                   void* y, void* lse, void* runway_lse) override {
+    if (all()) return target_.attention_blockwise_forward(dt, args, q, k, v, y, lse, runway_lse);
+    Backend::attention_blockwise_forward(dt, args, q, k, v, y, lse, runway_lse);
   }
+  void attention_blockwise_backward(DType dt, const AttentionArgs& args, const void* q, const void* k,
+                                    const void* v, const void* y, const void* lse, const void* runway_lse,
+                                    const void* dy, void* dq, void* dk, void* dv) override {
+    if (all()) return target_.attention_blockwise_backward(dt, args, q, k, v, y, lse, runway_lse, dy, dq, dk, dv);
+    Backend::attention_blockwise_backward(dt, args, q, k, v, y, lse, runway_lse, dy, dq, dk, dv);
+  }
+
   // No default yet: always the target's.
   void rope(DType dt, const void* x, void* y, int64_t rows, int64_t seq, int64_t dim, double base,
             int64_t position_offset, bool inverse) override {
