@@ -64,13 +64,20 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a
 template <typename T>
 using RowArray = Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>;
 
-// One query block [i0, i1) of one head: its rows of q, k, v, y (each (T, D) row-major
-// for the head) and the stripe width n = i1 (keys 0..i1-1).
+// Query rows [i0, i1) of a block whose stripe has width n (keys 0..n-1, n = the block's
+// end): a whole block, or a part of its rows (same n) that one thread takes.
 struct Block {
-  int64_t i0, i1;
+  int64_t i0, i1, n;
   int64_t rows() const { return i1 - i0; }
-  int64_t width() const { return i1; }
+  int64_t width() const { return n; }
+  Block part(int64_t r0, int64_t r1) const { return {i0 + r0, i0 + std::min(r1, rows()), n}; }
 };
+
+// Work is split into fixed chunks (never by thread count), so results do not depend on
+// how many threads run: kRowChunk rows of a stripe, kColumnChunk of its columns.
+constexpr int64_t kRowChunk = 8;
+constexpr int64_t kColumnChunk = 256;
+int64_t chunks(int64_t n, int64_t chunk) { return (n + chunk - 1) / chunk; }
 
 // Logits stripe s (rows x i1): s[r][j] = (q_i . k_j) * scale - slope * (i - j) for j <= i
 // (i = i0 + r); entries j > i are left as the product (never read: every consumer stops
@@ -126,28 +133,27 @@ void subtract_runway(const Block& blk, double beta, const T* r_stripe, T* s) {
   }
 }
 
-// absorption's R stripe from acc[j] = sum_{j<k<i0} P[k,j] and the block's own P rows:
-// R[i,j] = acc[j] + sum_{i0<=k<i, k>j} P[k,j] for j < i; 0 for j >= i. Leaves acc as the
-// state after the block (acc[j] += P[k,j] for every row k of the block, j < k).
+// absorption's R stripe on columns [c0, c1), from acc[j] = sum_{j<k<i0} P[k,j] (held in
+// state[j - c0]) and the block's own P rows: R[i,j] = acc[j] + sum_{i0<=k<i, k>j} P[k,j]
+// for j < i, 0 for j >= i. Leaves state as after the block (+= P[k,j] for every row k > j).
 template <typename T>
-void absorption_stripe(const Block& blk, const T* p, std::vector<double>& acc, T* r_stripe) {
+void absorption_columns(const Block& blk, const T* p, double* state, T* r_stripe, int64_t c0, int64_t c1) {
   const int64_t n = blk.width();
   for (int64_t r = 0; r < blk.rows(); ++r) {
     const int64_t i = blk.i0 + r;
     T* out = r_stripe + r * n;
-    for (int64_t j = 0; j < i; ++j) out[j] = static_cast<T>(acc[j]);
-    std::fill(out + i, out + n, T(0));
-    for (int64_t j = 0; j < i; ++j) acc[j] += static_cast<double>(p[r * n + j]);
+    for (int64_t j = c0; j < c1; ++j) out[j] = j < i ? static_cast<T>(state[j - c0]) : T(0);
+    for (int64_t j = c0; j < std::min(c1, i); ++j) state[j - c0] += static_cast<double>(p[r * n + j]);
   }
 }
 
-// Column sums of the block's P rows over the runway: colsum[j] = sum_{k in block, k>j} P[k,j].
+// acc[j] += sign * sum over the block's rows k > j of P[k,j], on columns [c0, c1).
 template <typename T>
-void subtract_block_columns(const Block& blk, const T* p, std::vector<double>& acc) {
+void add_block_columns(const Block& blk, const T* p, double* acc, double sign, int64_t c0, int64_t c1) {
   const int64_t n = blk.width();
   for (int64_t r = 0; r < blk.rows(); ++r) {
     const int64_t k = blk.i0 + r;
-    for (int64_t j = 0; j < k; ++j) acc[j] -= static_cast<double>(p[r * n + j]);
+    for (int64_t j = c0; j < std::min(c1, k); ++j) acc[j] += sign * static_cast<double>(p[r * n + j]);
   }
 }
 
@@ -157,7 +163,10 @@ struct Plan {
   int64_t blocks;
   explicit Plan(const AttentionArgs& a)
       : B(a.batch), H(a.heads), T(a.seq), D(a.head_dim), blocks((a.seq + kQueryBlock - 1) / kQueryBlock) {}
-  Block block(int64_t b) const { return {b * kQueryBlock, std::min(T, (b + 1) * kQueryBlock)}; }
+  Block block(int64_t b) const {
+    const int64_t end = std::min(T, (b + 1) * kQueryBlock);
+    return {b * kQueryBlock, end, end};
+  }
   int64_t head(int64_t b, int64_t h) const { return (b * H + h) * T * D; }  // offset of (b, h) in (B,H,T,D)
   int64_t row(int64_t b, int64_t h) const { return (b * H + h) * T; }       // offset of (b, h) in (B,H,T)
 };
@@ -177,23 +186,49 @@ void runway_probabilities(const AttentionArgs& a, const Plan& pl, int64_t b, con
     stripe_probabilities(blk, lse_in, p);
 }
 
+// The same, shared by the team of threads of the enclosing parallel region (or run by
+// the one caller outside any): rows in chunks of kRowChunk.
+template <typename T>
+void team_runway_probabilities(const AttentionArgs& a, const Plan& pl, int64_t b, const Block& blk, const T* q,
+                               const T* k, T* p, T* lse_out, const T* lse_in) {
+  const int64_t n = blk.width();
+#pragma omp for schedule(static)
+  for (int64_t c = 0; c < chunks(blk.rows(), kRowChunk); ++c) {
+    const int64_t r0 = c * kRowChunk;
+    runway_probabilities<T>(a, pl, b, blk.part(r0, r0 + kRowChunk), q, k, p + r0 * n, lse_out ? lse_out + r0 : nullptr,
+                            lse_in ? lse_in + r0 : nullptr);
+  }
+}
+
 // two_hop's R stripe: R[i,j] = sum_{j<k<i} P[i,k] P[k,j], over key-row blocks K of every
 // earlier row k < i1 (P rows of K recomputed from runway_lse into pk).
 template <typename T>
-void two_hop_stripe(const AttentionArgs& a, const Plan& pl, int64_t b, const Block& blk, const T* q, const T* k,
-                    const T* p, const T* runway_lse, T* pk, T* first, T* r_stripe) {
+void team_two_hop_stripe(const AttentionArgs& a, const Plan& pl, int64_t b, const Block& blk, const T* q, const T* k,
+                         const T* p, const T* runway_lse, T* pk, T* first, T* r_stripe) {
   const int64_t n = blk.width();
-  std::fill(r_stripe, r_stripe + blk.rows() * n, T(0));
+#pragma omp for schedule(static)
+  for (int64_t c = 0; c < chunks(blk.rows(), kRowChunk); ++c) {
+    const int64_t r0 = c * kRowChunk, r1 = std::min(blk.rows(), r0 + kRowChunk);
+    std::fill(r_stripe + r0 * n, r_stripe + r1 * n, T(0));
+  }
   for (int64_t kb = 0; kb * kQueryBlock < blk.i1; ++kb) {
     const Block kblk = pl.block(kb);
     const int64_t kn = kblk.width();
-    runway_probabilities<T>(a, pl, b, kblk, q, k, pk, nullptr, runway_lse + b * pl.T + kblk.i0);
-    for (int64_t r = 0; r < kblk.rows(); ++r)  // L(P): keep j < k
-      std::fill(pk + r * kn + kblk.i0 + r, pk + (r + 1) * kn, T(0));
-    for (int64_t r = 0; r < blk.rows(); ++r)  // P[i, K] with k < i only
-      for (int64_t c = 0; c < kblk.rows(); ++c)
-        first[r * kQueryBlock + c] = kblk.i0 + c < blk.i0 + r ? p[r * n + kblk.i0 + c] : T(0);
-    gemm<T>(false, false, blk.rows(), kn, kblk.rows(), T(1), first, kQueryBlock, pk, kn, T(1), r_stripe, n);
+    team_runway_probabilities<T>(a, pl, b, kblk, q, k, pk, nullptr, runway_lse + b * pl.T + kblk.i0);
+#pragma omp for schedule(static)
+    for (int64_t c = 0; c < chunks(kblk.rows(), kRowChunk); ++c)  // L(P): keep j < k
+      for (int64_t r = c * kRowChunk; r < std::min(kblk.rows(), (c + 1) * kRowChunk); ++r)
+        std::fill(pk + r * kn + kblk.i0 + r, pk + (r + 1) * kn, T(0));
+#pragma omp for schedule(static)
+    for (int64_t c = 0; c < chunks(blk.rows(), kRowChunk); ++c) {
+      const int64_t r0 = c * kRowChunk, r1 = std::min(blk.rows(), r0 + kRowChunk);
+      for (int64_t r = r0; r < r1; ++r)  // P[i, K] with k < i only
+        for (int64_t col = 0; col < kblk.rows(); ++col)
+          first[r * kQueryBlock + col] = kblk.i0 + col < blk.i0 + r ? p[r * n + kblk.i0 + col] : T(0);
+      // R rows += P[i, K] L(P)[K, :]
+      gemm<T>(false, false, r1 - r0, kn, kblk.rows(), T(1), first + r0 * kQueryBlock, kQueryBlock, pk, kn, T(1),
+              r_stripe + r0 * n, n);
+    }
   }
 }
 
@@ -213,11 +248,12 @@ void head_block_forward(const AttentionArgs& a, const Plan& pl, int64_t b, int64
 // One head's backward on one query block, from the saved lse and y:
 //   A' = exp(S'_h - lse);  dA' = dy v^T;  dS' = A' * (dA' - rowsum(dy * y))
 //   dv += A'^T dy;  dq rows = dS' k * scale;  dk += dS'^T q * scale
-// ds (rows x i1) keeps dS' for the runway step. s is scratch.
+// ds (rows x i1) keeps dS' for the runway step. s is scratch. With logits_grads false
+// the dq, dk products are left to the caller (the runway head adds dS_r to dS' first).
 template <typename T>
 void head_block_backward(const AttentionArgs& a, const Plan& pl, int64_t b, int64_t h, const Block& blk, const T* q,
                          const T* k, const T* v, const T* y, const T* lse, const T* dy, const T* r_stripe, T* s,
-                         T* ds, T* dq, T* dk, T* dv) {
+                         T* ds, T* dq, T* dk, T* dv, bool logits_grads = true) {
   const int64_t off = pl.head(b, h), n = blk.width(), rows = blk.rows(), D = pl.D;
   stripe_logits(q + off, k + off, blk, D, a.scale, slope_of(a, h), s);
   if (r_stripe) subtract_runway(blk, a.beta, r_stripe, s);
@@ -232,6 +268,7 @@ void head_block_backward(const AttentionArgs& a, const Plan& pl, int64_t b, int6
     std::fill(ds + r * n + i + 1, ds + (r + 1) * n, T(0));
   }
   gemm<T>(true, false, n, D, rows, T(1), s, n, dy_rows, D, T(1), dv + off, D);
+  if (!logits_grads) return;
   gemm<T>(false, false, rows, D, n, static_cast<T>(a.scale), ds, n, k + off, D, T(0), dq + off + blk.i0 * D, D);
   gemm<T>(true, false, n, D, rows, static_cast<T>(a.scale), ds, n, q + off + blk.i0 * D, D, T(1), dk + off, D);
 }
@@ -287,23 +324,29 @@ void standard_forward(const AttentionArgs& a, const Plan& pl, const T* q, const 
   }
 }
 
-// Rewired forward of batch item b: query blocks in order, carrying the runway state;
-// heads of one block in parallel unless the caller already runs batch items in parallel.
+// Rewired forward of batch item b: query blocks in order, carrying the runway state. The
+// threads of one team share each block's steps (P rows, R columns, heads) unless the
+// caller already runs batch items in parallel (then this item has one thread).
 template <typename T>
 void rewired_forward_item(const AttentionArgs& a, const Plan& pl, int64_t b, const T* q, const T* k, const T* v, T* y,
-                          T* lse, T* runway_lse, bool heads_in_parallel) {
+                          T* lse, T* runway_lse, bool team) {
   Stripes<T> work(a.two_hop ? 4 : 2, pl.T);  // p, r (+ pk, first for two_hop)
   Stripes<T> head_scratch(pl.H, pl.T);       // one logits stripe per head
   T *p = work[0], *r_stripe = work[1];
   std::vector<double> acc(static_cast<size_t>(pl.T), 0.0);
+#pragma omp parallel if (team)
   for (int64_t ib = 0; ib < pl.blocks; ++ib) {
     const Block blk = pl.block(ib);
-    runway_probabilities<T>(a, pl, b, blk, q, k, p, runway_lse + b * pl.T + blk.i0, nullptr);
-    if (a.two_hop)
-      two_hop_stripe<T>(a, pl, b, blk, q, k, p, runway_lse, work[2], work[3], r_stripe);
-    else
-      absorption_stripe<T>(blk, p, acc, r_stripe);
-#pragma omp parallel for schedule(static) if (heads_in_parallel && pl.H > 1)
+    team_runway_probabilities<T>(a, pl, b, blk, q, k, p, runway_lse + b * pl.T + blk.i0, nullptr);
+    if (a.two_hop) {
+      team_two_hop_stripe<T>(a, pl, b, blk, q, k, p, runway_lse, work[2], work[3], r_stripe);
+    } else {
+#pragma omp for schedule(static)
+      for (int64_t c = 0; c < chunks(blk.width(), kColumnChunk); ++c)
+        absorption_columns<T>(blk, p, acc.data() + c * kColumnChunk, r_stripe, c * kColumnChunk,
+                              std::min(blk.width(), (c + 1) * kColumnChunk));
+    }
+#pragma omp for schedule(static)
     for (int64_t h = 0; h < pl.H; ++h)
       head_block_forward<T>(a, pl, b, h, blk, q, k, v, r_stripe, head_scratch[h], y, lse);
   }
@@ -340,65 +383,102 @@ void standard_backward(const AttentionArgs& a, const Plan& pl, const T* q, const
   }
 }
 
-// absorption, batch item b: query blocks in reverse.
+// absorption, batch item b: query blocks in reverse, the team sharing each step.
 //   dR = -beta sum_h dS'_h (i - j >= 2);  dP[m,j] = sum_{i>m} dR[i,j] = dacc[j] + sum_{i in block, i>m} dR[i,j]
 //   dS_r += P * (dP - rowsum(dP * P));  dq_r rows += dS_r k_r * scale;  dk_r += dS_r^T q_r * scale
 template <typename T>
 void absorption_backward_item(const AttentionArgs& a, const Plan& pl, int64_t b, const T* q, const T* k, const T* v,
                               const T* y, const T* lse, const T* runway_lse, const T* dy, T* dq, T* dk, T* dv,
-                              bool heads_in_parallel) {
-  const int64_t H = pl.H, n_max = pl.T;
-  Stripes<T> work(2, pl.T);  // p, r
+                              bool team) {
+  const int64_t H = pl.H, D = pl.D;
+  Stripes<T> work(4, pl.T);  // p; r, then dP; dR; dS_r
   Stripes<T> ds(H, pl.T);    // dS'_h of the block, one stripe per head
   Stripes<T> head_scratch(H, pl.T);
-  T *p = work[0], *r_stripe = work[1];
+  T *p = work[0], *r_stripe = work[1], *dr = work[2], *dsr = work[3];
   for (int64_t h = 0; h < H; ++h) {
-    std::fill(dk + pl.head(b, h), dk + pl.head(b, h) + pl.T * pl.D, T(0));
-    std::fill(dv + pl.head(b, h), dv + pl.head(b, h) + pl.T * pl.D, T(0));
+    std::fill(dk + pl.head(b, h), dk + pl.head(b, h) + pl.T * D, T(0));
+    std::fill(dv + pl.head(b, h), dv + pl.head(b, h) + pl.T * D, T(0));
   }
-  // acc after the last block: sum_{k>j} P[k,j] over every row.
-  std::vector<double> acc(static_cast<size_t>(n_max), 0.0), dacc(static_cast<size_t>(n_max), 0.0);
-  for (int64_t ib = 0; ib < pl.blocks; ++ib) {
-    const Block blk = pl.block(ib);
-    runway_probabilities<T>(a, pl, b, blk, q, k, p, nullptr, runway_lse + b * pl.T + blk.i0);
-    for (int64_t r = 0; r < blk.rows(); ++r)
-      for (int64_t j = 0; j < blk.i0 + r; ++j) acc[j] += static_cast<double>(p[r * blk.width() + j]);
-  }
-  for (int64_t ib = pl.blocks - 1; ib >= 0; --ib) {
-    const Block blk = pl.block(ib);
-    const int64_t n = blk.width(), rows = blk.rows();
-    runway_probabilities<T>(a, pl, b, blk, q, k, p, nullptr, runway_lse + b * pl.T + blk.i0);
-    subtract_block_columns(blk, p, acc);  // acc = sum_{j<k<i0} P[k,j]
-    std::vector<double> state = acc;
-    absorption_stripe<T>(blk, p, state, r_stripe);
-#pragma omp parallel for schedule(static) if (heads_in_parallel && H > 1)
-    for (int64_t h = 0; h < H; ++h)
-      head_block_backward<T>(a, pl, b, h, blk, q, k, v, y, lse, dy, r_stripe, head_scratch[h], ds[h], dq, dk, dv);
-    if (a.detach) continue;
-    // dR into ds[0]: -beta sum_h dS'_h, only i - j >= 2.
-    T* dr = ds[0];
-    for (int64_t h = 1; h < H; ++h)
-      for (int64_t e = 0; e < rows * n; ++e) dr[e] += ds[h][e];
-    for (int64_t r = 0; r < rows; ++r) {
-      const int64_t i = blk.i0 + r;
-      for (int64_t j = 0; j < n; ++j) dr[r * n + j] = j + 1 < i ? static_cast<T>(-a.beta) * dr[r * n + j] : T(0);
+  std::vector<double> acc(static_cast<size_t>(pl.T), 0.0), dacc(static_cast<size_t>(pl.T), 0.0);
+  const int64_t off_r = pl.head(b, a.runway_head);
+  const T scale = static_cast<T>(a.scale);
+#pragma omp parallel if (team)
+  {
+    // acc after the last block: sum_{k>j} P[k,j] over every row.
+    for (int64_t ib = 0; ib < pl.blocks; ++ib) {
+      const Block blk = pl.block(ib);
+      team_runway_probabilities<T>(a, pl, b, blk, q, k, p, nullptr, runway_lse + b * pl.T + blk.i0);
+#pragma omp for schedule(static)
+      for (int64_t c = 0; c < chunks(blk.width(), kColumnChunk); ++c)
+        add_block_columns<T>(blk, p, acc.data(), 1.0, c * kColumnChunk, std::min(blk.width(), (c + 1) * kColumnChunk));
     }
-    // dP rows of the block, bottom up, then dS_r = P * (dP - rowsum(dP * P)) into ds[1] (or a spare stripe).
-    T* dsr = H > 1 ? ds[1] : r_stripe;
-    std::vector<double> run = dacc;
-    for (int64_t r = rows - 1; r >= 0; --r) {
-      const int64_t m = blk.i0 + r;
-      double dot = 0;
-      for (int64_t j = 0; j < m; ++j) dot += run[j] * static_cast<double>(p[r * n + j]);
-      for (int64_t j = 0; j < n; ++j)
-        dsr[r * n + j] = j < m ? static_cast<T>(static_cast<double>(p[r * n + j]) * (run[j] - dot))
-                               : (j == m ? static_cast<T>(-static_cast<double>(p[r * n + j]) * dot) : T(0));
-      for (int64_t j = 0; j < n; ++j) run[j] += static_cast<double>(dr[r * n + j]);
+    for (int64_t ib = pl.blocks - 1; ib >= 0; --ib) {
+      const Block blk = pl.block(ib);
+      const int64_t n = blk.width(), rows = blk.rows();
+      team_runway_probabilities<T>(a, pl, b, blk, q, k, p, nullptr, runway_lse + b * pl.T + blk.i0);
+      // acc back to the block's start, then its R stripe (acc itself is left at the start).
+#pragma omp for schedule(static)
+      for (int64_t c = 0; c < chunks(n, kColumnChunk); ++c) {
+        const int64_t c0 = c * kColumnChunk, c1 = std::min(n, c0 + kColumnChunk);
+        add_block_columns<T>(blk, p, acc.data(), -1.0, c0, c1);
+        std::vector<double> state(acc.begin() + c0, acc.begin() + c1);
+        absorption_columns<T>(blk, p, state.data(), r_stripe, c0, c1);
+      }
+#pragma omp for schedule(static)
+      for (int64_t h = 0; h < H; ++h)
+        head_block_backward<T>(a, pl, b, h, blk, q, k, v, y, lse, dy, r_stripe, head_scratch[h], ds[h], dq, dk, dv,
+                               a.detach || h != a.runway_head);
+      if (a.detach) continue;
+      // dR rows: -beta sum_h dS'_h, only i - j >= 2.
+#pragma omp for schedule(static)
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t i = blk.i0 + r;
+        std::copy(ds[0] + r * n, ds[0] + (r + 1) * n, dr + r * n);
+        for (int64_t h = 1; h < H; ++h)
+          for (int64_t j = 0; j < n; ++j) dr[r * n + j] += ds[h][r * n + j];
+        for (int64_t j = 0; j < n; ++j) dr[r * n + j] = j + 1 < i ? static_cast<T>(-a.beta) * dr[r * n + j] : T(0);
+      }
+      // dP (into r_stripe) by columns, bottom row up from dacc; dacc moves to the block's start.
+      T* dp = r_stripe;
+#pragma omp for schedule(static)
+      for (int64_t c = 0; c < chunks(n, kColumnChunk); ++c) {
+        const int64_t c0 = c * kColumnChunk, c1 = std::min(n, c0 + kColumnChunk);
+        for (int64_t r = rows - 1; r >= 0; --r) {
+          const int64_t m = blk.i0 + r;
+          for (int64_t j = c0; j < c1; ++j) {
+            dp[r * n + j] = j < m ? static_cast<T>(dacc[j]) : T(0);
+            dacc[j] += static_cast<double>(dr[r * n + j]);
+          }
+        }
+      }
+      // The runway head's whole dS = dS'_r + P * (dP - rowsum(dP * P)), by rows (dP[m, m] = 0:
+      // the diagonal keeps -P dot).
+      const T* ds_direct = ds[a.runway_head];
+#pragma omp for schedule(static)
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t m = blk.i0 + r;
+        double dot = 0;
+        for (int64_t j = 0; j < m; ++j) dot += static_cast<double>(dp[r * n + j]) * static_cast<double>(p[r * n + j]);
+        for (int64_t j = 0; j < n; ++j)
+          dsr[r * n + j] = j <= m ? ds_direct[r * n + j] +
+                                        static_cast<T>(static_cast<double>(p[r * n + j]) *
+                                                       ((j < m ? static_cast<double>(dp[r * n + j]) : 0.0) - dot))
+                                  : T(0);
+      }
+      // The runway head's dq rows and dk from it, in fixed chunks.
+#pragma omp for schedule(static) nowait
+      for (int64_t c = 0; c < chunks(rows, kRowChunk); ++c) {
+        const int64_t r0 = c * kRowChunk, r1 = std::min(rows, r0 + kRowChunk);
+        gemm<T>(false, false, r1 - r0, D, n, scale, dsr + r0 * n, n, k + off_r, D, T(0), dq + off_r + (blk.i0 + r0) * D,
+                D);
+      }
+#pragma omp for schedule(static)
+      for (int64_t c = 0; c < chunks(n, kQueryBlock); ++c) {
+        const int64_t j0 = c * kQueryBlock, j1 = std::min(n, j0 + kQueryBlock);
+        gemm<T>(true, false, j1 - j0, D, rows, scale, dsr + j0, n, q + off_r + blk.i0 * D, D, T(1), dk + off_r + j0 * D,
+                D);
+      }
     }
-    dacc = run;
-    const int64_t off = pl.head(b, a.runway_head), D = pl.D;
-    gemm<T>(false, false, rows, D, n, static_cast<T>(a.scale), dsr, n, k + off, D, T(1), dq + off + blk.i0 * D, D);
-    gemm<T>(true, false, n, D, rows, static_cast<T>(a.scale), dsr, n, q + off + blk.i0 * D, D, T(1), dk + off, D);
   }
 }
 
