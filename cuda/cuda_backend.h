@@ -102,6 +102,14 @@ class CudaBackend : public Backend {
   void attention_backward(DType dt, const AttentionArgs& args, const void* q, const void* k,
                           const void* v, const void* attn, const void* p, const void* dy,
                           void* dq, void* dk, void* dv) override;
+  // Blockwise (memory-linear) attention: cuda/ops/attention_blockwise.cu. Standard and
+  // absorption run tiled kernels; two_hop (and a head_dim too large for shared memory)
+  // runs the Backend default, the materialised kernels with the maps in scratch.
+  void attention_blockwise_forward(DType dt, const AttentionArgs& args, const void* q, const void* k,
+                                   const void* v, void* y, void* lse, void* runway_lse) override;
+  void attention_blockwise_backward(DType dt, const AttentionArgs& args, const void* q, const void* k,
+                                    const void* v, const void* y, const void* lse, const void* runway_lse,
+                                    const void* dy, void* dq, void* dk, void* dv) override;
   void rope(DType dt, const void* x, void* y, int64_t rows, int64_t seq, int64_t dim, double base,
             int64_t position_offset, bool inverse) override;
 
@@ -126,6 +134,19 @@ class CudaBackend : public Backend {
   template <typename T>
   void attention_backward_impl(const AttentionArgs& args, const T* q, const T* k, const T* v,
                                const T* attn, const T* p, const T* dy, T* dq, T* dk, T* dv);
+  // Blockwise attention (cuda/ops/attention_blockwise.cu): the tile (rows of queries and
+  // keys per block) whose kernels fit in shared memory, 0 when none does.
+  int blockwise_tile(DType dt, const AttentionArgs& args);
+  template <typename T>
+  void blockwise_forward_impl(const AttentionArgs& args, int tile, const T* q, const T* k, const T* v, T* y,
+                              T* lse, T* runway_lse);
+  template <typename T>
+  void blockwise_backward_impl(const AttentionArgs& args, int tile, const T* q, const T* k, const T* v,
+                               const T* y, const T* lse, const T* runway_lse, const T* dy, T* dq, T* dk, T* dv);
+  // The absorption backward's path through R into the runway head (dacc, then the runway
+  // head's extra dq and dk); KernelArgs is the kernels' argument block of that file.
+  template <typename T, typename KernelArgs>
+  void blockwise_runway_backward_impl(const AttentionArgs& args, KernelArgs kernel_args, T* dq, T* dk);
 };
 
 }  // namespace runway

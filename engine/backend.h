@@ -201,7 +201,7 @@ class Backend {
   virtual void attention_backward(DType dt, const AttentionArgs& args, const void* q,
                                   const void* k, const void* v, const void* attn, const void* p,
                                   const void* dy, void* dq, void* dk, void* dv);
-  // Blockwise (memory-linear) attention (engine/ops/attention_blockwise.cpp): the same y
+  // Blockwise (memory-linear) attention (engine/ops/attention_cpu_blockwise.cpp): the same y
   // as attention_forward, but no (T x T) map is saved. Saves lse (B,H,T), the log-sum-exp
   // of every row of S'_h (S_h when standard), and, rewired, runway_lse (B,T), that of the
   // runway head's un-rewired rows S_r; the backward recomputes the maps block by block from

@@ -82,7 +82,7 @@ struct AttentionInputs {
 
 // Which kernels the fused path runs. Materialized keeps the (B,H,T,T) softmax (and P, R)
 // for the backward; Blockwise keeps only per-row statistics, O(B H T) (docs/attention.md,
-// "Blockwise attention"; engine/ops/attention_blockwise.cpp). Both compute the same
+// "Blockwise attention"; engine/ops/attention_cpu_blockwise.cpp). Both compute the same
 // numbers. Auto picks blockwise from kBlockwiseAutoFrom positions on. Whenever the maps are
 // asked for (a sink: `runway inspect`, the plots), the materialised kernels run.
 enum class AttentionImpl { Auto, Materialized, Blockwise };

@@ -1,5 +1,5 @@
 // Blockwise (memory-linear) causal attention: the CPU kernels are in
-// engine/ops/attention_blockwise.cpp, the CUDA ones in cuda/ops/attention_blockwise.cu;
+// engine/ops/attention_cpu_blockwise.cpp, the CUDA ones in cuda/ops/attention_blockwise.cu;
 // the op chooses them through AttentionOptions::impl (engine/ops/attention.h). The
 // schedule and the state each query block carries are derived in docs/attention.md
 // ("Blockwise attention").

@@ -1,7 +1,7 @@
 // Blockwise (memory-linear) causal attention on the CPU, standard and runway-rewired:
 // the kernels behind AttentionImpl::Blockwise (engine/ops/attention.h) and the ops
 // attention_blockwise, rewired_attention_blockwise and qkv_attention_blockwise, held equal
-// to the materialised kernels (tests/test_attention_blockwise.cpp) and run through the
+// to the materialised kernels (tests/test_attention_cpu_blockwise.cpp) and run through the
 // same float64 gradcheck samples (the op table's *_blockwise rows).
 //
 // No (T x T) map is kept. Queries are taken in blocks of kQueryBlock rows; block
@@ -383,101 +383,115 @@ void standard_backward(const AttentionArgs& a, const Plan& pl, const T* q, const
   }
 }
 
+// The scratch of one absorption backward item: P, R then dP, dR and dS_r stripes, one
+// dS' stripe and one logits stripe per head, and the two carried states (in double).
+template <typename T>
+struct AbsorptionScratch {
+  Stripes<T> work, ds, head_scratch;
+  std::vector<double> acc, dacc;
+  AbsorptionScratch(int64_t heads, int64_t seq)
+      : work(4, seq), ds(heads, seq), head_scratch(heads, seq), acc(static_cast<size_t>(seq), 0.0),
+        dacc(static_cast<size_t>(seq), 0.0) {}
+  T* p() { return work[0]; }
+  T* r() { return work[1]; }  // R, then dP
+  T* dr() { return work[2]; }
+  T* dsr() { return work[3]; }
+};
+
+// Through R into the runway head, on block `blk` (the team shares it; every head's dS'
+// is in w.ds, P in w.p()):
+//   dR = -beta sum_h dS'_h (i - j >= 2);  dP[m,j] = dacc[j] + sum_{i in block, i>m} dR[i,j] (j < m)
+//   dS_r = dS'_r + P * (dP - rowsum(dP * P));  dq_r rows = dS_r k_r * scale;  dk_r += dS_r^T q_r * scale
+template <typename T>
+void team_runway_gradients(const AttentionArgs& a, const Plan& pl, int64_t b, const Block& blk, const T* q, const T* k,
+                           AbsorptionScratch<T>& w, T* dq, T* dk) {
+  const int64_t n = blk.width(), rows = blk.rows(), H = pl.H, D = pl.D, off_r = pl.head(b, a.runway_head);
+  const T scale = static_cast<T>(a.scale);
+  T *p = w.p(), *dp = w.r(), *dr = w.dr(), *dsr = w.dsr();
+#pragma omp for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t i = blk.i0 + r;
+    std::copy(w.ds[0] + r * n, w.ds[0] + (r + 1) * n, dr + r * n);
+    for (int64_t h = 1; h < H; ++h)
+      for (int64_t j = 0; j < n; ++j) dr[r * n + j] += w.ds[h][r * n + j];
+    for (int64_t j = 0; j < n; ++j) dr[r * n + j] = j + 1 < i ? static_cast<T>(-a.beta) * dr[r * n + j] : T(0);
+  }
+  // dP by columns, bottom row up from dacc; dacc moves to the block's start.
+#pragma omp for schedule(static)
+  for (int64_t c = 0; c < chunks(n, kColumnChunk); ++c) {
+    const int64_t c0 = c * kColumnChunk, c1 = std::min(n, c0 + kColumnChunk);
+    for (int64_t r = rows - 1; r >= 0; --r) {
+      const int64_t m = blk.i0 + r;
+      for (int64_t j = c0; j < c1; ++j) {
+        dp[r * n + j] = j < m ? static_cast<T>(w.dacc[j]) : T(0);
+        w.dacc[j] += static_cast<double>(dr[r * n + j]);
+      }
+    }
+  }
+  // The runway head's whole dS, by rows (dP[m, m] = 0: the diagonal keeps -P dot), and
+  // its dq rows from it.
+  const T* ds_direct = w.ds[a.runway_head];
+#pragma omp for schedule(static)
+  for (int64_t c = 0; c < chunks(rows, kRowChunk); ++c) {
+    const int64_t r0 = c * kRowChunk, r1 = std::min(rows, r0 + kRowChunk);
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t m = blk.i0 + r;
+      double dot = 0;
+      for (int64_t j = 0; j < m; ++j) dot += static_cast<double>(dp[r * n + j]) * static_cast<double>(p[r * n + j]);
+      for (int64_t j = 0; j < n; ++j)
+        dsr[r * n + j] = j <= m ? ds_direct[r * n + j] +
+                                      static_cast<T>(static_cast<double>(p[r * n + j]) *
+                                                     ((j < m ? static_cast<double>(dp[r * n + j]) : 0.0) - dot))
+                                : T(0);
+    }
+    gemm<T>(false, false, r1 - r0, D, n, scale, dsr + r0 * n, n, k + off_r, D, T(0), dq + off_r + (blk.i0 + r0) * D, D);
+  }
+#pragma omp for schedule(static)
+  for (int64_t c = 0; c < chunks(n, kQueryBlock); ++c) {
+    const int64_t j0 = c * kQueryBlock, j1 = std::min(n, j0 + kQueryBlock);
+    gemm<T>(true, false, j1 - j0, D, rows, scale, dsr + j0, n, q + off_r + blk.i0 * D, D, T(1), dk + off_r + j0 * D, D);
+  }
+}
+
 // absorption, batch item b: query blocks in reverse, the team sharing each step.
-//   dR = -beta sum_h dS'_h (i - j >= 2);  dP[m,j] = sum_{i>m} dR[i,j] = dacc[j] + sum_{i in block, i>m} dR[i,j]
-//   dS_r += P * (dP - rowsum(dP * P));  dq_r rows += dS_r k_r * scale;  dk_r += dS_r^T q_r * scale
+// acc starts as the total over every row; each block subtracts its own column sums
+// (in double) to get back to its start, where its R stripe begins.
 template <typename T>
 void absorption_backward_item(const AttentionArgs& a, const Plan& pl, int64_t b, const T* q, const T* k, const T* v,
                               const T* y, const T* lse, const T* runway_lse, const T* dy, T* dq, T* dk, T* dv,
                               bool team) {
   const int64_t H = pl.H, D = pl.D;
-  Stripes<T> work(4, pl.T);  // p; r, then dP; dR; dS_r
-  Stripes<T> ds(H, pl.T);    // dS'_h of the block, one stripe per head
-  Stripes<T> head_scratch(H, pl.T);
-  T *p = work[0], *r_stripe = work[1], *dr = work[2], *dsr = work[3];
+  AbsorptionScratch<T> w(H, pl.T);
+  T *p = w.p(), *r_stripe = w.r();
   for (int64_t h = 0; h < H; ++h) {
     std::fill(dk + pl.head(b, h), dk + pl.head(b, h) + pl.T * D, T(0));
     std::fill(dv + pl.head(b, h), dv + pl.head(b, h) + pl.T * D, T(0));
   }
-  std::vector<double> acc(static_cast<size_t>(pl.T), 0.0), dacc(static_cast<size_t>(pl.T), 0.0);
-  const int64_t off_r = pl.head(b, a.runway_head);
-  const T scale = static_cast<T>(a.scale);
 #pragma omp parallel if (team)
   {
-    // acc after the last block: sum_{k>j} P[k,j] over every row.
-    for (int64_t ib = 0; ib < pl.blocks; ++ib) {
+    for (int64_t ib = 0; ib < pl.blocks; ++ib) {  // acc = sum_{k>j} P[k,j] over every row
       const Block blk = pl.block(ib);
       team_runway_probabilities<T>(a, pl, b, blk, q, k, p, nullptr, runway_lse + b * pl.T + blk.i0);
 #pragma omp for schedule(static)
       for (int64_t c = 0; c < chunks(blk.width(), kColumnChunk); ++c)
-        add_block_columns<T>(blk, p, acc.data(), 1.0, c * kColumnChunk, std::min(blk.width(), (c + 1) * kColumnChunk));
+        add_block_columns<T>(blk, p, w.acc.data(), 1.0, c * kColumnChunk, std::min(blk.width(), (c + 1) * kColumnChunk));
     }
     for (int64_t ib = pl.blocks - 1; ib >= 0; --ib) {
       const Block blk = pl.block(ib);
-      const int64_t n = blk.width(), rows = blk.rows();
+      const int64_t n = blk.width();
       team_runway_probabilities<T>(a, pl, b, blk, q, k, p, nullptr, runway_lse + b * pl.T + blk.i0);
-      // acc back to the block's start, then its R stripe (acc itself is left at the start).
 #pragma omp for schedule(static)
       for (int64_t c = 0; c < chunks(n, kColumnChunk); ++c) {
         const int64_t c0 = c * kColumnChunk, c1 = std::min(n, c0 + kColumnChunk);
-        add_block_columns<T>(blk, p, acc.data(), -1.0, c0, c1);
-        std::vector<double> state(acc.begin() + c0, acc.begin() + c1);
+        add_block_columns<T>(blk, p, w.acc.data(), -1.0, c0, c1);
+        std::vector<double> state(w.acc.begin() + c0, w.acc.begin() + c1);
         absorption_columns<T>(blk, p, state.data(), r_stripe, c0, c1);
       }
 #pragma omp for schedule(static)
       for (int64_t h = 0; h < H; ++h)
-        head_block_backward<T>(a, pl, b, h, blk, q, k, v, y, lse, dy, r_stripe, head_scratch[h], ds[h], dq, dk, dv,
+        head_block_backward<T>(a, pl, b, h, blk, q, k, v, y, lse, dy, r_stripe, w.head_scratch[h], w.ds[h], dq, dk, dv,
                                a.detach || h != a.runway_head);
-      if (a.detach) continue;
-      // dR rows: -beta sum_h dS'_h, only i - j >= 2.
-#pragma omp for schedule(static)
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t i = blk.i0 + r;
-        std::copy(ds[0] + r * n, ds[0] + (r + 1) * n, dr + r * n);
-        for (int64_t h = 1; h < H; ++h)
-          for (int64_t j = 0; j < n; ++j) dr[r * n + j] += ds[h][r * n + j];
-        for (int64_t j = 0; j < n; ++j) dr[r * n + j] = j + 1 < i ? static_cast<T>(-a.beta) * dr[r * n + j] : T(0);
-      }
-      // dP (into r_stripe) by columns, bottom row up from dacc; dacc moves to the block's start.
-      T* dp = r_stripe;
-#pragma omp for schedule(static)
-      for (int64_t c = 0; c < chunks(n, kColumnChunk); ++c) {
-        const int64_t c0 = c * kColumnChunk, c1 = std::min(n, c0 + kColumnChunk);
-        for (int64_t r = rows - 1; r >= 0; --r) {
-          const int64_t m = blk.i0 + r;
-          for (int64_t j = c0; j < c1; ++j) {
-            dp[r * n + j] = j < m ? static_cast<T>(dacc[j]) : T(0);
-            dacc[j] += static_cast<double>(dr[r * n + j]);
-          }
-        }
-      }
-      // The runway head's whole dS = dS'_r + P * (dP - rowsum(dP * P)), by rows (dP[m, m] = 0:
-      // the diagonal keeps -P dot).
-      const T* ds_direct = ds[a.runway_head];
-#pragma omp for schedule(static)
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t m = blk.i0 + r;
-        double dot = 0;
-        for (int64_t j = 0; j < m; ++j) dot += static_cast<double>(dp[r * n + j]) * static_cast<double>(p[r * n + j]);
-        for (int64_t j = 0; j < n; ++j)
-          dsr[r * n + j] = j <= m ? ds_direct[r * n + j] +
-                                        static_cast<T>(static_cast<double>(p[r * n + j]) *
-                                                       ((j < m ? static_cast<double>(dp[r * n + j]) : 0.0) - dot))
-                                  : T(0);
-      }
-      // The runway head's dq rows and dk from it, in fixed chunks.
-#pragma omp for schedule(static) nowait
-      for (int64_t c = 0; c < chunks(rows, kRowChunk); ++c) {
-        const int64_t r0 = c * kRowChunk, r1 = std::min(rows, r0 + kRowChunk);
-        gemm<T>(false, false, r1 - r0, D, n, scale, dsr + r0 * n, n, k + off_r, D, T(0), dq + off_r + (blk.i0 + r0) * D,
-                D);
-      }
-#pragma omp for schedule(static)
-      for (int64_t c = 0; c < chunks(n, kQueryBlock); ++c) {
-        const int64_t j0 = c * kQueryBlock, j1 = std::min(n, j0 + kQueryBlock);
-        gemm<T>(true, false, j1 - j0, D, rows, scale, dsr + j0, n, q + off_r + blk.i0 * D, D, T(1), dk + off_r + j0 * D,
-                D);
-      }
+      if (!a.detach) team_runway_gradients<T>(a, pl, b, blk, q, k, w, dq, dk);
     }
   }
 }
