@@ -144,7 +144,8 @@ std::vector<ConfigField> make_fields() {
       ""));
   f.back().omitted_when_default = true;
   f.back().help = fmt::format("attention kernels, same numbers: materialized keeps the T x T maps, blockwise O(T) memory, "
-                              "auto = blockwise from {} positions", kBlockwiseAutoFrom);
+                              "auto = blockwise from {} positions ({} for a rewired layer on one sequence)",
+                              kBlockwiseAutoFrom, kBlockwiseAutoFromRewiredOneItem);
   // data
   f.push_back(member_field<std::string>(
       "data", FieldType::String, RUNWAY_MEMBER(data), NumberRange{},
@@ -416,9 +417,10 @@ constexpr double kFloat = 4;  // float32
 uint64_t model_parameter_count(const GPTConfig& m) { return saturate(parameters(m)); }
 
 // Whether `impl` runs the blockwise kernels at T positions (engine/ops/attention.h).
-bool blockwise_at(const GPTConfig& m, double T) {
+bool blockwise_at(const GPTConfig& m, double B, double T) {
   return m.attention_impl == AttentionImpl::Blockwise ||
-         (m.attention_impl == AttentionImpl::Auto && T >= static_cast<double>(kBlockwiseAutoFrom));
+         (m.attention_impl == AttentionImpl::Auto &&
+          T >= static_cast<double>(blockwise_auto_from(m.rewired, static_cast<int64_t>(B))));
 }
 
 // Blockwise scratch: a (64 x T) stripe per head and per thread for logits and dS', plus a
@@ -437,7 +439,7 @@ uint64_t training_memory_bytes(const TrainConfig& c) {
   const double weights = 4 * parameters(m);                    // parameters, gradients, two AdamW moments
   const double activations = 20 * B * T * C * L;               // what each block keeps for the backward
   // Materialised: A' per layer, P and R when rewired. Blockwise: per-row statistics only.
-  const double maps = blockwise_at(m, T) ? (B * H * T + B * T) * L + blockwise_scratch(m, T)
+  const double maps = blockwise_at(m, B, T) ? (B * H * T + B * T) * L + blockwise_scratch(m, T)
                                          : B * H * T * T * L + 2 * B * T * T * layers_rewired(m);
   const double logits = 3 * B * T * static_cast<double>(m.vocab_size);
   return saturate(kFloat * (weights + activations + maps + logits));
@@ -447,7 +449,7 @@ uint64_t inference_memory_bytes(const GPTConfig& m, int64_t batch, int64_t T_) {
   const double B = static_cast<double>(batch), T = static_cast<double>(T_), C = static_cast<double>(m.n_embd),
                H = static_cast<double>(m.n_head);
   // One layer at a time without the tape.
-  const double maps = blockwise_at(m, T) ? B * H * T + B * T + blockwise_scratch(m, T)
+  const double maps = blockwise_at(m, B, T) ? B * H * T + B * T + blockwise_scratch(m, T)
                                          : B * H * T * T + (m.rewired ? 2 * B * T * T : 0);
   return saturate(kFloat * (parameters(m) + 8 * B * T * C + maps + 2 * B * T * static_cast<double>(m.vocab_size)));
 }

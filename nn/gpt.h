@@ -34,7 +34,7 @@ struct GPTConfig {
   std::vector<int64_t> rewired_layers;  // empty: all layers (when rewired)
   double rope_base = 10000.0;
   // Which attention kernels run (not a property of the weights: every choice computes the
-  // same numbers); auto = blockwise from kBlockwiseAutoFrom positions on.
+  // same numbers); auto = blockwise from blockwise_auto_from() positions on.
   AttentionImpl attention_impl = AttentionImpl::Auto;
 
   // Throws an Error naming the field and its allowed values.

@@ -125,7 +125,7 @@ TEST_CASE("blockwise backward is deterministic: two backwards over one graph agr
   }
 }
 
-TEST_CASE("attention_impl: auto picks blockwise from kBlockwiseAutoFrom positions, and never with a sink") {
+TEST_CASE("attention_impl: auto picks blockwise from blockwise_auto_from() positions, and never with a sink") {
   REQUIRE(parse_attention_impl("auto") == AttentionImpl::Auto);
   REQUIRE(parse_attention_impl("materialized") == AttentionImpl::Materialized);
   REQUIRE(parse_attention_impl("blockwise") == AttentionImpl::Blockwise);
@@ -139,6 +139,20 @@ TEST_CASE("attention_impl: auto picks blockwise from kBlockwiseAutoFrom position
   REQUIRE(op_of(kBlockwiseAutoFrom - 1, AttentionImpl::Auto, nullptr) == "attention");
   REQUIRE(op_of(kBlockwiseAutoFrom, AttentionImpl::Auto, nullptr) == "attention_blockwise");
   REQUIRE(op_of(5, AttentionImpl::Blockwise, nullptr) == "attention_blockwise");
+  // A rewired layer on one sequence switches later; with two it follows the standard rule.
+  REQUIRE(blockwise_auto_from(false, 1) == kBlockwiseAutoFrom);
+  REQUIRE(blockwise_auto_from(true, 2) == kBlockwiseAutoFrom);
+  REQUIRE(blockwise_auto_from(true, 1) == kBlockwiseAutoFromRewiredOneItem);
+  REQUIRE(kBlockwiseAutoFromRewiredOneItem > kBlockwiseAutoFrom);
+  auto rewired_op_of = [](int64_t b, int64_t t) {
+    Generator g(2);
+    Tensor q = Tensor::normal({b, 2, t, 2}, 0, 1, g).set_requires_grad();
+    RunwayOptions o;
+    Tensor y = causal_attention(AttentionInputs::split(q, q, q), AttentionOptions::rewired_with(o));
+    return std::string(y.impl()->grad_fn->name);
+  };
+  REQUIRE(rewired_op_of(1, kBlockwiseAutoFrom) == "rewired_attention");
+  REQUIRE(rewired_op_of(2, kBlockwiseAutoFrom) == "rewired_attention_blockwise");
   AttentionSink sink;
   REQUIRE(op_of(5, AttentionImpl::Blockwise, &sink) == "attention");
   REQUIRE(sink.a_rewired.defined());

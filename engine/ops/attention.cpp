@@ -30,6 +30,10 @@ const char* runway_summary_name(RunwaySummary s) {
   return s == RunwaySummary::Absorption ? "absorption" : "two_hop";
 }
 
+int64_t blockwise_auto_from(bool rewired, int64_t batch) {
+  return rewired && batch < 2 ? kBlockwiseAutoFromRewiredOneItem : kBlockwiseAutoFrom;
+}
+
 AttentionImpl parse_attention_impl(const std::string& name) {
   if (name == "auto") return AttentionImpl::Auto;
   if (name == "materialized") return AttentionImpl::Materialized;
@@ -141,10 +145,10 @@ Grads fused_backward(const AttentionArgs& a, const Saved& s, const Tensor& g) {
 }
 
 // Blockwise unless the maps are wanted (a sink) or Auto finds the sequence short.
-bool use_blockwise(const AttentionOptions& o, int64_t seq, const AttentionSink* sink) {
+bool use_blockwise(const AttentionOptions& o, int64_t batch, int64_t seq, const AttentionSink* sink) {
   if (sink) return false;
   if (o.impl == AttentionImpl::Blockwise) return true;
-  return o.impl == AttentionImpl::Auto && seq >= kBlockwiseAutoFrom;
+  return o.impl == AttentionImpl::Auto && seq >= blockwise_auto_from(o.rewired, batch);
 }
 
 }  // namespace
@@ -226,7 +230,7 @@ Tensor fused_split(const Tensor& q, const Tensor& k, const Tensor& v, const Atte
   const char* op = o.rewired ? "rewired_attention" : "attention";
   const AttentionArgs a = kernel_args(op, q.size(0), q.size(1), q.size(2), q.size(3), o);
   Saved s;
-  s.blockwise = use_blockwise(o, q.size(2), sink);
+  s.blockwise = use_blockwise(o, q.size(0), q.size(2), sink);
   Tensor y = fused_forward(a, q, k, v, s);
   fill_sink(sink, a, s);
   const OpName name = s.blockwise ? (o.rewired ? kRewiredAttentionBlockwise : kAttentionBlockwise)
@@ -253,7 +257,7 @@ Tensor fused_packed(const Tensor& qkv, int64_t heads, const AttentionOptions& o,
   }
   const AttentionArgs a = kernel_args("qkv_attention", B, H, T, D, o);
   Saved s;
-  s.blockwise = use_blockwise(o, T, sink);
+  s.blockwise = use_blockwise(o, B, T, sink);
   Tensor y;
   {
     NoGradGuard no_grad;

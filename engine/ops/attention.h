@@ -83,14 +83,19 @@ struct AttentionInputs {
 // Which kernels the fused path runs. Materialized keeps the (B,H,T,T) softmax (and P, R)
 // for the backward; Blockwise keeps only per-row statistics, O(B H T) (docs/attention.md,
 // "Blockwise attention"; engine/ops/attention_cpu_blockwise.cpp). Both compute the same
-// numbers. Auto picks blockwise from kBlockwiseAutoFrom positions on. Whenever the maps are
+// numbers. Auto picks blockwise from blockwise_auto_from() positions on. Whenever the maps are
 // asked for (a sink: `runway inspect`, the plots), the materialised kernels run.
 enum class AttentionImpl { Auto, Materialized, Blockwise };
 AttentionImpl parse_attention_impl(const std::string& name);  // "auto" / "materialized" / "blockwise"
 const char* attention_impl_name(AttentionImpl impl);
-// Measured (docs/performance.md, bench_attention --memory): from here on blockwise is at
-// least as fast as materialised on the CPU, and its memory is far smaller.
+// Measured (docs/performance.md, "Blockwise attention"): from here on blockwise is at
+// least as fast as materialised on the CPU, and its memory is far smaller. A rewired layer
+// with one batch item carries its runway state block by block with the threads sharing
+// each block (barriers, no batch items to spread), so it switches later.
 constexpr int64_t kBlockwiseAutoFrom = 1024;
+constexpr int64_t kBlockwiseAutoFromRewiredOneItem = 2048;
+// The length from which Auto runs blockwise.
+int64_t blockwise_auto_from(bool rewired, int64_t batch);
 
 // How to attend. The defaults are plain causal attention: no RoPE, no ALiBi, not rewired.
 struct AttentionOptions {
