@@ -166,6 +166,7 @@ void add_compare_command(CLI::App& app, int* exit_code) {
     CommonArgs common;
     std::vector<std::string> configs, labels;
     std::vector<uint64_t> seeds = {1};
+    bool fresh = false;
   };
   auto args = std::make_shared<CompareArgs>();
   args->common.out = "runs/compare";
@@ -176,6 +177,9 @@ void add_compare_command(CLI::App& app, int* exit_code) {
   cmd->add_option("--config", args->configs, "A configuration file (repeat for each configuration)")->required();
   cmd->add_option("--label", args->labels, "Names of the configurations, in order (default: the file names)");
   add_uint_list_option(cmd, "--seeds", &args->seeds, "Seeds (each configuration runs once per seed)");
+  cmd->add_flag("--fresh", args->fresh,
+                "Train every run again (default: a run folder finished by an earlier compare with the same config, "
+                "steps and evaluation settings is reused, so an interrupted study resumes)");
   add_common(cmd, &args->common);
   cmd->callback([args, exit_code]() {
     if (!args->labels.empty() && args->labels.size() != args->configs.size())
@@ -186,6 +190,7 @@ void add_compare_command(CLI::App& app, int* exit_code) {
                                                 : args->labels[i],
                            read_config(args->configs[i])});
     o.seeds = args->seeds;
+    o.reuse_finished = !args->fresh;
     o.title = "runway compare";
     o.command_line = "runway compare" + describe(args->common);
     *exit_code = run(o);

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <optional>
 #include <set>
 
@@ -219,6 +220,37 @@ std::string evaluate_and_inspect(const nn::Trainer& trainer, const nn::TrainConf
   return inspect_dir;
 }
 
+// What a finished run folder must match to be reused: its training config and the
+// evaluation and inspection settings.
+json run_record(const nn::TrainConfig& config, const StudyOptions& o) {
+  return json{{"config", config.to_json()},
+              {"eval", {{"max_windows", o.eval_max_windows},
+                        {"passkey_trials", o.passkey_trials},
+                        {"passkey_lengths", o.passkey_lengths},
+                        {"recall_trials", o.recall_trials},
+                        {"seed", o.eval_seed},
+                        {"inspect_length", o.inspect_length}}}};
+}
+
+constexpr const char* kRunRecord = "study_run.json";
+
+// The run in `dir` when a previous study finished it with the same record (its
+// study_run.json, written after training, evaluation and inspection); nothing otherwise.
+std::optional<viz::ReportRun> finished_run(const StudyConfig& sc, uint64_t seed, const std::string& dir,
+                                           const json& record) {
+  const fs::path path = fs::path(dir) / kRunRecord;
+  std::error_code ec;
+  if (!fs::is_regular_file(path, ec) || !fs::exists(fs::path(dir) / "eval.json", ec) ||
+      !fs::exists(fs::path(dir) / "inspect" / "inspect.json", ec))
+    return std::nullopt;
+  std::ifstream in(path);
+  const json saved = json::parse(in, nullptr, /*allow_exceptions=*/false);  // unreadable: train it again
+  if (!saved.is_object() || saved.value("config", json()) != record["config"] || saved.value("eval", json()) != record["eval"] ||
+      !saved.contains("train_seconds") || !saved["train_seconds"].is_number())
+    return std::nullopt;
+  return viz::ReportRun{sc.label, seed, dir, (fs::path(dir) / "inspect").string(), saved["train_seconds"].get<double>()};
+}
+
 // Trains, evaluates and inspects one run; nothing when interrupted (its checkpoint is saved).
 std::optional<viz::ReportRun> one_run(const StudyConfig& sc, uint64_t seed, int64_t steps, const StudyOptions& o,
                                       const fs::path& out, Progress& progress, std::vector<uint8_t>& sample,
@@ -226,6 +258,13 @@ std::optional<viz::ReportRun> one_run(const StudyConfig& sc, uint64_t seed, int6
   const nn::TrainConfig config = run_config(sc, seed, steps, o);
   const std::string name = fmt::format("{} (seed {})", sc.label, seed);
   const std::string dir = (out / "runs" / fmt::format("{}-seed{}", folder_name(sc.label), seed)).string();
+  json record = run_record(config, o);
+  if (o.reuse_finished) {
+    if (std::optional<viz::ReportRun> done = finished_run(sc, seed, dir, record)) {
+      progress.say(fmt::format("reusing finished run {} in {}", name, dir));
+      return done;
+    }
+  }
   fresh_run_folder(dir);
 
   const auto t0 = Clock::now();
@@ -248,6 +287,8 @@ std::optional<viz::ReportRun> one_run(const StudyConfig& sc, uint64_t seed, int6
   progress.say(fmt::format("trained {}: {} steps in {}, validation {:.3f} bits/byte", name, steps,
                            nn::format_duration(train_seconds), last_val));
   const std::string inspect_dir = evaluate_and_inspect(trainer, config, dir, name, o, progress, sample);
+  record["train_seconds"] = train_seconds;
+  nn::write_text_file_atomic((fs::path(dir) / kRunRecord).string(), record.dump(2) + "\n");  // last: the run is finished
   return viz::ReportRun{sc.label, seed, dir, inspect_dir, train_seconds};
 }
 

@@ -42,6 +42,11 @@ struct StudyOptions {
   int64_t recall_trials = 32;             // 0 skips recall
   uint64_t eval_seed = 1;
   int64_t inspect_length = 64;            // bytes of the shared inspection sample
+  // A run folder that a previous study finished (trained, evaluated, inspected) with the
+  // same training config and the same evaluation settings is reused instead of trained
+  // again (its study_run.json, written last, records both): an interrupted study resumes
+  // where it stopped. Otherwise, and always when false, the folder is replaced.
+  bool reuse_finished = false;
   std::string title = "runway: standard vs rewired attention";
   std::string command_line;               // shown in the report's subtitle
 };
@@ -57,7 +62,8 @@ struct StudyResult {
 // Validates the options (labels unique and non-empty, seeds non-empty, steps >= 0,
 // minutes > 0, every config valid) before any work, then runs the study with a
 // progress line on stdout. Run folders go to out_dir/runs/<label>-seed<seed> (an
-// existing one is replaced; a folder there that is not a run folder is an error).
+// existing one is replaced unless reuse_finished finds it finished; a folder there that
+// is not a run folder is an error).
 StudyResult run_study(const StudyOptions& options, const std::atomic<bool>* stop = nullptr);
 
 }  // namespace runway::lab

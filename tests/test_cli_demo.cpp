@@ -50,6 +50,12 @@ struct Setup {
 
 }  // namespace
 
+static int count_of(const std::string& text, const std::string& what) {
+  int n = 0;
+  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+  return n;
+}
+
 TEST_CASE("compare: two configs x two seeds give one report whose references all exist") {
   Setup s;
   const std::string out = s.dir + "/cmp";
@@ -97,6 +103,59 @@ TEST_CASE("compare: two configs x two seeds give one report whose references all
   const std::string report = slurp(out + "/report.html");
   CHECK(report.find("±") != std::string::npos);  // spread shown with several seeds
   CHECK(report.find("Passkey retrieval") != std::string::npos);
+
+  // Paired differences to the first configuration, recomputed from the runs' own files:
+  // d_s = last validation bpb of "two hop" minus that of "standard" for seed s; with two
+  // seeds the interval is mean -/+ t(1) sd / sqrt(2), t(1) = 12.706.
+  auto last_val_bits = [&](const std::string& run_dir) {
+    std::ifstream metrics(out + "/runs/" + run_dir + "/metrics.jsonl");
+    std::string line, last_val;
+    while (std::getline(metrics, line))
+      if (line.find("val_loss") != std::string::npos) last_val = line;
+    return json::parse(last_val)["val_loss"].get<double>() / std::log(2.0);
+  };
+  const double d1 = last_val_bits("two-hop-seed1") - last_val_bits("standard-seed1");
+  const double d2 = last_val_bits("two-hop-seed2") - last_val_bits("standard-seed2");
+  const double mean = (d1 + d2) / 2, sd = std::abs(d1 - d2) / std::sqrt(2.0);
+  const json& paired = results["paired_differences"];
+  REQUIRE(paired.size() == 1);
+  CHECK(paired[0]["label"] == "two hop");
+  CHECK(paired[0]["baseline"] == "standard");
+  const json& val = paired[0]["measures"][0];
+  CHECK(val["measure"] == "val bpb");
+  CHECK(val["n"] == 2);
+  CHECK(val["mean"].get<double>() == Approx(mean).epsilon(1e-12));
+  CHECK(val["low"].get<double>() == Approx(mean - 12.706 * sd / std::sqrt(2.0)).epsilon(1e-9));
+  CHECK(val["high"].get<double>() == Approx(mean + 12.706 * sd / std::sqrt(2.0)).epsilon(1e-9));
+  CHECK(report.find("Paired differences to standard") != std::string::npos);
+  CHECK(log.find("paired differences to standard") != std::string::npos);
+
+  // The same command again reuses the four finished runs (nothing trained, eval.json
+  // untouched); a run whose study_run.json is missing (interrupted before it finished)
+  // is trained again, the others reused; --fresh trains everything.
+  const std::string same = fmt::format("compare --config {0}/std.json --config {0}/rew.json --label standard "
+                                       "--label 'two hop' --seeds 1,2 --steps 4 --out {1} --device cpu",
+                                       s.dir, out);
+  const auto eval_time = [&](const std::string& run_dir) {
+    return fs::last_write_time(out + "/runs/" + run_dir + "/eval.json");
+  };
+  const auto before = eval_time("standard-seed1");
+  REQUIRE(run(same, s.dir + "/resume.log") == 0);
+  const std::string resumed = slurp(s.dir + "/resume.log");
+  INFO(resumed);
+  CHECK(count_of(resumed, "reusing finished run") == 4);
+  CHECK(resumed.find("trained ") == std::string::npos);
+  CHECK(eval_time("standard-seed1") == before);
+  CHECK(json::parse(slurp(out + "/results.json"))["paired_differences"] == paired);
+  fs::remove(out + "/runs/two-hop-seed2/study_run.json");
+  REQUIRE(run(same, s.dir + "/resume2.log") == 0);
+  const std::string resumed2 = slurp(s.dir + "/resume2.log");
+  CHECK(count_of(resumed2, "reusing finished run") == 3);
+  CHECK(resumed2.find("trained two hop (seed 2)") != std::string::npos);
+  CHECK(fs::exists(out + "/runs/two-hop-seed2/study_run.json"));
+  REQUIRE(run(same + " --fresh", s.dir + "/fresh.log") == 0);
+  CHECK(count_of(slurp(s.dir + "/fresh.log"), "reusing finished run") == 0);
+  CHECK(eval_time("standard-seed1") != before);
 
   // Running again replaces the runs instead of appending to their metrics.
   REQUIRE(run(fmt::format("compare --config {0}/std.json --seeds 1 --steps 2 --out {1}", s.dir, out),

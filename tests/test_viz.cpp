@@ -17,6 +17,7 @@
 #include "viz/colormap.h"
 #include "viz/heatmap.h"
 #include "viz/report.h"
+#include "viz/stats.h"
 
 using Catch::Matchers::Contains;
 using namespace runway;
@@ -210,4 +211,45 @@ TEST_CASE("report: spread over seeds, and a missing run file named in the error"
   CHECK_THROWS_WITH(write_report(dir.path, {{"a", 1, dir / "runs/a", dir / "runs/a/inspect", 0}}),
                     Contains("eval.json' is not valid JSON"));
   CHECK_THROWS_WITH(write_report(dir.path, {}), Contains("no runs"));
+}
+
+TEST_CASE("stats: Student t quantiles and the paired difference with its 95% interval, by hand") {
+  using runway::viz::paired_difference;
+  using runway::viz::t_quantile_975;
+  // Published two-sided 95% values (any t table).
+  CHECK(t_quantile_975(1) == Approx(12.706));
+  CHECK(t_quantile_975(2) == Approx(4.303));
+  CHECK(t_quantile_975(4) == Approx(2.776));
+  CHECK(t_quantile_975(30) == Approx(2.042));
+  // Beyond the table, the expansion against 6-digit values (R: qt(0.975, df)).
+  CHECK(t_quantile_975(40) == Approx(2.021075).margin(1e-4));
+  CHECK(t_quantile_975(60) == Approx(2.000298).margin(1e-4));
+  CHECK(t_quantile_975(120) == Approx(1.979930).margin(1e-4));
+  CHECK(t_quantile_975(100000) == Approx(1.959988).margin(1e-4));
+  CHECK_THROWS_WITH(t_quantile_975(0), Contains("degrees of freedom"));
+
+  // Seeds 1, 2, 3 in both; seed 4 only in base, seed 5 only in other, seed 6 NaN: left out.
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const std::map<uint64_t, double> base{{1, 2.0}, {2, 2.5}, {3, 1.8}, {4, 9.0}, {6, nan}};
+  const std::map<uint64_t, double> other{{1, 1.9}, {2, 2.2}, {3, 1.9}, {5, 0.0}, {6, 1.0}};
+  // d = -0.1, -0.3, +0.1: mean -0.1; sd = sqrt((0 + 0.04 + 0.04) / 2) = 0.2;
+  // half width = 4.303 * 0.2 / sqrt(3) = 0.496867.
+  const auto p = paired_difference(base, other);
+  CHECK(p.n == 3);
+  CHECK(p.mean == Approx(-0.1));
+  CHECK(p.sd == Approx(0.2));
+  CHECK(p.low == Approx(-0.1 - 0.496867).epsilon(1e-5));
+  CHECK(p.high == Approx(-0.1 + 0.496867).epsilon(1e-5));
+  CHECK_FALSE(p.excludes_zero());
+  // A consistent difference: d = 1.0, 1.1, 0.9 -> mean 1, sd 0.1, interval [0.7516, 1.2484].
+  const auto q = paired_difference({{1, 0.0}, {2, 0.0}, {3, 0.0}}, {{1, 1.0}, {2, 1.1}, {3, 0.9}});
+  CHECK(q.low == Approx(1 - 4.303 * 0.1 / std::sqrt(3.0)));
+  CHECK(q.excludes_zero());
+  // One pair: the mean, no interval; none: NaN.
+  const auto one = paired_difference({{1, 1.0}}, {{1, 3.0}});
+  CHECK(one.n == 1);
+  CHECK(one.mean == 2.0);
+  CHECK(std::isnan(one.low));
+  CHECK_FALSE(one.excludes_zero());
+  CHECK(std::isnan(paired_difference({{1, 1.0}}, {{2, 1.0}}).mean));
 }

@@ -1,4 +1,5 @@
 #include "viz/report.h"
+#include "viz/stats.h"
 
 #include <fmt/format.h>
 
@@ -406,6 +407,77 @@ std::string text_table(const std::vector<Column>& columns, size_t rows) {
   return text;
 }
 
+// ---- paired differences to the baseline (the first configuration) ----
+
+// One value per seed of each measure the paired table compares (lower bpb is better,
+// higher passkey and recall are better).
+struct SeedMeasures {
+  std::vector<std::string> names;
+  std::vector<std::map<uint64_t, double>> values;  // [measure][seed]
+};
+
+SeedMeasures seed_measures(const Group& grp, const Measures& m) {
+  SeedMeasures out;
+  auto add = [&](const std::string& name) {
+    out.names.push_back(name);
+    out.values.emplace_back();
+    return out.values.size() - 1;
+  };
+  const size_t val = add("val bpb");
+  std::vector<size_t> curve, passkey;
+  for (int64_t T : m.lengths) curve.push_back(add(T == m.L ? "bpb@L" : fmt::format("bpb@{}L", T / std::max<int64_t>(m.L, 1))));
+  for (int64_t T : m.passkey_lengths) passkey.push_back(add(fmt::format("passkey@{}", T)));
+  const size_t recall = add("recall");
+  for (const RunData* d : grp.runs) {
+    const uint64_t seed = d->run.seed;
+    out.values[val][seed] = d->val_bits.empty() ? kNaN : d->val_bits.back();
+    const auto c = curve_of(*d);
+    for (size_t i = 0; i < m.lengths.size(); ++i) {
+      const auto it = c.find(m.lengths[i]);
+      out.values[curve[i]][seed] = it == c.end() ? kNaN : it->second;
+    }
+    const auto pk = passkey_of(*d);
+    for (size_t i = 0; i < m.passkey_lengths.size(); ++i) {
+      std::vector<double> accs;
+      for (const auto& [key, acc] : pk)
+        if (key.first == m.passkey_lengths[i]) accs.push_back(acc);
+      out.values[passkey[i]][seed] = spread_of(accs).mean;
+    }
+    out.values[recall][seed] = d->eval.contains("recall") ? number_or_nan(d->eval["recall"], "accuracy") : kNaN;
+  }
+  return out;
+}
+
+// "-0.012 [-0.020, -0.004] *" (the star: the interval excludes 0), "n/a" without pairs,
+// the mean alone for one pair.
+std::string show_paired(const PairedDifference& p) {
+  if (p.n == 0) return "n/a";
+  if (p.n == 1) return fmt::format("{:+.3f} (1 seed)", p.mean);
+  return fmt::format("{:+.3f} [{:+.3f}, {:+.3f}]{}", p.mean, p.low, p.high, p.excludes_zero() ? " *" : "");
+}
+
+// Every other group against groups[0], measure by measure: the columns of the paired
+// table (config, then one per measure) and the entries of results.json.
+std::vector<Column> paired_columns(const std::vector<Group>& groups, const Measures& m, json* results) {
+  const SeedMeasures base = seed_measures(groups[0], m);
+  std::vector<Column> columns{{"config", {}}};
+  for (const std::string& name : base.names) columns.push_back({name, {}});
+  *results = json::array();
+  for (size_t g = 1; g < groups.size(); ++g) {
+    const SeedMeasures other = seed_measures(groups[g], m);
+    columns[0].cells.push_back(groups[g].label);
+    json measures = json::array();
+    for (size_t i = 0; i < base.names.size(); ++i) {
+      const PairedDifference p = paired_difference(base.values[i], other.values[i]);
+      columns[i + 1].cells.push_back(show_paired(p));
+      measures.push_back({{"measure", base.names[i]}, {"n", p.n}, {"mean", p.mean}, {"sd", p.sd}, {"low", p.low},
+                          {"high", p.high}, {"excludes_zero", p.excludes_zero()}});
+    }
+    results->push_back({{"label", groups[g].label}, {"baseline", groups[0].label}, {"measures", measures}});
+  }
+  return columns;
+}
+
 // ---- the sections of report.html ----
 
 std::string title_section(const ReportOptions& options) {
@@ -429,6 +501,25 @@ std::string results_section(const std::vector<Column>& columns, size_t rows, con
           "length L; passkey@N = exact-match accuracy of the 5-digit key in N-byte documents, mean over needle "
           "depths; recall = associative-recall accuracy (teacher forced); runway share: see the cascade "
           "section. All numbers are in results.json.</p>\n";
+  return html;
+}
+
+std::string paired_section(const std::vector<Column>& columns, size_t rows, const std::string& baseline) {
+  std::string html = fmt::format("<h2>Paired differences to {}</h2>\n<table><tr>", escape_xml(baseline));
+  for (const Column& col : columns) html += "<th>" + escape_xml(col.name) + "</th>";
+  html += "</tr>\n";
+  for (size_t g = 0; g < rows; ++g) {
+    html += "<tr>";
+    for (size_t c = 0; c < columns.size(); ++c)
+      html += fmt::format("<td{}>{}</td>", c == 0 ? " class=\"name\"" : "", escape_xml(columns[c].cells[g]));
+    html += "</tr>\n";
+  }
+  html += fmt::format(
+      "</table>\n<p class=\"note\">Each cell: the mean over seeds of (configuration - {0}), the two runs of a seed "
+      "sharing initialisation and data order, with its 95% Student t interval; * marks an interval that excludes 0, "
+      "a difference larger than the seed-to-seed noise of this study. Lower bpb is better; higher passkey and recall "
+      "are better. One seed cannot separate effects of this size: use `runway compare --seeds 1,2,3` or more.</p>\n",
+      escape_xml(baseline));
   return html;
 }
 
@@ -570,8 +661,11 @@ std::string write_report(const std::string& out_dir, const std::vector<ReportRun
     add_table_row(columns, groups[g], g, n, m);
     results.push_back(group_results(groups[g], g, n, m, out_dir));
   }
+  json paired;
+  const std::vector<Column> paired_cols = paired_columns(groups, m, &paired);
   // JSON has no NaN: nlohmann writes null for it, which is what a missing value should be.
-  write_text_file((fs::path(out_dir) / "results.json").string(), json{{"configs", results}}.dump(2) + "\n");
+  write_text_file((fs::path(out_dir) / "results.json").string(),
+                  json{{"configs", results}, {"paired_differences", paired}}.dump(2) + "\n");
 
   const bool several_seeds =
       std::any_of(groups.begin(), groups.end(), [](const Group& g) { return g.runs.size() > 1; });
@@ -581,6 +675,7 @@ std::string write_report(const std::string& out_dir, const std::vector<ReportRun
   std::string page = html_page_start(options.title);
   page += title_section(options);
   page += results_section(columns, groups.size(), spread_note);
+  if (groups.size() > 1) page += paired_section(paired_cols, groups.size() - 1, groups[0].label);
   page += curves_sections();
   page += passkey_section(groups, m.passkey_lengths);
   page += cascade_section(groups, out_dir);
@@ -588,7 +683,11 @@ std::string write_report(const std::string& out_dir, const std::vector<ReportRun
   page += configurations_section(groups);
   page += html_page_end();
   write_text_file((fs::path(out_dir) / "report.html").string(), page);
-  return text_table(columns, groups.size());
+  std::string text = text_table(columns, groups.size());
+  if (groups.size() > 1)
+    text += fmt::format("\npaired differences to {} (mean over seeds [95% t interval], * = excludes 0):\n{}",
+                        groups[0].label, text_table(paired_cols, groups.size() - 1));
+  return text;
 }
 
 }  // namespace runway::viz
