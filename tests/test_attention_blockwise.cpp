@@ -95,6 +95,15 @@ TEST_CASE("blockwise rewired attention equals materialised, float64, every runwa
           }
 }
 
+TEST_CASE("blockwise attention equals materialised, float64, at T = 1000 and 4096") {
+  const AttentionOptions absorption =
+      AttentionOptions::rewired_with(runway_options(RunwaySummary::Absorption, -0.6, 2)).with_alibi();
+  const AttentionOptions two_hop = AttentionOptions::rewired_with(runway_options(RunwaySummary::TwoHop, 1.2, 1));
+  require_agree({1, 4, 4096, 32, AttentionOptions::standard()}, 1e-12, 800);
+  require_agree({1, 4, 4096, 32, absorption}, 1e-12, 801);
+  require_agree({2, 4, 1000, 16, two_hop}, 1e-12, 802);
+}
+
 TEST_CASE("blockwise attention equals materialised, float32, up to T = 4096") {
   const AttentionOptions absorption = AttentionOptions::rewired_with(runway_options(RunwaySummary::Absorption, 1.0, 1));
   const AttentionOptions two_hop = AttentionOptions::rewired_with(runway_options(RunwaySummary::TwoHop, 1.0, 3));
