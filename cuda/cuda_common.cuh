@@ -55,6 +55,22 @@ inline void check_nonnegative(const char* op, const char* what, int64_t v) {
   }
 }
 
+// The sizes, ALiBi slopes and runway head of an attention call (materialised or blockwise).
+inline void check_attention_args(const char* op, const AttentionArgs& a) {
+  check_nonnegative(op, "batch", a.batch);
+  check_nonnegative(op, "heads", a.heads);
+  check_nonnegative(op, "seq", a.seq);
+  check_nonnegative(op, "head_dim", a.head_dim);
+  if (!a.alibi_slopes.empty() && static_cast<int64_t>(a.alibi_slopes.size()) != a.heads) {
+    throw Error(std::string("cuda ") + op + ": " + std::to_string(a.alibi_slopes.size()) + " ALiBi slopes for " +
+                std::to_string(a.heads) + " heads");
+  }
+  if (a.rewired && (a.runway_head < 0 || a.runway_head >= a.heads)) {
+    throw Error(std::string("cuda ") + op + ": runway_head " + std::to_string(a.runway_head) +
+                " is out of range for " + std::to_string(a.heads) + " heads");
+  }
+}
+
 inline int to_cublas_int(const char* what, int64_t v) {
   if (v < 0 || v > INT_MAX) {
     throw Error(std::string("cuda gemm: ") + what + " = " + std::to_string(v) +

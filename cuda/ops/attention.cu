@@ -215,40 +215,10 @@ using namespace cuda_host;     // cuda/cuda_common.cuh
 //
 // Memory: this materialises the (B, H, T, T) logits/attention in `attn` (saved for the
 // backward, which also takes a (B, H, T, T) scratch for dS), i.e. O(B H T^2) floats
-// each: 2 GiB at B=8, H=16, T=2048 in float32. That is the simple, exact reference for
-// the lengths this project trains at (T <= 1024). Where a flash-style kernel would
-// change it:
-//   * standard heads: one kernel per (b, h, query tile) streams K/V tiles through shared
-//     memory with an online softmax (running max and sum per row); nothing (T, T) is
-//     stored, only the row log-sum-exp (B, H, T); the backward recomputes A' tile by
-//     tile from q, k and the lse. The Backend interface would then save lse instead of
-//     `attn` (engine/backend.h attention_forward/backward, engine/ops/attention.cpp).
-//   * rewired: R couples rows (absorption is a column prefix sum of P over earlier rows;
-//     two_hop is L(P) L(P)), so P and R (B, T, T) stay materialised, which is 1/H of the
-//     current memory: a first pass computes the runway head's P and R as now, then the
-//     flash kernel adds -beta R[i, j] to each logit tile of every head. In the backward,
-//     dR = -beta sum_h dS'_h is a (B, T, T) accumulation across heads (per-tile
-//     partial sums, or atomics), after which the runway-head path below is unchanged.
-//   * decoding (nn/decode.cpp) is unaffected: it already works one row at a time.
-
-namespace {
-
-void check_attention_args(const char* op, const AttentionArgs& a) {
-  check_nonnegative(op, "batch", a.batch);
-  check_nonnegative(op, "heads", a.heads);
-  check_nonnegative(op, "seq", a.seq);
-  check_nonnegative(op, "head_dim", a.head_dim);
-  if (!a.alibi_slopes.empty() && static_cast<int64_t>(a.alibi_slopes.size()) != a.heads) {
-    throw Error(std::string("cuda ") + op + ": " + std::to_string(a.alibi_slopes.size()) +
-                " ALiBi slopes for " + std::to_string(a.heads) + " heads");
-  }
-  if (a.rewired && (a.runway_head < 0 || a.runway_head >= a.heads)) {
-    throw Error(std::string("cuda ") + op + ": runway_head " + std::to_string(a.runway_head) +
-                " is out of range for " + std::to_string(a.heads) + " heads");
-  }
-}
-
-}  // namespace
+// each: 2 GiB at B=8, H=16, T=2048 in float32. It is what the maps' consumers read (a
+// sink: inspection, the plots). The memory-linear kernels, which keep only per-row
+// log-sum-exps and recompute tiles, are in cuda/ops/attention_blockwise.cu (chosen by
+// AttentionOptions::impl; docs/attention.md section (g)).
 
 template <typename T>
 void CudaBackend::attention_forward_impl(const AttentionArgs& a, const T* q, const T* k,

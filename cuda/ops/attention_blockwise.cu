@@ -580,6 +580,29 @@ __global__ void row_dot_kernel(const T* dy, const T* y, T* out, int64_t rows, in
   for (int64_t row = grid_start(); row < rows; row += grid_step()) out[row] = dot(dy + row * D, y + row * D, D);
 }
 
+// The block of a column-sum kernel, one per (b, query tile t, key tile kt): its tile pair
+// and its slice of the (B, nt, T) output. Tiles above the diagonal (kt > t) hold only
+// zeros of P and dR: their output is zeroed here and `live` is false (the whole block then
+// leaves together, before any barrier).
+struct ColumnSumBlock {
+  int64_t b, t;
+  TilePair tp;
+  double* out;
+  bool live;
+};
+
+template <typename T>
+__device__ ColumnSumBlock column_sum_block(const Args<T>& a, double* sums) {
+  const int64_t kt = blockIdx.x % a.nt;
+  const int64_t t = (blockIdx.x / a.nt) % a.nt;
+  const int64_t b = blockIdx.x / (a.nt * a.nt);
+  const TilePair tp = tile_pair(t, kt, a.tile, a.seq);
+  double* out = sums + (b * a.nt + t) * a.seq + tp.j0;
+  if (kt > t)
+    for (int c = threadIdx.x; c < tp.cols; c += blockDim.x) out[c] = 0.0;
+  return {b, t, tp, out, kt <= t};
+}
+
 // Absorption column sums, one block per (b, query tile t, key tile kt):
 //   colsum[b][t][j] = sum_{k in tile t, k > j} P[k,j]   for j in key tile kt
 // (0 for kt > t, where every P[k,j] of the tile is 0).
@@ -587,16 +610,11 @@ template <typename T>
 __global__ void absorption_colsum_kernel(Args<T> a, double* colsum) {
   extern __shared__ __align__(16) unsigned char smem[];
   const Tiles<T> sm = carve<T>(smem, a.L);
-  const int64_t kt = blockIdx.x % a.nt;
-  const int64_t t = (blockIdx.x / a.nt) % a.nt;
-  const int64_t b = blockIdx.x / (a.nt * a.nt);
-  const TilePair tp = tile_pair(t, kt, a.tile, a.seq);
-  double* out = colsum + (b * a.nt + t) * a.seq + tp.j0;
-  if (kt > t) {  // the whole block leaves together, before any barrier
-    for (int c = threadIdx.x; c < tp.cols; c += blockDim.x) out[c] = 0.0;
-    return;
-  }
-  runway_p_tile(a, sm, b, tp);
+  const ColumnSumBlock cb = column_sum_block(a, colsum);
+  if (!cb.live) return;
+  const TilePair tp = cb.tp;
+  double* out = cb.out;
+  runway_p_tile(a, sm, cb.b, tp);
   for (int c = threadIdx.x; c < tp.cols; c += blockDim.x) {
     double sum = 0.0;
     for (int r = 0; r < tp.rows; ++r)
@@ -611,15 +629,11 @@ template <typename T>
 __global__ void absorption_dr_colsum_kernel(Args<T> a, double* drcol) {
   extern __shared__ __align__(16) unsigned char smem[];
   const Tiles<T> sm = carve<T>(smem, a.L);
-  const int64_t kt = blockIdx.x % a.nt;
-  const int64_t t = (blockIdx.x / a.nt) % a.nt;
-  const int64_t b = blockIdx.x / (a.nt * a.nt);
-  const TilePair tp = tile_pair(t, kt, a.tile, a.seq);
-  double* out = drcol + (b * a.nt + t) * a.seq + tp.j0;
-  if (kt > t) {  // the whole block leaves together, before any barrier
-    for (int c = threadIdx.x; c < tp.cols; c += blockDim.x) out[c] = 0.0;
-    return;
-  }
+  const ColumnSumBlock cb = column_sum_block(a, drcol);
+  if (!cb.live) return;
+  const int64_t b = cb.b, t = cb.t;
+  const TilePair tp = cb.tp;
+  double* out = cb.out;
   runway_p_tile(a, sm, b, tp);
   absorption_r_tile(a, sm, b, t, tp);
   absorption_dr_tile(a, sm, b, tp);
@@ -737,21 +751,6 @@ using namespace cuda_host;     // cuda/cuda_common.cuh
 namespace bw = cuda_kernels::blockwise;
 
 namespace {
-
-void check_blockwise_args(const char* op, const AttentionArgs& a) {
-  check_nonnegative(op, "batch", a.batch);
-  check_nonnegative(op, "heads", a.heads);
-  check_nonnegative(op, "seq", a.seq);
-  check_nonnegative(op, "head_dim", a.head_dim);
-  if (!a.alibi_slopes.empty() && static_cast<int64_t>(a.alibi_slopes.size()) != a.heads) {
-    throw Error(std::string("cuda ") + op + ": " + std::to_string(a.alibi_slopes.size()) + " ALiBi slopes for " +
-                std::to_string(a.heads) + " heads");
-  }
-  if (a.rewired && (a.runway_head < 0 || a.runway_head >= a.heads)) {
-    throw Error(std::string("cuda ") + op + ": runway_head " + std::to_string(a.runway_head) +
-                " is out of range for " + std::to_string(a.heads) + " heads");
-  }
-}
 
 // Every part a call's kernels may use: the tile is chosen so that the largest fits.
 unsigned all_parts(const AttentionArgs& a) {
@@ -933,7 +932,7 @@ void CudaBackend::blockwise_runway_backward_impl(const AttentionArgs& a, KernelA
 
 void CudaBackend::attention_blockwise_forward(DType dt, const AttentionArgs& args, const void* q, const void* k,
                                               const void* v, void* y, void* lse, void* runway_lse) {
-  check_blockwise_args("attention_blockwise_forward", args);
+  check_attention_args("attention_blockwise_forward", args);
   // two_hop: R[i,j] = sum_{j<k<i} P[i,k] P[k,j] is O(T^3) by definition and its backward
   // needs dP = L(L(P)^T dR), a sum over every later row; the CPU materialises its
   // backward too. The Backend default runs the materialised kernels with the maps in
@@ -956,7 +955,7 @@ void CudaBackend::attention_blockwise_backward(DType dt, const AttentionArgs& ar
                                                const void* v, const void* y, const void* lse,
                                                const void* runway_lse, const void* dy, void* dq, void* dk,
                                                void* dv) {
-  check_blockwise_args("attention_blockwise_backward", args);
+  check_attention_args("attention_blockwise_backward", args);
   // Same choice as the forward (the tile depends only on dtype, head_dim and rewired):
   // a forward that fell back saved no lse, and its backward falls back too.
   const int tile = args.two_hop && args.rewired ? 0 : blockwise_tile(dt, args);

@@ -24,7 +24,6 @@
 // materialises the maps of one batch item at a time (O(H T^2) transient) instead.
 #include "engine/ops/attention_blockwise.h"
 
-#include <cblas.h>
 #include <fmt/format.h>
 #include <omp.h>
 
@@ -38,6 +37,7 @@
 
 #include "engine/cpu_backend.h"
 #include "engine/cpu_kernels.h"
+#include "engine/ops/cpu_gemm.h"
 #include "engine/ops/attention_cpu_fast.h"
 #include "engine/ops/op_helpers.h"
 
@@ -48,18 +48,6 @@ namespace cpu {
 namespace {
 
 constexpr int64_t kQueryBlock = kBlockwiseQueryBlock;
-
-// One row-major product through single-threaded OpenBLAS (called inside OpenMP loops).
-template <typename T>
-void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda, const T* b,
-          int64_t ldb, T beta, T* c, int64_t ldc) {
-  if (m <= 0 || n <= 0) return;
-  const auto opa = ta ? CblasTrans : CblasNoTrans, opb = tb ? CblasTrans : CblasNoTrans;
-  if constexpr (std::is_same_v<T, float>)
-    cblas_sgemm(CblasRowMajor, opa, opb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-  else
-    cblas_dgemm(CblasRowMajor, opa, opb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-}
 
 template <typename T>
 using RowArray = Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>;
@@ -85,7 +73,7 @@ int64_t chunks(int64_t n, int64_t chunk) { return (n + chunk - 1) / chunk; }
 template <typename T>
 void stripe_logits(const T* q, const T* k, const Block& blk, int64_t dim, double scale, double slope, T* s) {
   const int64_t n = blk.width();
-  gemm<T>(false, true, blk.rows(), n, dim, static_cast<T>(scale), q + blk.i0 * dim, dim, k, dim, T(0), s, n);
+  tile_gemm<T>(false, true, blk.rows(), n, dim, static_cast<T>(scale), q + blk.i0 * dim, dim, k, dim, T(0), s, n);
   if (slope == 0.0) return;
   for (int64_t r = 0; r < blk.rows(); ++r) {
     const int64_t i = blk.i0 + r;
@@ -226,7 +214,7 @@ void team_two_hop_stripe(const AttentionArgs& a, const Plan& pl, int64_t b, cons
         for (int64_t col = 0; col < kblk.rows(); ++col)
           first[r * kQueryBlock + col] = kblk.i0 + col < blk.i0 + r ? p[r * n + kblk.i0 + col] : T(0);
       // R rows += P[i, K] L(P)[K, :]
-      gemm<T>(false, false, r1 - r0, kn, kblk.rows(), T(1), first + r0 * kQueryBlock, kQueryBlock, pk, kn, T(1),
+      tile_gemm<T>(false, false, r1 - r0, kn, kblk.rows(), T(1), first + r0 * kQueryBlock, kQueryBlock, pk, kn, T(1),
               r_stripe + r0 * n, n);
     }
   }
@@ -241,7 +229,7 @@ void head_block_forward(const AttentionArgs& a, const Plan& pl, int64_t b, int64
   stripe_logits(q + off, k + off, blk, pl.D, a.scale, slope_of(a, h), s);
   if (r_stripe) subtract_runway(blk, a.beta, r_stripe, s);
   stripe_softmax(blk, s, lse + pl.row(b, h) + blk.i0);
-  gemm<T>(false, false, blk.rows(), pl.D, blk.width(), T(1), s, blk.width(), v + off, pl.D, T(0),
+  tile_gemm<T>(false, false, blk.rows(), pl.D, blk.width(), T(1), s, blk.width(), v + off, pl.D, T(0),
           y + off + blk.i0 * pl.D, pl.D);
 }
 
@@ -259,7 +247,7 @@ void head_block_backward(const AttentionArgs& a, const Plan& pl, int64_t b, int6
   if (r_stripe) subtract_runway(blk, a.beta, r_stripe, s);
   stripe_probabilities(blk, lse + pl.row(b, h) + blk.i0, s);
   const T* dy_rows = dy + off + blk.i0 * D;
-  gemm<T>(false, true, rows, n, D, T(1), dy_rows, D, v + off, D, T(0), ds, n);  // dA'
+  tile_gemm<T>(false, true, rows, n, D, T(1), dy_rows, D, v + off, D, T(0), ds, n);  // dA'
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t i = blk.i0 + r;
     T dot = 0;
@@ -267,10 +255,10 @@ void head_block_backward(const AttentionArgs& a, const Plan& pl, int64_t b, int6
     for (int64_t j = 0; j <= i; ++j) ds[r * n + j] = s[r * n + j] * (ds[r * n + j] - dot);
     std::fill(ds + r * n + i + 1, ds + (r + 1) * n, T(0));
   }
-  gemm<T>(true, false, n, D, rows, T(1), s, n, dy_rows, D, T(1), dv + off, D);
+  tile_gemm<T>(true, false, n, D, rows, T(1), s, n, dy_rows, D, T(1), dv + off, D);
   if (!logits_grads) return;
-  gemm<T>(false, false, rows, D, n, static_cast<T>(a.scale), ds, n, k + off, D, T(0), dq + off + blk.i0 * D, D);
-  gemm<T>(true, false, n, D, rows, static_cast<T>(a.scale), ds, n, q + off + blk.i0 * D, D, T(1), dk + off, D);
+  tile_gemm<T>(false, false, rows, D, n, static_cast<T>(a.scale), ds, n, k + off, D, T(0), dq + off + blk.i0 * D, D);
+  tile_gemm<T>(true, false, n, D, rows, static_cast<T>(a.scale), ds, n, q + off + blk.i0 * D, D, T(1), dk + off, D);
 }
 
 // Scratch of n elements, 64-byte aligned. Eigen's vectorised exp and sums treat a row's
@@ -444,12 +432,12 @@ void team_runway_gradients(const AttentionArgs& a, const Plan& pl, int64_t b, co
                                                      ((j < m ? static_cast<double>(dp[r * n + j]) : 0.0) - dot))
                                 : T(0);
     }
-    gemm<T>(false, false, r1 - r0, D, n, scale, dsr + r0 * n, n, k + off_r, D, T(0), dq + off_r + (blk.i0 + r0) * D, D);
+    tile_gemm<T>(false, false, r1 - r0, D, n, scale, dsr + r0 * n, n, k + off_r, D, T(0), dq + off_r + (blk.i0 + r0) * D, D);
   }
 #pragma omp for schedule(static)
   for (int64_t c = 0; c < chunks(n, kQueryBlock); ++c) {
     const int64_t j0 = c * kQueryBlock, j1 = std::min(n, j0 + kQueryBlock);
-    gemm<T>(true, false, j1 - j0, D, rows, scale, dsr + j0, n, q + off_r + blk.i0 * D, D, T(1), dk + off_r + j0 * D, D);
+    tile_gemm<T>(true, false, j1 - j0, D, rows, scale, dsr + j0, n, q + off_r + blk.i0 * D, D, T(1), dk + off_r + j0 * D, D);
   }
 }
 

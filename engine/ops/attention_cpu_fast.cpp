@@ -3,16 +3,16 @@
 // (engine/ops/attention.cpp), held equal to the plain-loop reference there.
 //
 // Layout: q, k, v, y, dq, dk, dv are (B, H, T, D) row-major; attn is (B, H, T, T);
-// p and r are (B, T, T). Matrix products per (b, h) go through Eigen (single-threaded
-// inside the OpenMP loop over (b, h), so threads do not oversubscribe). The softmax
-// is saved (attn), not recomputed: for the sequence lengths this engine trains on
-// (T <= ~1k) the (B, H, T, T) buffer is affordable and the backward needs it whole.
+// p and r are (B, T, T). Matrix products per (b, h) go through single-threaded
+// OpenBLAS (engine/ops/cpu_gemm.h) inside the OpenMP loop over (b, h), so threads do not
+// oversubscribe. The softmax is saved (attn), not recomputed: up to T ~ 1k the
+// (B, H, T, T) buffer is affordable and the backward needs it whole; longer sequences
+// run the blockwise kernels (engine/ops/attention_cpu_blockwise.cpp), which keep only
+// per-row statistics.
 //
 // Names follow docs/attention.md: S logits, A' = attn, P runway-head probabilities,
 // R runway coefficients, dS' the gradient of the rewired logits.
 #include "engine/ops/attention_cpu_fast.h"
-
-#include <cblas.h>
 
 #include <Eigen/Dense>
 
@@ -24,6 +24,7 @@
 
 #include "engine/cpu_backend.h"
 #include "engine/cpu_kernels.h"
+#include "engine/ops/cpu_gemm.h"
 
 namespace runway::cpu {
 
@@ -36,21 +37,6 @@ using MapMat = Eigen::Map<Mat<T>>;
 template <typename T>
 using ConstMap = Eigen::Map<const Mat<T>>;
 
-// One row-major product C = alpha op(A) op(B) + beta C through single-threaded
-// OpenBLAS (the backend keeps OpenBLAS at one thread, so it can run inside the OpenMP
-// loop over heads). OpenBLAS's AVX-512 kernels are about twice Eigen's AVX2 products
-// (the engine is built for x86-64-v3) at these sizes.
-template <typename T>
-void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda, const T* b,
-          int64_t ldb, T beta, T* c, int64_t ldc) {
-  if (m <= 0 || n <= 0) return;
-  const auto opa = ta ? CblasTrans : CblasNoTrans, opb = tb ? CblasTrans : CblasNoTrans;
-  if constexpr (std::is_same_v<T, float>)
-    cblas_sgemm(CblasRowMajor, opa, opb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-  else
-    cblas_dgemm(CblasRowMajor, opa, opb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-}
-
 // Causal products are done in row blocks of kCausalBlock: block [r0, r1) of a lower-
 // triangular (T x T) operand only has columns [0, r1), so about half the work of the
 // full square is skipped, with a few large gemms rather than one per row.
@@ -62,7 +48,7 @@ template <typename T>
 void lower_times(const T* l, const T* x, T* c, int64_t seq, int64_t dim, T alpha) {
   for (int64_t r0 = 0; r0 < seq; r0 += kCausalBlock) {
     const int64_t r1 = std::min(seq, r0 + kCausalBlock);
-    gemm<T>(false, false, r1 - r0, dim, r1, alpha, l + r0 * seq, seq, x, dim, T(0), c + r0 * dim, dim);
+    tile_gemm<T>(false, false, r1 - r0, dim, r1, alpha, l + r0 * seq, seq, x, dim, T(0), c + r0 * dim, dim);
   }
 }
 
@@ -72,7 +58,7 @@ template <typename T>
 void lower_transposed_times(const T* l, const T* x, T* c, int64_t seq, int64_t dim, T alpha) {
   for (int64_t c0 = 0; c0 < seq; c0 += kCausalBlock) {
     const int64_t c1 = std::min(seq, c0 + kCausalBlock);
-    gemm<T>(true, false, c1 - c0, dim, seq - c0, alpha, l + c0 * seq + c0, seq, x + c0 * dim, dim, T(0),
+    tile_gemm<T>(true, false, c1 - c0, dim, seq - c0, alpha, l + c0 * seq + c0, seq, x + c0 * dim, dim, T(0),
             c + c0 * dim, dim);
   }
 }
@@ -83,7 +69,7 @@ template <typename T>
 void lower_of_outer(const T* x, const T* y, T* s, int64_t seq, int64_t dim, T alpha) {
   for (int64_t r0 = 0; r0 < seq; r0 += kCausalBlock) {
     const int64_t r1 = std::min(seq, r0 + kCausalBlock);
-    gemm<T>(false, true, r1 - r0, r1, dim, alpha, x + r0 * dim, dim, y, dim, T(0), s + r0 * seq, seq);
+    tile_gemm<T>(false, true, r1 - r0, r1, dim, alpha, x + r0 * dim, dim, y, dim, T(0), s + r0 * seq, seq);
   }
 }
 
