@@ -145,15 +145,24 @@ void add_block_columns(const Block& blk, const T* p, double* acc, double sign, i
   }
 }
 
+// Rows per query block: kQueryBlock, or twice that when one team of threads shares each
+// block of a rewired batch item (fewer items than threads): every block then costs the
+// team a few barriers, which under the PASSIVE wait policy are futex wake-ups
+// (docs/performance.md, "Blockwise attention").
+int64_t query_block_rows(const AttentionArgs& a) {
+  return a.rewired && a.batch < omp_get_max_threads() ? 2 * kQueryBlock : kQueryBlock;
+}
+
 // The sizes of one call: B, H, T, D and the query blocks.
 struct Plan {
   int64_t B, H, T, D;
+  int64_t rows;  // per query block
   int64_t blocks;
   explicit Plan(const AttentionArgs& a)
-      : B(a.batch), H(a.heads), T(a.seq), D(a.head_dim), blocks((a.seq + kQueryBlock - 1) / kQueryBlock) {}
+      : B(a.batch), H(a.heads), T(a.seq), D(a.head_dim), rows(query_block_rows(a)), blocks((a.seq + rows - 1) / rows) {}
   Block block(int64_t b) const {
-    const int64_t end = std::min(T, (b + 1) * kQueryBlock);
-    return {b * kQueryBlock, end, end};
+    const int64_t end = std::min(T, (b + 1) * rows);
+    return {b * rows, end, end};
   }
   int64_t head(int64_t b, int64_t h) const { return (b * H + h) * T * D; }  // offset of (b, h) in (B,H,T,D)
   int64_t row(int64_t b, int64_t h) const { return (b * H + h) * T; }       // offset of (b, h) in (B,H,T)
@@ -199,7 +208,7 @@ void team_two_hop_stripe(const AttentionArgs& a, const Plan& pl, int64_t b, cons
     const int64_t r0 = c * kRowChunk, r1 = std::min(blk.rows(), r0 + kRowChunk);
     std::fill(r_stripe + r0 * n, r_stripe + r1 * n, T(0));
   }
-  for (int64_t kb = 0; kb * kQueryBlock < blk.i1; ++kb) {
+  for (int64_t kb = 0; kb * pl.rows < blk.i1; ++kb) {
     const Block kblk = pl.block(kb);
     const int64_t kn = kblk.width();
     team_runway_probabilities<T>(a, pl, b, kblk, q, k, pk, nullptr, runway_lse + b * pl.T + kblk.i0);
@@ -212,9 +221,9 @@ void team_two_hop_stripe(const AttentionArgs& a, const Plan& pl, int64_t b, cons
       const int64_t r0 = c * kRowChunk, r1 = std::min(blk.rows(), r0 + kRowChunk);
       for (int64_t r = r0; r < r1; ++r)  // P[i, K] with k < i only
         for (int64_t col = 0; col < kblk.rows(); ++col)
-          first[r * kQueryBlock + col] = kblk.i0 + col < blk.i0 + r ? p[r * n + kblk.i0 + col] : T(0);
+          first[r * pl.rows + col] = kblk.i0 + col < blk.i0 + r ? p[r * n + kblk.i0 + col] : T(0);
       // R rows += P[i, K] L(P)[K, :]
-      tile_gemm<T>(false, false, r1 - r0, kn, kblk.rows(), T(1), first + r0 * kQueryBlock, kQueryBlock, pk, kn, T(1),
+      tile_gemm<T>(false, false, r1 - r0, kn, kblk.rows(), T(1), first + r0 * pl.rows, pl.rows, pk, kn, T(1),
               r_stripe + r0 * n, n);
     }
   }
@@ -281,12 +290,12 @@ class Aligned {
   T* buf_ = nullptr;
 };
 
-// `count` stripes of kQueryBlock x T elements, each 64-byte aligned.
+// `count` stripes of (rows x T) elements, each 64-byte aligned.
 template <typename T>
 class Stripes {
  public:
-  Stripes(int64_t count, int64_t seq)
-      : stride_((kQueryBlock * seq * int64_t(sizeof(T)) + 63) / 64 * 64 / int64_t(sizeof(T))), buf_(count * stride_) {}
+  Stripes(int64_t count, int64_t rows, int64_t seq)
+      : stride_((rows * seq * int64_t(sizeof(T)) + 63) / 64 * 64 / int64_t(sizeof(T))), buf_(count * stride_) {}
   T* operator[](int64_t i) { return buf_.get() + i * stride_; }
 
  private:
@@ -303,7 +312,7 @@ void standard_forward(const AttentionArgs& a, const Plan& pl, const T* q, const 
   const int64_t tasks = pl.B * pl.H * pl.blocks;
 #pragma omp parallel
   {
-    Stripes<T> s(1, pl.T);
+    Stripes<T> s(1, pl.rows, pl.T);
 #pragma omp for schedule(dynamic)
     for (int64_t t = 0; t < tasks; ++t) {
       const int64_t b = t / (pl.H * pl.blocks), h = t / pl.blocks % pl.H, blk = t % pl.blocks;
@@ -318,8 +327,8 @@ void standard_forward(const AttentionArgs& a, const Plan& pl, const T* q, const 
 template <typename T>
 void rewired_forward_item(const AttentionArgs& a, const Plan& pl, int64_t b, const T* q, const T* k, const T* v, T* y,
                           T* lse, T* runway_lse, bool team) {
-  Stripes<T> work(a.two_hop ? 4 : 2, pl.T);  // p, r (+ pk, first for two_hop)
-  Stripes<T> head_scratch(pl.H, pl.T);       // one logits stripe per head
+  Stripes<T> work(a.two_hop ? 4 : 2, pl.rows, pl.T);  // p, r (+ pk, first for two_hop)
+  Stripes<T> head_scratch(pl.H, pl.rows, pl.T);       // one logits stripe per head
   T *p = work[0], *r_stripe = work[1];
   std::vector<double> acc(static_cast<size_t>(pl.T), 0.0);
 #pragma omp parallel if (team)
@@ -359,7 +368,7 @@ void standard_backward(const AttentionArgs& a, const Plan& pl, const T* q, const
                        const T* lse, const T* dy, T* dq, T* dk, T* dv) {
 #pragma omp parallel
   {
-    Stripes<T> s(2, pl.T);
+    Stripes<T> s(2, pl.rows, pl.T);
 #pragma omp for schedule(dynamic)
     for (int64_t t = 0; t < pl.B * pl.H; ++t) {
       const int64_t b = t / pl.H, h = t % pl.H, off = pl.head(b, h);
@@ -377,8 +386,8 @@ template <typename T>
 struct AbsorptionScratch {
   Stripes<T> work, ds, head_scratch;
   std::vector<double> acc, dacc;
-  AbsorptionScratch(int64_t heads, int64_t seq)
-      : work(4, seq), ds(heads, seq), head_scratch(heads, seq), acc(static_cast<size_t>(seq), 0.0),
+  AbsorptionScratch(int64_t heads, int64_t rows, int64_t seq)
+      : work(4, rows, seq), ds(heads, rows, seq), head_scratch(heads, rows, seq), acc(static_cast<size_t>(seq), 0.0),
         dacc(static_cast<size_t>(seq), 0.0) {}
   T* p() { return work[0]; }
   T* r() { return work[1]; }  // R, then dP
@@ -449,7 +458,7 @@ void absorption_backward_item(const AttentionArgs& a, const Plan& pl, int64_t b,
                               const T* y, const T* lse, const T* runway_lse, const T* dy, T* dq, T* dk, T* dv,
                               bool team) {
   const int64_t H = pl.H, D = pl.D;
-  AbsorptionScratch<T> w(H, pl.T);
+  AbsorptionScratch<T> w(H, pl.rows, pl.T);
   T *p = w.p(), *r_stripe = w.r();
   for (int64_t h = 0; h < H; ++h) {
     std::fill(dk + pl.head(b, h), dk + pl.head(b, h) + pl.T * D, T(0));
