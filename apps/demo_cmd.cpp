@@ -12,6 +12,7 @@
 #include "apps/device_option.h"
 #include "apps/parse.h"
 #include "lab/study.h"
+#include "lab/study_set.h"
 
 namespace runway::apps {
 
@@ -165,6 +166,7 @@ void add_compare_command(CLI::App& app, int* exit_code) {
   struct CompareArgs {
     CommonArgs common;
     std::vector<std::string> configs, labels;
+    std::string config_set;
     std::vector<uint64_t> seeds = {1};
     bool fresh = false;
   };
@@ -174,14 +176,40 @@ void add_compare_command(CLI::App& app, int* exit_code) {
       "compare",
       "Train, evaluate and inspect several configurations (JSON files with `runway train`'s keys) over one or more "
       "seeds for the same number of steps, and write one report with means and spread over seeds");
-  cmd->add_option("--config", args->configs, "A configuration file (repeat for each configuration)")->required();
+  CLI::Option* config_flag =
+      cmd->add_option("--config", args->configs, "A configuration file (repeat for each configuration)");
+  cmd->add_option("--config-set", args->config_set,
+                  "A whole study in one JSON file: base config, configurations, seeds, steps, evaluation "
+                  "(lab/study_set.h; studies/paper-claims.json); --seeds and --steps given here override it")
+      ->excludes(config_flag);
   cmd->add_option("--label", args->labels, "Names of the configurations, in order (default: the file names)");
   add_uint_list_option(cmd, "--seeds", &args->seeds, "Seeds (each configuration runs once per seed)");
   cmd->add_flag("--fresh", args->fresh,
                 "Train every run again (default: a run folder finished by an earlier compare with the same config, "
                 "steps and evaluation settings is reused, so an interrupted study resumes)");
   add_common(cmd, &args->common);
-  cmd->callback([args, exit_code]() {
+  cmd->callback([args, exit_code, cmd]() {
+    if (args->configs.empty() && args->config_set.empty())
+      throw UsageError("give the configurations: --config FILE (repeated) or --config-set FILE");
+    if (!args->config_set.empty()) {
+      lab::StudyOptions o = common_options(args->common);
+      const bool steps_given = o.steps > 0;
+      if (!args->labels.empty()) throw UsageError("--label: the labels of a --config-set are in its file");
+      lab::read_study_set(args->config_set, o);
+      o.command_line = "runway compare --config-set " + args->config_set;
+      if (steps_given) {
+        o.steps = args->common.steps;
+        o.command_line += fmt::format(" --steps {}", o.steps);
+      }
+      if (cmd->count("--seeds")) {
+        o.seeds = args->seeds;
+        o.command_line += fmt::format(" --seeds {}", fmt::join(o.seeds, ","));
+      }
+      if (o.steps == 0) o.command_line += describe(args->common);
+      o.reuse_finished = !args->fresh;
+      *exit_code = run(o);
+      return;
+    }
     if (!args->labels.empty() && args->labels.size() != args->configs.size())
       throw UsageError(fmt::format("--label: {} labels for {} --config files", args->labels.size(), args->configs.size()));
     lab::StudyOptions o = common_options(args->common);

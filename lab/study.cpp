@@ -102,6 +102,9 @@ json evaluate(const nn::GPT& model, const nn::TrainConfig& config, const std::ve
   suite.max_windows = o.eval_max_windows;
   suite.passkey_trials = o.passkey_trials;
   suite.passkey_lengths = o.passkey_lengths;
+  const int64_t L = config.model.seq_len;
+  for (int64_t k : o.eval_lengths_in_L) suite.lengths.push_back(k * L);
+  for (int64_t k : o.passkey_lengths_in_L) suite.passkey_lengths.push_back(k * L);
   suite.recall_trials = o.recall_trials;
   suite.seed = o.eval_seed;
   ProgressObserver observer(progress, name);
@@ -227,6 +230,8 @@ json run_record(const nn::TrainConfig& config, const StudyOptions& o) {
               {"eval", {{"max_windows", o.eval_max_windows},
                         {"passkey_trials", o.passkey_trials},
                         {"passkey_lengths", o.passkey_lengths},
+                        {"lengths_in_L", o.eval_lengths_in_L},
+                        {"passkey_lengths_in_L", o.passkey_lengths_in_L},
                         {"recall_trials", o.recall_trials},
                         {"seed", o.eval_seed},
                         {"inspect_length", o.inspect_length}}}};

@@ -166,6 +166,38 @@ TEST_CASE("compare: two configs x two seeds give one report whose references all
   CHECK(lines == 2);
 }
 
+TEST_CASE("compare --config-set: one file gives the configurations, seeds, steps and evaluation lengths") {
+  Setup s;
+  const std::string out = s.dir + "/set";
+  const json tiny = json::parse(slurp(s.dir + "/std.json"));
+  const json set{{"title", "a tiny set"},
+                 {"base", tiny},
+                 {"configs", {{{"label", "standard"}, {"set", json::object()}},
+                              {{"label", "absorption NoPE"}, {"set", {{"attention", "rewired"}, {"pos", "none"}}}}}},
+                 {"seeds", {3}},
+                 {"steps", 3},
+                 {"eval", {{"lengths_in_L", {1, 2, 4}}, {"max_windows", 1}, {"passkey_trials", 0}, {"recall_trials", 0}}}};
+  std::ofstream(s.dir + "/set.json") << set.dump();
+  REQUIRE(run(fmt::format("compare --config-set {0}/set.json --out {1} --device cpu", s.dir, out), s.dir + "/set.log") == 0);
+  INFO(slurp(s.dir + "/set.log"));
+  const json results = json::parse(slurp(out + "/results.json"));
+  REQUIRE(results["configs"].size() == 2);
+  CHECK(results["configs"][1]["label"] == "absorption NoPE");
+  CHECK(results["configs"][1]["config"]["pos"] == "none");
+  CHECK(results["configs"][1]["config"]["seed"] == 3);
+  CHECK(results["configs"][1]["config"]["steps"] == 3);
+  std::vector<int64_t> lengths;
+  for (const json& p : results["configs"][0]["bits_per_byte"]) lengths.push_back(p["T"].get<int64_t>());
+  CHECK(lengths == std::vector<int64_t>{64, 128, 256});  // L = 64
+  CHECK(fs::exists(out + "/runs/absorption-NoPE-seed3/study_run.json"));
+  CHECK(slurp(out + "/report.html").find("a tiny set") != std::string::npos);
+  // --seeds and --steps on the command line override the file's.
+  REQUIRE(run(fmt::format("compare --config-set {0}/set.json --seeds 4 --steps 2 --out {1}", s.dir, out),
+              s.dir + "/set2.log") == 0);
+  CHECK(json::parse(slurp(out + "/results.json"))["configs"][0]["config"]["steps"] == 2);
+  CHECK(fs::exists(out + "/runs/standard-seed4/study_run.json"));
+}
+
 TEST_CASE("compare: without --steps the time budget sets the steps, the same for every run") {
   Setup s;
   const std::string out = s.dir + "/budget";

@@ -4,10 +4,13 @@
 #include <catch2/catch.hpp>
 
 #include <filesystem>
+#include <set>
 
 #include "engine/npy.h"
 #include "engine/random.h"
 #include "lab/inspect.h"
+#include "lab/study_set.h"
+#include "nn/config.h"
 #include "nn/gpt.h"
 #include "test_support.h"
 
@@ -98,4 +101,65 @@ TEST_CASE("lab: inspect writes every map, the cascade and an index.html whose re
   nn::GPT learned_model(learned, gen);
   CHECK_THROWS_WITH(inspect_model(learned_model, std::vector<uint8_t>(17, 'a'), dir / "x"),
                     Contains("the text is 17 bytes, this model can inspect at most 16"));
+}
+
+TEST_CASE("study set: studies/paper-claims.json describes the study of the paper's claims") {
+  StudyOptions o;
+  read_study_set(std::string(RUNWAY_SOURCE_DIR) + "/studies/paper-claims.json", o);
+  REQUIRE(o.configs.size() == 10);
+  CHECK(o.configs[0].label == "standard");  // the baseline of the paired differences
+  CHECK(o.seeds == std::vector<uint64_t>{1, 2, 3});
+  CHECK(o.steps == 2400);
+  CHECK(o.eval_lengths_in_L == std::vector<int64_t>{1, 2, 4, 8, 16, 32});
+  CHECK(o.passkey_lengths_in_L == std::vector<int64_t>{1, 2, 4});
+  std::set<std::string> labels;
+  const nn::TrainConfig* absorption = nullptr;
+  const nn::TrainConfig* wider = nullptr;
+  int nope = 0, two_hop = 0;
+  for (const StudyConfig& c : o.configs) {
+    INFO(c.label);
+    CHECK(labels.insert(c.label).second);
+    CHECK_NOTHROW(c.train.validate());
+    CHECK(c.train.model.seq_len == 128);  // the same data and budget for every configuration
+    if (c.label == "absorption") absorption = &c.train;
+    if (c.label == "standard width 128") wider = &c.train;
+    nope += c.train.model.pos == nn::PositionEncoding::None;
+    two_hop += c.train.model.rewired && c.train.model.runway.summary == RunwaySummary::TwoHop;
+  }
+  CHECK(nope == 3);
+  CHECK(two_hop == 2);
+  REQUIRE(absorption != nullptr);
+  REQUIRE(wider != nullptr);
+  // Parameter efficiency: the larger standard model has 1.3-2x the rewired one's parameters.
+  const double ratio = static_cast<double>(nn::model_parameter_count(wider->model)) /
+                       static_cast<double>(nn::model_parameter_count(absorption->model));
+  CHECK(ratio >= 1.3);
+  CHECK(ratio <= 2.0);
+}
+
+TEST_CASE("study set: a bad file is refused with its file and key named") {
+  TempDir dir;
+  auto error_of = [&](const std::string& text) {
+    const std::string path = dir / "set.json";
+    runway::testing::write_bytes(path, text);
+    StudyOptions o;
+    try {
+      read_study_set(path, o);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  const std::string one = R"({"label": "a", "set": {}})";
+  CHECK_THAT(error_of("{not json"), Contains("is not valid JSON"));
+  CHECK_THAT(error_of(R"({"configs": [], "seeds": [1]})"), Contains("'configs' must be a non-empty list"));
+  CHECK_THAT(error_of(R"({"configs": [)" + one + R"(], "sedes": [1]})"), Contains("unknown key 'sedes'"));
+  CHECK_THAT(error_of(R"({"configs": [)" + one + R"(], "steps": 2.5})"), Contains("steps: must be an integer"));
+  CHECK_THAT(error_of(R"({"configs": [)" + one + R"(], "steps": 0})"), Contains("steps: must be in [1,"));
+  CHECK_THAT(error_of(R"({"configs": [{"set": {}}]})"), Contains("configs[0]: needs a non-empty \"label\""));
+  CHECK_THAT(error_of(R"({"configs": [{"label": "x", "set": {"n_layers": 2}}]})"),
+             Contains("configs[0] (x)") && Contains("n_layers"));
+  CHECK_THAT(error_of(R"({"configs": [)" + one + R"(], "eval": {"lengths_in_L": [1, 0]}})"),
+             Contains("eval.lengths_in_L[1]: must be in [1,"));
+  CHECK_THAT(error_of(R"({"base": {"lr": -1}, "configs": [)" + one + "]}"), Contains("base") && Contains("lr"));
 }
