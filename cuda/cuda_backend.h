@@ -65,36 +65,12 @@ class CudaBackend : public Backend {
   // ---- row kernels ----------------------------------------------------------------
   void sum_rows(DType dt, const void* x, void* y, int64_t rows, int64_t cols) override;
   void max_rows(DType dt, const void* x, void* y, int64_t rows, int64_t cols) override;
-  void softmax_rows(DType dt, const void* x, void* y, int64_t rows, int64_t cols,
-                    bool log) override;
-  void softmax_backward_rows(DType dt, const void* y, const void* dy, void* dx, int64_t rows,
-                             int64_t cols, bool log) override;
-  void cumsum_rows(DType dt, const void* x, void* y, int64_t rows, int64_t cols, bool exclusive,
-                   bool reverse) override;
-  void causal_mask(DType dt, const void* x, void* y, int64_t batch, int64_t t_q, int64_t t_k,
-                   double value) override;
 
-  // ---- fused layers ---------------------------------------------------------------
-  void layernorm_forward(DType dt, const void* x, const void* weight, const void* bias, void* y,
-                         void* mean, void* rstd, int64_t rows, int64_t cols,
-                         double eps) override;
-  void layernorm_backward(DType dt, const void* dy, const void* x, const void* weight,
-                          const void* mean, const void* rstd, void* dx, void* dweight,
-                          void* dbias, int64_t rows, int64_t cols) override;
-  void rmsnorm_forward(DType dt, const void* x, const void* weight, void* y, void* rstd, int64_t rows,
-                       int64_t cols, double eps) override;
-  void rmsnorm_backward(DType dt, const void* dy, const void* x, const void* weight, const void* rstd, void* dx,
-                        void* dweight, int64_t rows, int64_t cols) override;
-  void embedding_forward(DType dt, const void* weight, const int64_t* ids, void* out, int64_t n,
-                         int64_t dim) override;
-  void embedding_backward(DType dt, const void* dout, const int64_t* ids, void* dweight,
-                          int64_t n, int64_t dim) override;
-  void cross_entropy_forward(DType dt, const void* logits, const int64_t* targets, void* loss,
-                             void* lse, int64_t rows, int64_t cols,
-                             int64_t ignore_index) override;
-  void cross_entropy_backward(DType dt, const void* logits, const int64_t* targets,
-                              const void* lse, void* dlogits, int64_t rows, int64_t cols,
-                              int64_t ignore_index, double scale) override;
+  // The fused kernels' CUDA implementations are not methods: each cuda/ops/<family>.cu
+  // registers its own by name (engine/fused_kernel.h) in register_<family>_cuda_kernels,
+  // called by cuda/register_cuda.cpp when the backend is created; they reach the backend
+  // through cuda_backend_of() and the accessors below (stream(), cublas()). Attention is
+  // still a virtual (engine/backend.h says why).
 
   // ---- attention and positions ------------------------------------------------------
   void attention_forward(DType dt, const AttentionArgs& args, const void* q, const void* k,
@@ -117,6 +93,7 @@ class CudaBackend : public Backend {
   int device_index() const { return device_index_; }
   const std::string& device_description() const { return device_description_; }
   cudaStream_t stream() const { return stream_; }
+  cublasHandle_t cublas() const { return cublas_; }  // bound to stream()
   size_t cached_bytes() const;  // free blocks held by the allocator
   size_t live_bytes() const;    // blocks handed out and not yet deallocated
   void empty_cache();           // returns the cached free blocks to the driver
@@ -148,5 +125,14 @@ class CudaBackend : public Backend {
   template <typename T, typename KernelArgs>
   void blockwise_runway_backward_impl(const AttentionArgs& args, KernelArgs kernel_args, T* dq, T* dk);
 };
+
+// The CudaBackend a fused kernel's CUDA implementation (registered by name,
+// engine/fused_kernel.h, from cuda/ops/<family>.cu) runs on. Throws an Error naming the
+// kernel if `b` is another backend that reports Device::CUDA as its kernel_device().
+inline CudaBackend& cuda_backend_of(Backend& b, const char* kernel) {
+  if (auto* cuda = dynamic_cast<CudaBackend*>(&b)) return *cuda;
+  throw Error(std::string("fused kernel '") + kernel + "': its CUDA implementation needs the CUDA backend, got '" +
+              b.name() + "'");
+}
 
 }  // namespace runway

@@ -14,7 +14,24 @@
 
 namespace runway {
 
+// Each family's CUDA implementations of its fused kernels (cuda/ops/<family>.cu), registered
+// by name (engine/fused_kernel.h). Called here, once, so that no linker option is needed to
+// keep a family's object file: this call references it.
+void register_layernorm_cuda_kernels();
+void register_rmsnorm_cuda_kernels();
+void register_reduce_cuda_kernels();
+void register_softmax_cuda_kernels();
+void register_embedding_cuda_kernels();
+
 namespace {
+
+void register_cuda_kernels() {
+  register_layernorm_cuda_kernels();
+  register_rmsnorm_cuda_kernels();
+  register_reduce_cuda_kernels();
+  register_softmax_cuda_kernels();
+  register_embedding_cuda_kernels();
+}
 
 void load_cuda_backend() {
   int count = 0;
@@ -42,6 +59,7 @@ void load_cuda_backend() {
     // memory during static destruction, and tearing down cuBLAS or the stream while
     // the CUDA runtime unloads at exit is unsafe. The driver reclaims everything.
     static CudaBackend* backend = new CudaBackend();
+    register_cuda_kernels();
     register_backend(backend);
   } catch (const std::exception& e) {
     note_backend_unavailable(Device::CUDA,

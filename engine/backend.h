@@ -93,6 +93,12 @@ class Backend {
   virtual ~Backend() = default;
   virtual Device device() const = 0;
   virtual std::string name() const = 0;
+  // The fused kernels registered by name (engine/fused_kernel.h) that a call on this
+  // backend runs: those registered for kernel_device(), or, when has_fused_kernels() is
+  // false, every kernel's default composed from the primitives below. A backend that
+  // serves a device with another's kernels (engine/testing/delegating_backend.h) says so.
+  virtual Device kernel_device() const { return device(); }
+  virtual bool has_fused_kernels() const { return true; }
 
   // ---- memory ---------------------------------------------------------------
   virtual void* allocate(size_t nbytes) = 0;
@@ -111,81 +117,59 @@ class Backend {
 
   // ---- elementwise ------------------------------------------------------------
   virtual void unary(UnaryOp op, DType dt, const void* x, void* y, int64_t n, double param) = 0;
-  // y = gelu_tanh(x) and, when dydx is not null, dydx = gelu_tanh'(x) for the backward,
-  // from one evaluation of the tanh. The default makes the two unary calls.
-  virtual void gelu_forward(DType dt, const void* x, void* y, void* dydx, int64_t n) {
-    unary(UnaryOp::Gelu, dt, x, y, n, 0.0);
-    if (dydx) unary(UnaryOp::GeluGrad, dt, x, dydx, n, 0.0);
-  }
   virtual void binary(BinaryOp op, DType dt, const BroadcastPlan& plan, const void* a,
                       const void* b, void* out) = 0;
 
   // ---- linear algebra -----------------------------------------------------------
   virtual void gemm(DType dt, const GemmArgs& args, const void* a, const void* b, void* c) = 0;
-  // Independent products (no call reads what another writes), in any order. The CPU
-  // backend runs them in one parallel region, one wake-up of its threads instead of one
-  // per product; the default runs them one by one.
-  virtual void gemm_group(DType dt, const std::vector<GemmCall>& calls) {
-    for (const GemmCall& c : calls) gemm(dt, c.args, c.a, c.b, c.c);
-  }
 
   // ---- row reductions (last dimension) ------------------------------------------
   virtual void sum_rows(DType dt, const void* x, void* y, int64_t rows, int64_t cols) = 0;
   virtual void max_rows(DType dt, const void* x, void* y, int64_t rows, int64_t cols) = 0;
 
   // ---- fused kernels ----------------------------------------------------------------
-  // Each has a default composed from the primitives above (memory, layout, elementwise,
-  // gemm, row reductions), defined beside its op in engine/ops/<family>.cpp, so a backend
-  // that implements only the primitives runs every op; a backend overrides one for speed.
-  // The defaults take scratch through allocate/deallocate, and may copy small per-row
-  // values (ids, targets, row maxima) to the host. tests/test_backend_defaults.cpp holds
-  // every default equal to the CPU backend's kernel.
+  // A fused kernel (layernorm's forward, cross-entropy's backward, ...) is not a virtual
+  // here: it is a FusedKernel object in its op family's file (engine/fused_kernel.h) with
+  // a default composed from the primitives above (memory, layout, elementwise, gemm, row
+  // reductions), so a backend that implements only the primitives runs every op, and each
+  // device's faster implementation registered by name (the CPU's from the family file, the
+  // CUDA's from cuda/ops/<family>.cu). Adding one touches no backend class. The defaults
+  // take scratch through allocate/deallocate, and may copy small per-row values (ids,
+  // targets, row maxima) to the host. tests/test_backend_defaults.cpp holds every default
+  // equal to the CPU implementation.
+  //
+  // The members below are non-virtual shorthands for six of them, which attention's
+  // defaults (engine/ops/attention.cpp) and its rewired projection call on a Backend:
+  // each runs the kernel as its op does (softmax_rows_kernel(*this, ...)).
 
   // Row kernels over the last dimension (engine/ops/softmax.cpp, engine/ops/reduce.cpp).
-  virtual void softmax_rows(DType dt, const void* x, void* y, int64_t rows, int64_t cols, bool log);
+  void softmax_rows(DType dt, const void* x, void* y, int64_t rows, int64_t cols, bool log);
   // dx = y * (dy - sum(dy*y)) for softmax; dx = dy - exp(y) * sum(dy) for log_softmax,
   // where y is the forward output.
-  virtual void softmax_backward_rows(DType dt, const void* y, const void* dy, void* dx, int64_t rows,
-                                     int64_t cols, bool log);
-  virtual void cumsum_rows(DType dt, const void* x, void* y, int64_t rows, int64_t cols, bool exclusive,
-                           bool reverse);
+  void softmax_backward_rows(DType dt, const void* y, const void* dy, void* dx, int64_t rows, int64_t cols,
+                             bool log);
+  void cumsum_rows(DType dt, const void* x, void* y, int64_t rows, int64_t cols, bool exclusive, bool reverse);
   // Over the last two dims (t_q x t_k) of `batch` matrices: entries with
   // j > i + (t_k - t_q) are set to `value`, the rest copied.
-  virtual void causal_mask(DType dt, const void* x, void* y, int64_t batch, int64_t t_q, int64_t t_k,
-                           double value);
-
-  // y = (x - mean) * rstd * weight + bias per row; mean and rstd (rows) are saved
-  // (engine/ops/layernorm.cpp).
-  virtual void layernorm_forward(DType dt, const void* x, const void* weight, const void* bias, void* y,
-                                 void* mean, void* rstd, int64_t rows, int64_t cols, double eps);
-  // Writes dx; accumulates (+=) into dweight and dbias. Uses x, mean, rstd from forward.
-  virtual void layernorm_backward(DType dt, const void* dy, const void* x, const void* weight,
-                                  const void* mean, const void* rstd, void* dx, void* dweight, void* dbias,
-                                  int64_t rows, int64_t cols);
-  // y = x * rstd * weight per row, rstd = 1 / sqrt(mean(x^2) + eps); rstd (rows) is saved
-  // (engine/ops/rmsnorm.cpp).
-  virtual void rmsnorm_forward(DType dt, const void* x, const void* weight, void* y, void* rstd, int64_t rows,
-                               int64_t cols, double eps);
-  // Writes dx; accumulates (+=) into dweight. Uses x and rstd from forward.
-  virtual void rmsnorm_backward(DType dt, const void* dy, const void* x, const void* weight, const void* rstd,
-                                void* dx, void* dweight, int64_t rows, int64_t cols);
-  // out[r, :] = weight[ids[r], :]; ids are checked by the op before this runs
-  // (engine/ops/embedding.cpp).
-  virtual void embedding_forward(DType dt, const void* weight, const int64_t* ids, void* out, int64_t n,
-                                 int64_t dim);
-  // dweight[ids[r], :] += dout[r, :]
-  virtual void embedding_backward(DType dt, const void* dout, const int64_t* ids, void* dweight, int64_t n,
-                                  int64_t dim);
-  // Per row: loss[r] = logsumexp(logits[r]) - logits[r, target[r]], 0 where ignored;
-  // lse[r] is saved for the backward (engine/ops/softmax.cpp).
-  virtual void cross_entropy_forward(DType dt, const void* logits, const int64_t* targets, void* loss,
-                                     void* lse, int64_t rows, int64_t cols, int64_t ignore_index);
-  // dlogits[r] = scale * (softmax(logits[r]) - onehot(target[r])), 0 rows where ignored.
-  virtual void cross_entropy_backward(DType dt, const void* logits, const int64_t* targets, const void* lse,
-                                      void* dlogits, int64_t rows, int64_t cols, int64_t ignore_index,
-                                      double scale);
+  void causal_mask(DType dt, const void* x, void* y, int64_t batch, int64_t t_q, int64_t t_k, double value);
+  // The packed projection qkv (B, T, 3, H, D) laid out head-major as heads
+  // (3, B, H, T, D), with q and k (parts 0, 1) rotated by RoPE when rope_base > 0
+  // (engine/ops/rope.cpp). The default gathers, then rotates in place; the CPU does both
+  // in one pass.
+  void qkv_to_heads(DType dt, const void* qkv, void* heads, int64_t batch, int64_t seq, int64_t n_heads,
+                    int64_t head_dim, double rope_base);
+  // Its adjoint: dheads (3, B, H, T, D), with dq, dk rotated back, into dqkv (B, T, 3, H, D).
+  // dheads may be overwritten (the default rotates it in place, then scatters).
+  void heads_to_qkv(DType dt, void* dheads, void* dqkv, int64_t batch, int64_t seq, int64_t n_heads,
+                    int64_t head_dim, double rope_base);
 
   // ---- attention and positions ------------------------------------------------------
+  // Attention is still a virtual: engine/ops/attention*.cpp and cuda/ops/attention*.cu
+  // were being changed while the other fused kernels moved to engine/fused_kernel.h;
+  // attention_forward/backward and attention_blockwise_forward/backward move next, the
+  // same way (their defaults become the kernels' defaults, CpuBackend's and CudaBackend's
+  // overrides their registered implementations).
+  //
   // Forward: writes y (B,H,T,D) and saves attn (B,H,T,T), the attention applied to V
   // (A for standard, A' for rewired); rewired also saves p and r (B,T,T), the runway
   // head probabilities and the runway coefficients. Entries above the diagonal are 0.
@@ -219,15 +203,6 @@ class Backend {
   // rotated by angle (t + position_offset) * base^(-2c/dim); inverse rotates back.
   virtual void rope(DType dt, const void* x, void* y, int64_t rows, int64_t seq, int64_t dim,
                     double base, int64_t position_offset, bool inverse) = 0;
-  // The packed projection qkv (B, T, 3, H, D) laid out head-major as heads
-  // (3, B, H, T, D), with q and k (parts 0, 1) rotated by RoPE when rope_base > 0.
-  // The default gathers, then rotates in place; the CPU backend does both in one pass.
-  virtual void qkv_to_heads(DType dt, const void* qkv, void* heads, int64_t batch, int64_t seq,
-                            int64_t n_heads, int64_t head_dim, double rope_base);
-  // Its adjoint: dheads (3, B, H, T, D), with dq, dk rotated back, into dqkv (B, T, 3, H, D).
-  // dheads may be overwritten (the default rotates it in place, then scatters).
-  virtual void heads_to_qkv(DType dt, void* dheads, void* dqkv, int64_t batch, int64_t seq,
-                            int64_t n_heads, int64_t head_dim, double rope_base);
 };
 
 // The backend for a device. CPU is always present; CUDA once registered by cuda/

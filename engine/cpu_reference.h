@@ -2,7 +2,8 @@
 // each op family's kernel with no threads, blocks or vector tricks, defined beside the
 // tuned kernel in engine/ops/<family>.cpp. tests/test_threaded_kernels.cpp holds every
 // tuned (threaded, vectorised) kernel equal to its reference at sizes that take its
-// threaded path. (The attention references: engine/ops/attention.cpp.)
+// threaded path. (The attention references: engine/ops/attention.cpp. rmsnorm's are declared
+// in that test, where they are used, so that adding a fused op needs no engine header.)
 #pragma once
 
 #include <cstdint>
@@ -42,12 +43,5 @@ void layernorm_forward(const double* x, const double* weight, const double* bias
                        double* rstd, int64_t rows, int64_t cols, double eps);
 void layernorm_backward(const double* dy, const double* x, const double* weight, const double* mean,
                         const double* rstd, double* dx, double* dweight, double* dbias, int64_t rows, int64_t cols);
-
-// ---- engine/ops/rmsnorm.cpp ---------------------------------------------------------------
-// Backend::rmsnorm_forward and rmsnorm_backward (which accumulates into dweight).
-void rmsnorm_forward(const double* x, const double* weight, double* y, double* rstd, int64_t rows, int64_t cols,
-                     double eps);
-void rmsnorm_backward(const double* dy, const double* x, const double* weight, const double* rstd, double* dx,
-                      double* dweight, int64_t rows, int64_t cols);
 
 }  // namespace runway::cpu::reference

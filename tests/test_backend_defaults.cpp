@@ -1,12 +1,14 @@
 // A backend may implement only the primitives of engine/backend.h (memory, layout,
 // elementwise, gemm, row reductions) and still run every op: the fused kernels
-// (layernorm, cross-entropy, softmax rows, causal mask, cumsum, embedding, ...) then
-// run Backend's defaults, composed from those primitives.
+// (engine/fused_kernel.h: layernorm, cross-entropy, softmax rows, causal mask, cumsum,
+// embedding, ...; and attention's Backend virtuals) then run their defaults, composed from
+// those primitives.
 //
 // Proof: the delegating backend (engine/testing/delegating_backend.h) serves
-// Device::CUDA with the CPU backend's primitives only; every sample of the gradcheck
-// table runs forward and backward on it and on the CPU backend, and the outputs and
-// every input gradient agree in float64.
+// Device::CUDA with the CPU backend's primitives only (has_fused_kernels() false); every
+// sample of the gradcheck table runs forward and backward on it and on the CPU backend,
+// and the outputs and every input gradient agree in float64. Forwarding every kernel (the
+// CPU's fused kernel implementations, kernel_device() being the CPU), they agree bit for bit.
 #include <catch2/catch.hpp>
 
 #include <cmath>

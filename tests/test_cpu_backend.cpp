@@ -7,6 +7,8 @@
 #include <vector>
 
 #include "engine/backend.h"
+#include "engine/fused_kernel.h"
+#include "engine/op_table.h"
 #include "engine/random.h"
 
 using namespace runway;
@@ -70,6 +72,21 @@ std::vector<Product> mixed_products() {
   return p;
 }
 
+// The fused kernels by name (engine/fused_kernel.h); op_table() links every op family's file,
+// and so its kernel objects, into this program.
+const FusedKernel<DType, const std::vector<GemmCall>&>& gemm_group_kernel() {
+  (void)op_table();
+  return fused_kernel<DType, const std::vector<GemmCall>&>("gemm_group");
+}
+const FusedKernel<DType, const void*, void*, int64_t, int64_t, int64_t, int64_t, double>& qkv_to_heads_kernel() {
+  (void)op_table();
+  return fused_kernel<DType, const void*, void*, int64_t, int64_t, int64_t, int64_t, double>("qkv_to_heads");
+}
+const FusedKernel<DType, void*, void*, int64_t, int64_t, int64_t, int64_t, double>& heads_to_qkv_kernel() {
+  (void)op_table();
+  return fused_kernel<DType, void*, void*, int64_t, int64_t, int64_t, int64_t, double>("heads_to_qkv");
+}
+
 }  // namespace
 
 TEST_CASE("gemm_group: every product right, and the same values as one gemm call each") {
@@ -77,7 +94,8 @@ TEST_CASE("gemm_group: every product right, and the same values as one gemm call
   std::vector<Product> grouped = mixed_products(), single = mixed_products();
   std::vector<GemmCall> calls;
   for (Product& p : grouped) calls.push_back(p.call());
-  cpu.gemm_group(DType::Float32, calls);
+  REQUIRE(gemm_group_kernel().implementation_for(Device::CPU) != nullptr);
+  gemm_group_kernel()(cpu, DType::Float32, calls);  // the CPU implementation
   for (Product& p : single) cpu.gemm(DType::Float32, p.g, p.a.data(), p.b.data(), p.c.data());
   for (size_t i = 0; i < grouped.size(); ++i) {
     INFO("product " << i);
@@ -105,15 +123,16 @@ TEST_CASE("qkv_to_heads / heads_to_qkv: the fused CPU pass equals the default ga
     for (double& x : packed) x = gen.uniform(-1, 1);
     for (double& x : dheads) x = gen.uniform(-1, 1);
     std::vector<double> fused(n), composed(n);
-    cpu.qkv_to_heads(DType::Float64, packed.data(), fused.data(), B, T, H, D, base);
-    cpu.Backend::qkv_to_heads(DType::Float64, packed.data(), composed.data(), B, T, H, D, base);
+    REQUIRE(qkv_to_heads_kernel().implementation_for(Device::CPU) != nullptr);
+    qkv_to_heads_kernel()(cpu, DType::Float64, packed.data(), fused.data(), B, T, H, D, base);
+    qkv_to_heads_kernel().default_fn()(cpu, DType::Float64, packed.data(), composed.data(), B, T, H, D, base);
     for (int64_t i = 0; i < n; ++i) REQUIRE(fused[i] == Approx(composed[i]).margin(1e-15));
     // v (the third part) is copied untouched: heads[2, b, h, t, :] = packed[b, t, 2, h, :]
     CHECK(fused[((2 * B + 1) * H + 2) * T * D + 3 * D + 1] == packed[((1 * T + 3) * 3 + 2) * H * D + 2 * D + 1]);
 
     std::vector<double> back_fused(n), back_composed(n), scratch = dheads;
-    cpu.heads_to_qkv(DType::Float64, dheads.data(), back_fused.data(), B, T, H, D, base);
-    cpu.Backend::heads_to_qkv(DType::Float64, scratch.data(), back_composed.data(), B, T, H, D, base);
+    heads_to_qkv_kernel()(cpu, DType::Float64, dheads.data(), back_fused.data(), B, T, H, D, base);
+    heads_to_qkv_kernel().default_fn()(cpu, DType::Float64, scratch.data(), back_composed.data(), B, T, H, D, base);
     for (int64_t i = 0; i < n; ++i) REQUIRE(back_fused[i] == Approx(back_composed[i]).margin(1e-15));
     // <heads_to_qkv(d), x> = <d, qkv_to_heads(x)>: the backward is the forward's adjoint.
     double lhs = 0, rhs = 0;

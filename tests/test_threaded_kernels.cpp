@@ -19,6 +19,8 @@
 
 #include "engine/backend.h"
 #include "engine/cpu_reference.h"
+#include "engine/fused_kernel.h"
+#include "engine/op_table.h"
 #include "engine/ops.h"
 #include "engine/ops/attention.h"
 #include "engine/random.h"
@@ -27,6 +29,17 @@
 #include "nn/optim.h"
 
 using namespace runway;
+
+// References declared here, where they are used, rather than in engine/cpu_reference.h (a
+// new fused op needs no engine header); defined beside the CPU implementation.
+namespace runway::cpu::reference {
+// engine/ops/rmsnorm.cpp: the kernels rmsnorm_forward and rmsnorm_backward (which
+// accumulates into dweight).
+void rmsnorm_forward(const double* x, const double* weight, double* y, double* rstd, int64_t rows, int64_t cols,
+                     double eps);
+void rmsnorm_backward(const double* dy, const double* x, const double* weight, const double* rstd, double* dx,
+                      double* dweight, int64_t rows, int64_t cols);
+}  // namespace runway::cpu::reference
 
 namespace {
 
@@ -92,6 +105,59 @@ constexpr double tol() {
 
 Backend& cpu_backend() { return backend_for(Device::CPU); }
 
+// The CPU implementations of the fused kernels registered by name (engine/fused_kernel.h),
+// found by name and signature (op_table() links every op family's file, and so its
+// kernels, into this program).
+template <typename... Args>
+void (*cpu_kernel(const char* name))(Backend&, Args...) {
+  (void)op_table();
+  const auto fn = find_fused_kernel<Args...>(name, Device::CPU);
+  REQUIRE(fn != nullptr);
+  return fn;
+}
+// ---- the kernels' CPU implementations (begin)
+auto rmsnorm_forward_kernel() {
+  return cpu_kernel<DType, const void*, const void*, void*, void*, int64_t, int64_t, double>(
+      "rmsnorm_forward");
+}
+auto rmsnorm_backward_kernel() {
+  return cpu_kernel<DType, const void*, const void*, const void*, const void*, void*, void*, int64_t, int64_t>(
+      "rmsnorm_backward");
+}
+auto layernorm_forward_kernel() {
+  return cpu_kernel<DType, const void*, const void*, const void*, void*, void*, void*, int64_t, int64_t, double>(
+      "layernorm_forward");
+}
+auto layernorm_backward_kernel() {
+  return cpu_kernel<DType, const void*, const void*, const void*, const void*, const void*, void*, void*, void*,
+                    int64_t, int64_t>(
+      "layernorm_backward");
+}
+auto softmax_rows_kernel() { return cpu_kernel<DType, const void*, void*, int64_t, int64_t, bool>("softmax_rows"); }
+auto softmax_backward_rows_kernel() {
+  return cpu_kernel<DType, const void*, const void*, void*, int64_t, int64_t, bool>(
+      "softmax_backward_rows");
+}
+auto cross_entropy_forward_kernel() {
+  return cpu_kernel<DType, const void*, const int64_t*, void*, void*, int64_t, int64_t, int64_t>(
+      "cross_entropy_forward");
+}
+auto cross_entropy_backward_kernel() {
+  return cpu_kernel<DType, const void*, const int64_t*, const void*, void*, int64_t, int64_t, int64_t, double>(
+      "cross_entropy_backward");
+}
+auto qkv_to_heads_kernel() {
+  return cpu_kernel<DType, const void*, void*, int64_t, int64_t, int64_t, int64_t, double>(
+      "qkv_to_heads");
+}
+auto heads_to_qkv_kernel() {
+  return cpu_kernel<DType, void*, void*, int64_t, int64_t, int64_t, int64_t, double>(
+      "heads_to_qkv");
+}
+auto gelu_forward_kernel() { return cpu_kernel<DType, const void*, void*, void*, int64_t>("gelu_forward"); }
+auto gemm_group_kernel() { return cpu_kernel<DType, const std::vector<GemmCall>&>("gemm_group"); }
+// ---- (end)
+
 // ---- elementwise ----------------------------------------------------------------------
 
 // The references: engine/cpu_reference.h, defined beside each tuned kernel.
@@ -123,7 +189,7 @@ void check_unary() {
   // The fused value + derivative pass.
   const std::vector<T> x = as<T>(signed_x);
   std::vector<T> y(n), dydx(n);
-  cpu_backend().gelu_forward(dtype_of<T>(), x.data(), y.data(), dydx.data(), n);
+  gelu_forward_kernel()(cpu_backend(), dtype_of<T>(), x.data(), y.data(), dydx.data(), n);
   std::vector<double> want_y(n), want_d(n);
   for (int64_t i = 0; i < n; ++i) {
     want_y[i] = ref::unary(UnaryOp::Gelu, static_cast<double>(x[i]), 0.0);
@@ -212,8 +278,8 @@ void check_rows() {
   for (bool log : {false, true}) {
     INFO((log ? "log_softmax " : "softmax ") << dtype_name(dtype_of<T>()));
     std::vector<T> y(kRows * kCols), dx(kRows * kCols);
-    cpu_backend().softmax_rows(dtype_of<T>(), x.data(), y.data(), kRows, kCols, log);
-    cpu_backend().softmax_backward_rows(dtype_of<T>(), y.data(), dy.data(), dx.data(), kRows, kCols, log);
+    softmax_rows_kernel()(cpu_backend(), dtype_of<T>(), x.data(), y.data(), kRows, kCols, log);
+    softmax_backward_rows_kernel()(cpu_backend(), dtype_of<T>(), y.data(), dy.data(), dx.data(), kRows, kCols, log);
     const std::vector<double> xd(x.begin(), x.end()), dyd(dy.begin(), dy.end());
     std::vector<double> want_y(kRows * kCols), want_dx(kRows * kCols);
     ref::softmax_rows(xd.data(), want_y.data(), kRows, kCols, log);
@@ -232,9 +298,10 @@ void check_layernorm() {
   // dweight and dbias are accumulated into (+=): start from values that are not zero.
   const std::vector<T> dw0 = as<T>(uniform(kCols, -1, 1, 55)), db0 = as<T>(uniform(kCols, -1, 1, 56));
   std::vector<T> y(n), mean(kRows), rstd(kRows), dx(n), dw = dw0, db = db0;
-  cpu_backend().layernorm_forward(dtype_of<T>(), x.data(), w.data(), b.data(), y.data(), mean.data(), rstd.data(), kRows, kCols, eps);
-  cpu_backend().layernorm_backward(dtype_of<T>(), dy.data(), x.data(), w.data(), mean.data(), rstd.data(), dx.data(), dw.data(),
-                           db.data(), kRows, kCols);
+  layernorm_forward_kernel()(cpu_backend(), dtype_of<T>(), x.data(), w.data(), b.data(), y.data(), mean.data(),
+                             rstd.data(), kRows, kCols, eps);
+  layernorm_backward_kernel()(cpu_backend(), dtype_of<T>(), dy.data(), x.data(), w.data(), mean.data(), rstd.data(),
+                              dx.data(), dw.data(), db.data(), kRows, kCols);
 
   const std::vector<double> xd(x.begin(), x.end()), dyd(dy.begin(), dy.end()), wd(w.begin(), w.end()),
       bd(b.begin(), b.end());
@@ -264,9 +331,10 @@ void check_rmsnorm() {
   // dweight is accumulated into (+=): start from values that are not zero.
   const std::vector<T> dw0 = as<T>(uniform(kCols, -1, 1, 60));
   std::vector<T> y(n), rstd(kRows), dx(n), dw = dw0;
-  cpu_backend().rmsnorm_forward(dtype_of<T>(), x.data(), w.data(), y.data(), rstd.data(), kRows, kCols, eps);
-  cpu_backend().rmsnorm_backward(dtype_of<T>(), dy.data(), x.data(), w.data(), rstd.data(), dx.data(), dw.data(),
-                                 kRows, kCols);
+  rmsnorm_forward_kernel()(cpu_backend(), dtype_of<T>(), x.data(), w.data(), y.data(), rstd.data(), kRows, kCols,
+                           eps);
+  rmsnorm_backward_kernel()(cpu_backend(), dtype_of<T>(), dy.data(), x.data(), w.data(), rstd.data(), dx.data(),
+                            dw.data(), kRows, kCols);
 
   const std::vector<double> xd(x.begin(), x.end()), dyd(dy.begin(), dy.end()), wd(w.begin(), w.end());
   std::vector<double> want_y(n), want_rstd(kRows), want_dx(n), want_dw(dw0.begin(), dw0.end());
@@ -290,9 +358,10 @@ void check_cross_entropy() {
   for (int64_t r = 0; r < kRows; ++r) targets[r] = r % 7 == 3 ? ignore : static_cast<int64_t>(gen.below(kCols));
   const double scale = 1.0 / 111.0;
   std::vector<T> loss(kRows, T(-999)), lse(kRows), dlogits(n, T(-999));
-  cpu_backend().cross_entropy_forward(dtype_of<T>(), logits.data(), targets.data(), loss.data(), lse.data(), kRows, kCols, ignore);
-  cpu_backend().cross_entropy_backward(dtype_of<T>(), logits.data(), targets.data(), lse.data(), dlogits.data(), kRows, kCols,
-                               ignore, scale);
+  cross_entropy_forward_kernel()(cpu_backend(), dtype_of<T>(), logits.data(), targets.data(), loss.data(), lse.data(),
+                                 kRows, kCols, ignore);
+  cross_entropy_backward_kernel()(cpu_backend(), dtype_of<T>(), logits.data(), targets.data(), lse.data(),
+                                  dlogits.data(), kRows, kCols, ignore, scale);
   const std::vector<double> logits_d(logits.begin(), logits.end());
   std::vector<double> want_loss(kRows), want_lse(kRows), want_d(n);
   ref::cross_entropy_forward(logits_d.data(), targets.data(), want_loss.data(), want_lse.data(), kRows, kCols, ignore);
@@ -424,7 +493,7 @@ TEST_CASE("threaded qkv_to_heads with RoPE and its inverse heads_to_qkv match a 
   const double base = 10000.0;
   const std::vector<double> packed = uniform(n, -1, 1, 81);
   std::vector<double> heads(n), back(n);
-  cpu_backend().qkv_to_heads(DType::Float64, packed.data(), heads.data(), B, T, H, D, base);
+  qkv_to_heads_kernel()(cpu_backend(), DType::Float64, packed.data(), heads.data(), B, T, H, D, base);
   std::vector<double> want(n);
   for (int64_t part = 0; part < 3; ++part)
     for (int64_t b = 0; b < B; ++b)
@@ -438,7 +507,7 @@ TEST_CASE("threaded qkv_to_heads with RoPE and its inverse heads_to_qkv match a 
             to[c + D / 2] = from[c] * std::sin(angle) + from[c + D / 2] * std::cos(angle);
           }
   CHECK(worst(heads, want) < 1e-14);
-  cpu_backend().heads_to_qkv(DType::Float64, heads.data(), back.data(), B, T, H, D, base);  // rotates back
+  heads_to_qkv_kernel()(cpu_backend(), DType::Float64, heads.data(), back.data(), B, T, H, D, base);  // rotates back
   CHECK(worst(back, packed) < 1e-14);
 }
 
@@ -513,7 +582,7 @@ TEST_CASE("threaded gemm groups (row, column and batch splits) match double loop
     ref::gemm(g, as_[i].data(), bs[i].data(), want.data());
     wants.push_back(want);
   }
-  cpu_backend().gemm_group(DType::Float64, calls);
+  gemm_group_kernel()(cpu_backend(), DType::Float64, calls);
   for (size_t i = 0; i < cases.size(); ++i) {
     INFO("product " << i);
     CHECK(worst(cs[i], wants[i]) < 1e-13);

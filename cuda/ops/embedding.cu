@@ -1,5 +1,7 @@
-// The CUDA backend's embedding lookup and its scatter-add backward (engine/ops/embedding.cpp).
-// Ops served: embedding.
+// The CUDA implementations of embedding's fused kernels: the lookup (embedding_forward) and
+// its scatter-add backward (embedding_backward) of engine/ops/embedding.cpp, registered by
+// name (engine/fused_kernel.h) by register_embedding_cuda_kernels, which
+// cuda/register_cuda.cpp calls. Ops served: embedding.
 // The CPU kernels and the ops: engine/ops/embedding.cpp. Map: docs/architecture.md.
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -13,6 +15,7 @@
 #include "cuda/cuda_check.h"
 #include "cuda/cuda_common.cuh"
 #include "cuda/cuda_kernels.cuh"
+#include "engine/fused_kernel.h"
 
 namespace runway {
 namespace cuda_kernels {
@@ -47,30 +50,37 @@ __global__ void embedding_backward_kernel(const T* dout, const int64_t* ids, T* 
 using namespace cuda_kernels;
 using namespace cuda_host;
 
-void CudaBackend::embedding_forward(DType dt, const void* weight, const int64_t* ids, void* out,
-                                    int64_t n, int64_t dim) {
+static void cuda_embedding_forward(Backend& b, DType dt, const void* weight, const int64_t* ids, void* out, int64_t n,
+                                   int64_t dim) {
+  const cudaStream_t stream = cuda_backend_of(b, "embedding_forward").stream();
   check_nonnegative("embedding_forward", "n", n);
   check_nonnegative("embedding_forward", "dim", dim);
   dispatch_float(dt, "embedding_forward", [&](auto tag) {
     using T = decltype(tag);
     if (n == 0 || dim == 0) return;
-    embedding_forward_kernel<T><<<elementwise_grid(n * dim), kThreads, 0, stream_>>>(
+    embedding_forward_kernel<T><<<elementwise_grid(n * dim), kThreads, 0, stream>>>(
         static_cast<const T*>(weight), ids, static_cast<T*>(out), n, dim);
     RUNWAY_CUDA_LAUNCH_CHECK("embedding_forward_kernel");
   });
 }
 
-void CudaBackend::embedding_backward(DType dt, const void* dout, const int64_t* ids,
-                                     void* dweight, int64_t n, int64_t dim) {
+static void cuda_embedding_backward(Backend& b, DType dt, const void* dout, const int64_t* ids, void* dweight,
+                                    int64_t n, int64_t dim) {
+  const cudaStream_t stream = cuda_backend_of(b, "embedding_backward").stream();
   check_nonnegative("embedding_backward", "n", n);
   check_nonnegative("embedding_backward", "dim", dim);
   dispatch_float(dt, "embedding_backward", [&](auto tag) {
     using T = decltype(tag);
     if (n == 0 || dim == 0) return;
-    embedding_backward_kernel<T><<<elementwise_grid(n * dim), kThreads, 0, stream_>>>(
+    embedding_backward_kernel<T><<<elementwise_grid(n * dim), kThreads, 0, stream>>>(
         static_cast<const T*>(dout), ids, static_cast<T*>(dweight), n, dim);
     RUNWAY_CUDA_LAUNCH_CHECK("embedding_backward_kernel");
   });
+}
+
+void register_embedding_cuda_kernels() {
+  register_fused_kernel("embedding_forward", Device::CUDA, &cuda_embedding_forward);
+  register_fused_kernel("embedding_backward", Device::CUDA, &cuda_embedding_backward);
 }
 
 }  // namespace runway

@@ -1,5 +1,6 @@
-// The CUDA backend's layernorm forward and backward (engine/ops/layernorm.cpp).
-// Ops served: layernorm.
+// The CUDA implementations of layernorm's fused kernels layernorm_forward and
+// layernorm_backward (engine/ops/layernorm.cpp), registered by name (engine/fused_kernel.h)
+// by register_layernorm_cuda_kernels, which cuda/register_cuda.cpp calls. Ops served: layernorm.
 // The CPU kernels and the ops: engine/ops/layernorm.cpp. Map: docs/architecture.md.
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -13,6 +14,7 @@
 #include "cuda/cuda_check.h"
 #include "cuda/cuda_common.cuh"
 #include "cuda/cuda_kernels.cuh"
+#include "engine/fused_kernel.h"
 
 namespace runway {
 namespace cuda_kernels {
@@ -130,15 +132,15 @@ __global__ void layernorm_backward_params_kernel(const T* dy, const T* x, const 
 using namespace cuda_kernels;
 using namespace cuda_host;
 
-void CudaBackend::layernorm_forward(DType dt, const void* x, const void* weight,
-                                    const void* bias, void* y, void* mean, void* rstd,
-                                    int64_t rows, int64_t cols, double eps) {
+static void cuda_layernorm_forward(Backend& b, DType dt, const void* x, const void* weight, const void* bias, void* y,
+                                   void* mean, void* rstd, int64_t rows, int64_t cols, double eps) {
+  const cudaStream_t stream = cuda_backend_of(b, "layernorm_forward").stream();
   check_nonnegative("layernorm_forward", "rows", rows);
   check_nonnegative("layernorm_forward", "cols", cols);
   dispatch_float(dt, "layernorm_forward", [&](auto tag) {
     using T = decltype(tag);
     if (rows == 0) return;
-    layernorm_forward_kernel<T><<<row_grid(rows), kThreads, 0, stream_>>>(
+    layernorm_forward_kernel<T><<<row_grid(rows), kThreads, 0, stream>>>(
         static_cast<const T*>(x), static_cast<const T*>(weight), static_cast<const T*>(bias),
         static_cast<T*>(y), static_cast<T*>(mean), static_cast<T*>(rstd), rows, cols,
         static_cast<T>(eps));
@@ -146,9 +148,10 @@ void CudaBackend::layernorm_forward(DType dt, const void* x, const void* weight,
   });
 }
 
-void CudaBackend::layernorm_backward(DType dt, const void* dy, const void* x, const void* weight,
-                                     const void* mean, const void* rstd, void* dx, void* dweight,
-                                     void* dbias, int64_t rows, int64_t cols) {
+static void cuda_layernorm_backward(Backend& b, DType dt, const void* dy, const void* x, const void* weight,
+                                    const void* mean, const void* rstd, void* dx, void* dweight, void* dbias,
+                                    int64_t rows, int64_t cols) {
+  const cudaStream_t stream = cuda_backend_of(b, "layernorm_backward").stream();
   check_nonnegative("layernorm_backward", "rows", rows);
   check_nonnegative("layernorm_backward", "cols", cols);
   dispatch_float(dt, "layernorm_backward", [&](auto tag) {
@@ -159,7 +162,7 @@ void CudaBackend::layernorm_backward(DType dt, const void* dy, const void* x, co
     const T* pmean = static_cast<const T*>(mean);
     const T* prstd = static_cast<const T*>(rstd);
     if (dx != nullptr) {
-      layernorm_backward_dx_kernel<T><<<row_grid(rows), kThreads, 0, stream_>>>(
+      layernorm_backward_dx_kernel<T><<<row_grid(rows), kThreads, 0, stream>>>(
           pdy, px, static_cast<const T*>(weight), pmean, prstd, static_cast<T*>(dx), rows, cols);
       RUNWAY_CUDA_LAUNCH_CHECK("layernorm_backward_dx_kernel");
     }
@@ -167,11 +170,16 @@ void CudaBackend::layernorm_backward(DType dt, const void* dy, const void* x, co
       const unsigned grid = static_cast<unsigned>(
           std::min<int64_t>((cols + kColWidth - 1) / kColWidth, kMaxRowGrid));
       const dim3 block(kColWidth, kColRows);
-      layernorm_backward_params_kernel<T><<<grid, block, 0, stream_>>>(
+      layernorm_backward_params_kernel<T><<<grid, block, 0, stream>>>(
           pdy, px, pmean, prstd, static_cast<T*>(dweight), static_cast<T*>(dbias), rows, cols);
       RUNWAY_CUDA_LAUNCH_CHECK("layernorm_backward_params_kernel");
     }
   });
+}
+
+void register_layernorm_cuda_kernels() {
+  register_fused_kernel("layernorm_forward", Device::CUDA, &cuda_layernorm_forward);
+  register_fused_kernel("layernorm_backward", Device::CUDA, &cuda_layernorm_backward);
 }
 
 }  // namespace runway

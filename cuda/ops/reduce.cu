@@ -1,5 +1,7 @@
-// The CUDA backend's row reductions and scans: the kernels behind sum, mean, max and cumsum
-// (engine/ops/reduce.cpp).
+// The CUDA backend's row reductions (CudaBackend::sum_rows, max_rows) and the CUDA
+// implementation of the fused kernel cumsum_rows, registered by name (engine/fused_kernel.h)
+// by register_reduce_cuda_kernels, which cuda/register_cuda.cpp calls: the kernels behind
+// sum, mean, max and cumsum (engine/ops/reduce.cpp).
 // Ops served: sum, max, cumsum.
 // The CPU kernels and the ops: engine/ops/reduce.cpp. Map: docs/architecture.md.
 #include <cublas_v2.h>
@@ -14,6 +16,7 @@
 #include "cuda/cuda_check.h"
 #include "cuda/cuda_common.cuh"
 #include "cuda/cuda_kernels.cuh"
+#include "engine/fused_kernel.h"
 
 namespace runway {
 namespace cuda_kernels {
@@ -107,17 +110,22 @@ void CudaBackend::max_rows(DType dt, const void* x, void* y, int64_t rows, int64
   });
 }
 
-void CudaBackend::cumsum_rows(DType dt, const void* x, void* y, int64_t rows, int64_t cols,
-                              bool exclusive, bool reverse) {
+static void cuda_cumsum_rows(Backend& b, DType dt, const void* x, void* y, int64_t rows, int64_t cols, bool exclusive,
+                             bool reverse) {
+  const cudaStream_t stream = cuda_backend_of(b, "cumsum_rows").stream();
   check_nonnegative("cumsum_rows", "rows", rows);
   check_nonnegative("cumsum_rows", "cols", cols);
   dispatch_float(dt, "cumsum_rows", [&](auto tag) {
     using T = decltype(tag);
     if (rows == 0 || cols == 0) return;
-    cumsum_rows_kernel<T><<<row_grid(rows), kThreads, 0, stream_>>>(
+    cumsum_rows_kernel<T><<<row_grid(rows), kThreads, 0, stream>>>(
         static_cast<const T*>(x), static_cast<T*>(y), rows, cols, exclusive, reverse);
     RUNWAY_CUDA_LAUNCH_CHECK("cumsum_rows_kernel");
   });
+}
+
+void register_reduce_cuda_kernels() {
+  register_fused_kernel("cumsum_rows", Device::CUDA, &cuda_cumsum_rows);
 }
 
 }  // namespace runway

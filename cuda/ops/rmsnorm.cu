@@ -1,5 +1,6 @@
-// The CUDA backend's rmsnorm forward and backward (engine/ops/rmsnorm.cpp).
-// Ops served: rmsnorm.
+// The CUDA implementations of rmsnorm's fused kernels rmsnorm_forward and rmsnorm_backward
+// (engine/ops/rmsnorm.cpp), registered by name (engine/fused_kernel.h) by
+// register_rmsnorm_cuda_kernels, which cuda/register_cuda.cpp calls. Ops served: rmsnorm.
 // The CPU kernels and the op: engine/ops/rmsnorm.cpp. Map: docs/architecture.md.
 #include <cuda_runtime.h>
 
@@ -11,6 +12,7 @@
 #include "cuda/cuda_check.h"
 #include "cuda/cuda_common.cuh"
 #include "cuda/cuda_kernels.cuh"
+#include "engine/fused_kernel.h"
 
 namespace runway {
 namespace cuda_kernels {
@@ -87,22 +89,26 @@ __global__ void rmsnorm_backward_dweight_kernel(const T* dy, const T* x, const T
 using namespace cuda_kernels;
 using namespace cuda_host;
 
-void CudaBackend::rmsnorm_forward(DType dt, const void* x, const void* weight, void* y, void* rstd, int64_t rows,
-                                  int64_t cols, double eps) {
+// The kernels' signatures (after the Backend&) are engine/ops/rmsnorm.cpp's; a difference
+// is an Error naming the kernel when registering.
+static void cuda_rmsnorm_forward(Backend& b, DType dt, const void* x, const void* weight, void* y, void* rstd,
+                                 int64_t rows, int64_t cols, double eps) {
+  const cudaStream_t stream = cuda_backend_of(b, "rmsnorm_forward").stream();
   check_nonnegative("rmsnorm_forward", "rows", rows);
   check_nonnegative("rmsnorm_forward", "cols", cols);
   dispatch_float(dt, "rmsnorm_forward", [&](auto tag) {
     using T = decltype(tag);
     if (rows == 0) return;
-    rmsnorm_forward_kernel<T><<<row_grid(rows), kThreads, 0, stream_>>>(
+    rmsnorm_forward_kernel<T><<<row_grid(rows), kThreads, 0, stream>>>(
         static_cast<const T*>(x), static_cast<const T*>(weight), static_cast<T*>(y), static_cast<T*>(rstd), rows,
         cols, static_cast<T>(eps));
     RUNWAY_CUDA_LAUNCH_CHECK("rmsnorm_forward_kernel");
   });
 }
 
-void CudaBackend::rmsnorm_backward(DType dt, const void* dy, const void* x, const void* weight, const void* rstd,
-                                   void* dx, void* dweight, int64_t rows, int64_t cols) {
+static void cuda_rmsnorm_backward(Backend& b, DType dt, const void* dy, const void* x, const void* weight,
+                                  const void* rstd, void* dx, void* dweight, int64_t rows, int64_t cols) {
+  const cudaStream_t stream = cuda_backend_of(b, "rmsnorm_backward").stream();
   check_nonnegative("rmsnorm_backward", "rows", rows);
   check_nonnegative("rmsnorm_backward", "cols", cols);
   dispatch_float(dt, "rmsnorm_backward", [&](auto tag) {
@@ -111,16 +117,21 @@ void CudaBackend::rmsnorm_backward(DType dt, const void* dy, const void* x, cons
     const T* pdy = static_cast<const T*>(dy);
     const T* px = static_cast<const T*>(x);
     const T* prstd = static_cast<const T*>(rstd);
-    rmsnorm_backward_dx_kernel<T><<<row_grid(rows), kThreads, 0, stream_>>>(
+    rmsnorm_backward_dx_kernel<T><<<row_grid(rows), kThreads, 0, stream>>>(
         pdy, px, static_cast<const T*>(weight), prstd, static_cast<T*>(dx), rows, cols);
     RUNWAY_CUDA_LAUNCH_CHECK("rmsnorm_backward_dx_kernel");
     const unsigned grid =
         static_cast<unsigned>(std::min<int64_t>((cols + kRmsColWidth - 1) / kRmsColWidth, kMaxRowGrid));
     const dim3 block(kRmsColWidth, kRmsColRows);
-    rmsnorm_backward_dweight_kernel<T><<<grid, block, 0, stream_>>>(pdy, px, prstd, static_cast<T*>(dweight), rows,
+    rmsnorm_backward_dweight_kernel<T><<<grid, block, 0, stream>>>(pdy, px, prstd, static_cast<T*>(dweight), rows,
                                                                      cols);
     RUNWAY_CUDA_LAUNCH_CHECK("rmsnorm_backward_dweight_kernel");
   });
+}
+
+void register_rmsnorm_cuda_kernels() {
+  register_fused_kernel("rmsnorm_forward", Device::CUDA, &cuda_rmsnorm_forward);
+  register_fused_kernel("rmsnorm_backward", Device::CUDA, &cuda_rmsnorm_backward);
 }
 
 }  // namespace runway

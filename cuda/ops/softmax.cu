@@ -1,5 +1,7 @@
-// The CUDA backend's softmax, log_softmax, causal_mask and cross_entropy (engine/ops/softmax.cpp).
-// Ops served: softmax, log_softmax, causal_mask, cross_entropy.
+// The CUDA implementations of the fused kernels softmax_rows, softmax_backward_rows,
+// causal_mask, cross_entropy_forward and cross_entropy_backward (engine/ops/softmax.cpp),
+// registered by name (engine/fused_kernel.h) by register_softmax_cuda_kernels, which
+// cuda/register_cuda.cpp calls. Ops served: softmax, log_softmax, causal_mask, cross_entropy.
 // The CPU kernels and the ops: engine/ops/softmax.cpp. Map: docs/architecture.md.
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -13,6 +15,7 @@
 #include "cuda/cuda_check.h"
 #include "cuda/cuda_common.cuh"
 #include "cuda/cuda_kernels.cuh"
+#include "engine/fused_kernel.h"
 
 namespace runway {
 namespace cuda_kernels {
@@ -133,35 +136,37 @@ __global__ void cross_entropy_backward_kernel(const T* logits, const int64_t* ta
 using namespace cuda_kernels;
 using namespace cuda_host;
 
-void CudaBackend::softmax_rows(DType dt, const void* x, void* y, int64_t rows, int64_t cols,
-                               bool log) {
+static void cuda_softmax_rows(Backend& b, DType dt, const void* x, void* y, int64_t rows, int64_t cols, bool log) {
+  const cudaStream_t stream = cuda_backend_of(b, "softmax_rows").stream();
   check_nonnegative("softmax_rows", "rows", rows);
   check_nonnegative("softmax_rows", "cols", cols);
   dispatch_float(dt, "softmax_rows", [&](auto tag) {
     using T = decltype(tag);
     if (rows == 0 || cols == 0) return;
-    softmax_rows_kernel<T><<<row_grid(rows), kThreads, 0, stream_>>>(
+    softmax_rows_kernel<T><<<row_grid(rows), kThreads, 0, stream>>>(
         static_cast<const T*>(x), static_cast<T*>(y), rows, cols, log);
     RUNWAY_CUDA_LAUNCH_CHECK("softmax_rows_kernel");
   });
 }
 
-void CudaBackend::softmax_backward_rows(DType dt, const void* y, const void* dy, void* dx,
-                                        int64_t rows, int64_t cols, bool log) {
+static void cuda_softmax_backward_rows(Backend& b, DType dt, const void* y, const void* dy, void* dx, int64_t rows,
+                                       int64_t cols, bool log) {
+  const cudaStream_t stream = cuda_backend_of(b, "softmax_backward_rows").stream();
   check_nonnegative("softmax_backward_rows", "rows", rows);
   check_nonnegative("softmax_backward_rows", "cols", cols);
   dispatch_float(dt, "softmax_backward_rows", [&](auto tag) {
     using T = decltype(tag);
     if (rows == 0 || cols == 0) return;
-    softmax_backward_rows_kernel<T><<<row_grid(rows), kThreads, 0, stream_>>>(
+    softmax_backward_rows_kernel<T><<<row_grid(rows), kThreads, 0, stream>>>(
         static_cast<const T*>(y), static_cast<const T*>(dy), static_cast<T*>(dx), rows, cols,
         log);
     RUNWAY_CUDA_LAUNCH_CHECK("softmax_backward_rows_kernel");
   });
 }
 
-void CudaBackend::causal_mask(DType dt, const void* x, void* y, int64_t batch, int64_t t_q,
-                              int64_t t_k, double value) {
+static void cuda_causal_mask(Backend& b, DType dt, const void* x, void* y, int64_t batch, int64_t t_q, int64_t t_k,
+                             double value) {
+  const cudaStream_t stream = cuda_backend_of(b, "causal_mask").stream();
   check_nonnegative("causal_mask", "batch", batch);
   check_nonnegative("causal_mask", "t_q", t_q);
   check_nonnegative("causal_mask", "t_k", t_k);
@@ -169,40 +174,49 @@ void CudaBackend::causal_mask(DType dt, const void* x, void* y, int64_t batch, i
     using T = decltype(tag);
     const int64_t n = batch * t_q * t_k;
     if (n == 0) return;
-    causal_mask_kernel<T><<<elementwise_grid(n), kThreads, 0, stream_>>>(
+    causal_mask_kernel<T><<<elementwise_grid(n), kThreads, 0, stream>>>(
         static_cast<const T*>(x), static_cast<T*>(y), batch, t_q, t_k, static_cast<T>(value));
     RUNWAY_CUDA_LAUNCH_CHECK("causal_mask_kernel");
   });
 }
 
-void CudaBackend::cross_entropy_forward(DType dt, const void* logits, const int64_t* targets,
-                                        void* loss, void* lse, int64_t rows, int64_t cols,
-                                        int64_t ignore_index) {
+static void cuda_cross_entropy_forward(Backend& b, DType dt, const void* logits, const int64_t* targets, void* loss,
+                                       void* lse, int64_t rows, int64_t cols, int64_t ignore_index) {
+  const cudaStream_t stream = cuda_backend_of(b, "cross_entropy_forward").stream();
   check_nonnegative("cross_entropy_forward", "rows", rows);
   check_nonnegative("cross_entropy_forward", "cols", cols);
   dispatch_float(dt, "cross_entropy_forward", [&](auto tag) {
     using T = decltype(tag);
     if (rows == 0) return;
-    cross_entropy_forward_kernel<T><<<row_grid(rows), kThreads, 0, stream_>>>(
+    cross_entropy_forward_kernel<T><<<row_grid(rows), kThreads, 0, stream>>>(
         static_cast<const T*>(logits), targets, static_cast<T*>(loss), static_cast<T*>(lse),
         rows, cols, ignore_index);
     RUNWAY_CUDA_LAUNCH_CHECK("cross_entropy_forward_kernel");
   });
 }
 
-void CudaBackend::cross_entropy_backward(DType dt, const void* logits, const int64_t* targets,
-                                         const void* lse, void* dlogits, int64_t rows,
-                                         int64_t cols, int64_t ignore_index, double scale) {
+static void cuda_cross_entropy_backward(Backend& b, DType dt, const void* logits, const int64_t* targets,
+                                        const void* lse, void* dlogits, int64_t rows, int64_t cols,
+                                        int64_t ignore_index, double scale) {
+  const cudaStream_t stream = cuda_backend_of(b, "cross_entropy_backward").stream();
   check_nonnegative("cross_entropy_backward", "rows", rows);
   check_nonnegative("cross_entropy_backward", "cols", cols);
   dispatch_float(dt, "cross_entropy_backward", [&](auto tag) {
     using T = decltype(tag);
     if (rows == 0 || cols == 0) return;
-    cross_entropy_backward_kernel<T><<<elementwise_grid(rows * cols), kThreads, 0, stream_>>>(
+    cross_entropy_backward_kernel<T><<<elementwise_grid(rows * cols), kThreads, 0, stream>>>(
         static_cast<const T*>(logits), targets, static_cast<const T*>(lse),
         static_cast<T*>(dlogits), rows, cols, ignore_index, static_cast<T>(scale));
     RUNWAY_CUDA_LAUNCH_CHECK("cross_entropy_backward_kernel");
   });
+}
+
+void register_softmax_cuda_kernels() {
+  register_fused_kernel("softmax_rows", Device::CUDA, &cuda_softmax_rows);
+  register_fused_kernel("softmax_backward_rows", Device::CUDA, &cuda_softmax_backward_rows);
+  register_fused_kernel("causal_mask", Device::CUDA, &cuda_causal_mask);
+  register_fused_kernel("cross_entropy_forward", Device::CUDA, &cuda_cross_entropy_forward);
+  register_fused_kernel("cross_entropy_backward", Device::CUDA, &cuda_cross_entropy_backward);
 }
 
 }  // namespace runway

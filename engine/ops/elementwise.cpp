@@ -3,8 +3,9 @@
 // dropout (a product with a random mask).
 //
 // Per op: the forward, the backward beside it with its formula, then (further down)
-// the family's gradcheck rows and its CPU kernels (CpuBackend::unary, gelu_forward,
-// binary). The CUDA kernels: cuda/ops/elementwise.cu. Map: docs/architecture.md.
+// the family's gradcheck rows and its CPU kernels (CpuBackend::unary, binary; the fused
+// kernel gelu_forward, engine/fused_kernel.h, with its CPU implementation and its default).
+// The CUDA kernels: cuda/ops/elementwise.cu. Map: docs/architecture.md.
 //
 // Gradients of the binary ops come back in the output (broadcast) shape; the autograd
 // engine sums them back to each input's shape (sum_to in engine/autograd.cpp).
@@ -22,6 +23,7 @@
 #include "engine/cpu_backend.h"
 #include "engine/cpu_kernels.h"
 #include "engine/cpu_reference.h"
+#include "engine/fused_kernel.h"
 #include "engine/ops.h"
 #include "engine/ops/op_helpers.h"
 #include "engine/ops/op_samples.h"
@@ -179,6 +181,18 @@ Tensor relu(const Tensor& x) {
   });
 }
 
+// The fused kernel gelu_forward (engine/fused_kernel.h): y = gelu_tanh(x) and, when dydx
+// is not null, dydx = gelu_tanh'(x) for the backward, from one evaluation of the tanh, over
+// n elements. The default makes the two unary calls; the CPU implementation (float32: one
+// pass; float64: the default) is below. CUDA registers none: it runs the default.
+static void gelu_forward_default(Backend& b, DType dt, const void* x, void* y, void* dydx, int64_t n) {
+  b.unary(UnaryOp::Gelu, dt, x, y, n, 0.0);
+  if (dydx) b.unary(UnaryOp::GeluGrad, dt, x, dydx, n, 0.0);
+}
+static void cpu_gelu_forward(Backend& b, DType dt, const void* x, void* y, void* dydx, int64_t n);
+static const FusedKernel<DType, const void*, void*, void*, int64_t> gelu_forward_kernel(
+    "gelu_forward", &gelu_forward_default, &cpu_gelu_forward);
+
 static const OpName kGelu = declare_op("gelu");
 Tensor gelu(const Tensor& x) {
   require_float(x, "gelu");
@@ -190,8 +204,8 @@ Tensor gelu(const Tensor& x) {
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
   const bool keep_derivative = grad_mode_enabled() && x.requires_grad();
   Tensor derivative = keep_derivative ? Tensor::empty(x.shape(), x.dtype(), x.device()) : Tensor();
-  be(x).gelu_forward(x.dtype(), xc.raw_data(), out.raw_data(), keep_derivative ? derivative.raw_data() : nullptr,
-                     x.numel());
+  gelu_forward_kernel(be(x), x.dtype(), xc.raw_data(), out.raw_data(),
+                      keep_derivative ? derivative.raw_data() : nullptr, x.numel());
   return record(kGelu, out, {x}, [derivative](const Tensor& g) -> Grads {
     return {binary_raw(BinaryOp::Mul, g, derivative, "gelu backward")};  // g * gelu'(x)
   });
@@ -433,8 +447,9 @@ void CpuBackend::unary(UnaryOp op, DType dt, const void* x, void* y, int64_t n, 
   });
 }
 
-void CpuBackend::gelu_forward(DType dt, const void* x, void* y, void* dydx, int64_t n) {
-  if (dt != DType::Float32) return Backend::gelu_forward(dt, x, y, dydx, n);
+// gelu_forward's CPU implementation.
+static void cpu_gelu_forward(Backend& b, DType dt, const void* x, void* y, void* dydx, int64_t n) {
+  if (dt != DType::Float32) return gelu_forward_default(b, dt, x, y, dydx, n);
   gelu_float(static_cast<const float*>(x), static_cast<float*>(y), static_cast<float*>(dydx), n);
 }
 

@@ -1,7 +1,8 @@
 // embedding: rows of a (V, C) table looked up by int64 ids.
 //
-// The forward, the backward beside it with its formula, then the gradcheck rows and
-// the CPU kernels (CpuBackend::embedding_forward, embedding_backward). CUDA:
+// The two fused kernels (engine/fused_kernel.h), the forward, the backward beside it with
+// its formula, then the gradcheck rows, the CPU implementations and the defaults composed
+// from the Backend primitives. CUDA registers its implementations by name:
 // cuda/ops/embedding.cu. Map: docs/architecture.md.
 
 #include <fmt/format.h>
@@ -10,8 +11,8 @@
 #include <vector>
 
 #include "engine/autograd.h"
-#include "engine/cpu_backend.h"
 #include "engine/cpu_kernels.h"
+#include "engine/fused_kernel.h"
 #include "engine/ops.h"
 #include "engine/ops/op_helpers.h"
 #include "engine/ops/op_samples.h"
@@ -22,6 +23,20 @@ using namespace op_helpers;
 using cpu::dispatch_any;
 using cpu::dispatch_float;
 using cpu::for_each_run;
+
+// The fused kernels (engine/fused_kernel.h): a default composed from the Backend primitives
+// and, where there is one, a CPU implementation each, defined below; other devices register
+// theirs under the same names.
+// out[r, :] = weight[ids[r], :] for n ids; ids are checked by the op before this runs.
+static void embedding_forward_default(Backend& b, DType, const void*, const int64_t*, void*, int64_t, int64_t);
+static void cpu_embedding_forward(Backend& b, DType, const void*, const int64_t*, void*, int64_t, int64_t);
+static const FusedKernel<DType, const void*, const int64_t*, void*, int64_t, int64_t>
+    embedding_forward_kernel("embedding_forward", &embedding_forward_default, &cpu_embedding_forward);
+// dweight[ids[r], :] += dout[r, :] (repeated ids accumulate).
+static void embedding_backward_default(Backend& b, DType, const void*, const int64_t*, void*, int64_t, int64_t);
+static void cpu_embedding_backward(Backend& b, DType, const void*, const int64_t*, void*, int64_t, int64_t);
+static const FusedKernel<DType, const void*, const int64_t*, void*, int64_t, int64_t>
+    embedding_backward_kernel("embedding_backward", &embedding_backward_default, &cpu_embedding_backward);
 
 static const OpName kEmbedding = declare_op("embedding");
 Tensor embedding(const Tensor& weight, const Tensor& ids) {
@@ -36,14 +51,14 @@ Tensor embedding(const Tensor& weight, const Tensor& ids) {
   out_shape.push_back(dim);
   Tensor idc = ids.contiguous(), w = weight.detach().contiguous();
   Tensor out = Tensor::empty(out_shape, weight.dtype(), weight.device());
-  be(weight).embedding_forward(weight.dtype(), w.raw_data(), static_cast<const int64_t*>(idc.raw_data()),
-                               out.raw_data(), ids.numel(), dim);
+  embedding_forward_kernel(be(weight), weight.dtype(), w.raw_data(), static_cast<const int64_t*>(idc.raw_data()),
+                           out.raw_data(), ids.numel(), dim);
   // dW[ids[r]] += g[r]: a scatter-add over the looked-up rows
   return record(kEmbedding, out, {weight, ids}, [idc, vocab, dim](const Tensor& g) -> Grads {
     Tensor gc = g.contiguous();
     Tensor dw = Tensor::zeros({vocab, dim}, g.dtype(), g.device());
-    be(g).embedding_backward(g.dtype(), gc.raw_data(), static_cast<const int64_t*>(idc.raw_data()),
-                             dw.raw_data(), idc.numel(), dim);
+    embedding_backward_kernel(be(g), g.dtype(), gc.raw_data(), static_cast<const int64_t*>(idc.raw_data()),
+                              dw.raw_data(), idc.numel(), dim);
     return {dw, Tensor()};
   });
 }
@@ -65,11 +80,11 @@ std::vector<OpEntry> embedding_op_entries() {
 }
 
 // =====================================================================================
-// CPU kernels (CpuBackend, engine/cpu_backend.h).
+// CPU implementations of the kernels (no backend state: the Backend& is unused).
 // =====================================================================================
 
-void CpuBackend::embedding_forward(DType dt, const void* weight, const int64_t* ids, void* out, int64_t n,
-                       int64_t dim) {
+static void cpu_embedding_forward(Backend&, DType dt, const void* weight, const int64_t* ids, void* out, int64_t n,
+                                  int64_t dim) {
   dispatch_float(dt, "embedding", [&](auto t) {
     using T = decltype(t);
     const T* w = static_cast<const T*>(weight);
@@ -78,8 +93,8 @@ void CpuBackend::embedding_forward(DType dt, const void* weight, const int64_t* 
   });
 }
 
-void CpuBackend::embedding_backward(DType dt, const void* dout, const int64_t* ids, void* dweight, int64_t n,
-                        int64_t dim) {
+static void cpu_embedding_backward(Backend&, DType dt, const void* dout, const int64_t* ids, void* dweight, int64_t n,
+                                   int64_t dim) {
   dispatch_float(dt, "embedding_backward", [&](auto t) {
     using T = decltype(t);
     const T* g = static_cast<const T*>(dout);
@@ -90,28 +105,29 @@ void CpuBackend::embedding_backward(DType dt, const void* dout, const int64_t* i
 }
 
 // =====================================================================================
-// Backend defaults (engine/backend.h): embedding composed from the primitives,
-// for a backend that does not fuse them. tests/test_backend_defaults.cpp holds them equal
-// to the CPU kernels above.
+// The kernels' defaults: embedding composed from the Backend primitives, for a backend
+// with no implementation registered. tests/test_backend_defaults.cpp holds them equal to
+// the CPU implementations above.
 // =====================================================================================
 
 // The ids come to the host; each looked-up row is one device copy.
-void Backend::embedding_forward(DType dt, const void* weight, const int64_t* ids, void* out, int64_t n, int64_t dim) {
+static void embedding_forward_default(Backend& b, DType dt, const void* weight, const int64_t* ids, void* out,
+                                      int64_t n, int64_t dim) {
   if (n * dim == 0) return;
-  const std::vector<int64_t> id = indices_to_host(*this, ids, n);
+  const std::vector<int64_t> id = indices_to_host(b, ids, n);
   for (int64_t r = 0; r < n; ++r)
-    copy_within(at(out, dt, r * dim), at(weight, dt, id[r] * dim), static_cast<size_t>(dim) * dtype_size(dt));
+    b.copy_within(at(out, dt, r * dim), at(weight, dt, id[r] * dim), static_cast<size_t>(dim) * dtype_size(dt));
 }
 
 // dweight[ids[r]] += dout[r], one row at a time in order (repeated ids accumulate).
-void Backend::embedding_backward(DType dt, const void* dout, const int64_t* ids, void* dweight, int64_t n,
-                                 int64_t dim) {
+static void embedding_backward_default(Backend& b, DType dt, const void* dout, const int64_t* ids, void* dweight,
+                                       int64_t n, int64_t dim) {
   if (n * dim == 0) return;
-  const std::vector<int64_t> id = indices_to_host(*this, ids, n);
+  const std::vector<int64_t> id = indices_to_host(b, ids, n);
   const BroadcastPlan row{{dim}, {1}, {1}};
   for (int64_t r = 0; r < n; ++r) {
     void* dst = at(dweight, dt, id[r] * dim);
-    binary(BinaryOp::Add, dt, row, dst, at(dout, dt, r * dim), dst);
+    b.binary(BinaryOp::Add, dt, row, dst, at(dout, dt, r * dim), dst);
   }
 }
 

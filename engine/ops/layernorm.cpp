@@ -1,8 +1,9 @@
 // layernorm over the last dim, with weight and bias.
 //
-// The forward, the backward beside it with its formula, then the gradcheck rows and
-// the CPU kernels (CpuBackend::layernorm_forward, layernorm_backward). CUDA:
-// cuda/ops/layernorm.cu. Map: docs/architecture.md.
+// The two fused kernels (engine/fused_kernel.h), the forward, the backward beside it with
+// its formula, then the gradcheck rows, the reference, the CPU implementations and the
+// defaults composed from the Backend primitives. CUDA registers its implementations by
+// name: cuda/ops/layernorm.cu. Map: docs/architecture.md.
 
 #include <fmt/format.h>
 #include <omp.h>
@@ -13,9 +14,9 @@
 #include <Eigen/Core>
 
 #include "engine/autograd.h"
-#include "engine/cpu_backend.h"
 #include "engine/cpu_kernels.h"
 #include "engine/cpu_reference.h"
+#include "engine/fused_kernel.h"
 #include "engine/ops.h"
 #include "engine/ops/op_helpers.h"
 #include "engine/ops/op_samples.h"
@@ -26,6 +27,26 @@ using namespace op_helpers;
 using cpu::dispatch_any;
 using cpu::dispatch_float;
 using cpu::for_each_run;
+
+// The kernels: a default and a CPU implementation each, defined below; other devices
+// register theirs under the same names.
+// y = (x - mean) * rstd * weight + bias per row; mean and rstd (rows) are saved.
+static void layernorm_forward_default(Backend& b, DType dt, const void* x, const void* weight, const void* bias,
+                                      void* y, void* mean, void* rstd, int64_t rows, int64_t cols, double eps);
+static void cpu_layernorm_forward(Backend&, DType dt, const void* x, const void* weight, const void* bias, void* y,
+                                  void* mean, void* rstd, int64_t rows, int64_t cols, double eps);
+static const FusedKernel<DType, const void*, const void*, const void*, void*, void*, void*, int64_t, int64_t, double>
+    layernorm_forward_kernel("layernorm_forward", &layernorm_forward_default, &cpu_layernorm_forward);
+// Writes dx; accumulates (+=) into dweight and dbias. Uses x, mean, rstd from forward.
+static void layernorm_backward_default(Backend& b, DType dt, const void* dy, const void* x, const void* weight,
+                                       const void* mean, const void* rstd, void* dx, void* dweight, void* dbias,
+                                       int64_t rows, int64_t cols);
+static void cpu_layernorm_backward(Backend&, DType dt, const void* dy, const void* x, const void* weight,
+                                   const void* mean, const void* rstd, void* dx, void* dweight, void* dbias,
+                                   int64_t rows, int64_t cols);
+static const FusedKernel<DType, const void*, const void*, const void*, const void*, const void*, void*, void*, void*,
+                         int64_t, int64_t>
+    layernorm_backward_kernel("layernorm_backward", &layernorm_backward_default, &cpu_layernorm_backward);
 
 static const OpName kLayernorm = declare_op("layernorm");
 Tensor layernorm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps) {
@@ -41,13 +62,13 @@ Tensor layernorm(const Tensor& x, const Tensor& weight, const Tensor& bias, doub
   Tensor mean_t = Tensor::empty({rows}, x.dtype(), x.device());
   Tensor rstd_t = Tensor::empty({rows}, x.dtype(), x.device());
   if (rows)
-    be(x).layernorm_forward(x.dtype(), xc.raw_data(), w.raw_data(), b.raw_data(), out.raw_data(),
-                            mean_t.raw_data(), rstd_t.raw_data(), rows, cols, eps);
+    layernorm_forward_kernel(be(x), x.dtype(), xc.raw_data(), w.raw_data(), b.raw_data(), out.raw_data(),
+                             mean_t.raw_data(), rstd_t.raw_data(), rows, cols, eps);
   // x (rows, C), weight and bias (C,); saved: mean and rstd (rows,). Per row, with
   // xhat = (x - mean) * rstd and dxhat = g * weight:
   //   dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
   //   dweight = sum over rows of g * xhat,   dbias = sum over rows of g
-  // (the kernels: CpuBackend::layernorm_backward and Backend's default, below).
+  // (the kernels: cpu_layernorm_backward and layernorm_backward_default, below).
   return record(kLayernorm, out, {x, weight, bias},
                 [xc, w, mean_t, rstd_t, rows, cols](const Tensor& g) -> Grads {
                   Tensor gc = g.contiguous();
@@ -55,7 +76,7 @@ Tensor layernorm(const Tensor& x, const Tensor& weight, const Tensor& bias, doub
                   Tensor dw = Tensor::zeros({cols}, xc.dtype(), xc.device());
                   Tensor db = Tensor::zeros({cols}, xc.dtype(), xc.device());
                   if (rows)
-                    be(xc).layernorm_backward(xc.dtype(), gc.raw_data(), xc.raw_data(), w.raw_data(),
+                    layernorm_backward_kernel(be(xc), xc.dtype(), gc.raw_data(), xc.raw_data(), w.raw_data(),
                                               mean_t.raw_data(), rstd_t.raw_data(), dx.raw_data(),
                                               dw.raw_data(), db.raw_data(), rows, cols);
                   return {dx, dw, db};
@@ -123,11 +144,11 @@ void layernorm_backward(const double* dy, const double* x, const double* weight,
 }  // namespace cpu::reference
 
 // =====================================================================================
-// CPU kernels (CpuBackend, engine/cpu_backend.h).
+// CPU implementations of the kernels (no backend state: the Backend& is unused).
 // =====================================================================================
 
-void CpuBackend::layernorm_forward(DType dt, const void* x, const void* weight, const void* bias, void* y,
-                       void* mean, void* rstd, int64_t rows, int64_t cols, double eps) {
+static void cpu_layernorm_forward(Backend&, DType dt, const void* x, const void* weight, const void* bias, void* y,
+                                  void* mean, void* rstd, int64_t rows, int64_t cols, double eps) {
   dispatch_float(dt, "layernorm", [&](auto t) {
     using T = decltype(t);
     const T* px = static_cast<const T*>(x);
@@ -151,9 +172,9 @@ void CpuBackend::layernorm_forward(DType dt, const void* x, const void* weight, 
   });
 }
 
-void CpuBackend::layernorm_backward(DType dt, const void* dy, const void* x, const void* weight,
-                        const void* mean, const void* rstd, void* dx, void* dweight, void* dbias,
-                        int64_t rows, int64_t cols) {
+static void cpu_layernorm_backward(Backend&, DType dt, const void* dy, const void* x, const void* weight,
+                                   const void* mean, const void* rstd, void* dx, void* dweight, void* dbias,
+                                   int64_t rows, int64_t cols) {
   dispatch_float(dt, "layernorm_backward", [&](auto t) {
     using T = decltype(t);
     const T* pdy = static_cast<const T*>(dy);
@@ -207,62 +228,63 @@ void CpuBackend::layernorm_backward(DType dt, const void* dy, const void* x, con
 }
 
 // =====================================================================================
-// Backend defaults (engine/backend.h): layernorm composed from the primitives,
-// for a backend that does not fuse them. tests/test_backend_defaults.cpp holds them equal
-// to the CPU kernels above.
+// The kernels' defaults: layernorm composed from the Backend primitives, for a backend
+// with no implementation registered. tests/test_backend_defaults.cpp holds them equal to
+// the CPU implementations above.
 // =====================================================================================
 
 // mean = sum(x) / C; rstd = 1 / sqrt(sum((x - mean)^2) / C + eps);
 // y = (x - mean) * rstd * weight + bias.
-void Backend::layernorm_forward(DType dt, const void* x, const void* weight, const void* bias, void* y, void* mean,
-                                void* rstd, int64_t rows, int64_t cols, double eps) {
+static void layernorm_forward_default(Backend& b, DType dt, const void* x, const void* weight, const void* bias,
+                                      void* y, void* mean, void* rstd, int64_t rows, int64_t cols, double eps) {
   if (rows * cols == 0) return;
-  Scratch n(*this, dt, 1), one(*this, dt, 1), centered(*this, dt, rows * cols);
-  fill(dt, n.get(), 1, static_cast<double>(cols));
-  fill(dt, one.get(), 1, 1.0);
-  sum_rows(dt, x, mean, rows, cols);
-  binary(BinaryOp::Div, dt, scalar_plan(rows), mean, n.get(), mean);
-  binary(BinaryOp::Sub, dt, per_row_plan(rows, cols), x, mean, centered.get());
-  binary(BinaryOp::Mul, dt, same_plan(rows, cols), centered.get(), centered.get(), y);  // y as scratch
-  sum_rows(dt, y, rstd, rows, cols);
-  binary(BinaryOp::Div, dt, scalar_plan(rows), rstd, n.get(), rstd);  // variance
-  unary(UnaryOp::AddScalar, dt, rstd, rstd, rows, eps);
-  unary(UnaryOp::Sqrt, dt, rstd, rstd, rows, 0.0);
-  binary(BinaryOp::Div, dt, BroadcastPlan{{rows}, {0}, {1}}, one.get(), rstd, rstd);
-  binary(BinaryOp::Mul, dt, per_row_plan(rows, cols), centered.get(), rstd, y);
-  binary(BinaryOp::Mul, dt, per_col_plan(rows, cols), y, weight, y);
-  binary(BinaryOp::Add, dt, per_col_plan(rows, cols), y, bias, y);
+  Scratch n(b, dt, 1), one(b, dt, 1), centered(b, dt, rows * cols);
+  b.fill(dt, n.get(), 1, static_cast<double>(cols));
+  b.fill(dt, one.get(), 1, 1.0);
+  b.sum_rows(dt, x, mean, rows, cols);
+  b.binary(BinaryOp::Div, dt, scalar_plan(rows), mean, n.get(), mean);
+  b.binary(BinaryOp::Sub, dt, per_row_plan(rows, cols), x, mean, centered.get());
+  b.binary(BinaryOp::Mul, dt, same_plan(rows, cols), centered.get(), centered.get(), y);  // y as scratch
+  b.sum_rows(dt, y, rstd, rows, cols);
+  b.binary(BinaryOp::Div, dt, scalar_plan(rows), rstd, n.get(), rstd);  // variance
+  b.unary(UnaryOp::AddScalar, dt, rstd, rstd, rows, eps);
+  b.unary(UnaryOp::Sqrt, dt, rstd, rstd, rows, 0.0);
+  b.binary(BinaryOp::Div, dt, BroadcastPlan{{rows}, {0}, {1}}, one.get(), rstd, rstd);
+  b.binary(BinaryOp::Mul, dt, per_row_plan(rows, cols), centered.get(), rstd, y);
+  b.binary(BinaryOp::Mul, dt, per_col_plan(rows, cols), y, weight, y);
+  b.binary(BinaryOp::Add, dt, per_col_plan(rows, cols), y, bias, y);
 }
 
 // The formula of layernorm's backward (see the op above), from the saved mean and rstd:
 // xhat = (x - mean) * rstd, dxhat = dy * weight; dweight += sum over rows of dy * xhat and
 // dbias += sum over rows of dy (each a (1, rows) @ (rows, C) product with ones, accumulated
 // with beta = 1); dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)).
-void Backend::layernorm_backward(DType dt, const void* dy, const void* x, const void* weight, const void* mean,
-                                 const void* rstd, void* dx, void* dweight, void* dbias, int64_t rows, int64_t cols) {
+static void layernorm_backward_default(Backend& b, DType dt, const void* dy, const void* x, const void* weight,
+                                       const void* mean, const void* rstd, void* dx, void* dweight, void* dbias,
+                                       int64_t rows, int64_t cols) {
   if (rows * cols == 0) return;
   const int64_t n = rows * cols;
-  Scratch count(*this, dt, 1), ones(*this, dt, rows), xhat(*this, dt, n), dxhat(*this, dt, n), tmp(*this, dt, n),
-      mean_dxhat(*this, dt, rows), mean_dxhat_xhat(*this, dt, rows);
-  fill(dt, count.get(), 1, static_cast<double>(cols));
-  fill(dt, ones.get(), rows, 1.0);
-  binary(BinaryOp::Sub, dt, per_row_plan(rows, cols), x, mean, xhat.get());
-  binary(BinaryOp::Mul, dt, per_row_plan(rows, cols), xhat.get(), rstd, xhat.get());
-  binary(BinaryOp::Mul, dt, per_col_plan(rows, cols), dy, weight, dxhat.get());
+  Scratch count(b, dt, 1), ones(b, dt, rows), xhat(b, dt, n), dxhat(b, dt, n), tmp(b, dt, n),
+      mean_dxhat(b, dt, rows), mean_dxhat_xhat(b, dt, rows);
+  b.fill(dt, count.get(), 1, static_cast<double>(cols));
+  b.fill(dt, ones.get(), rows, 1.0);
+  b.binary(BinaryOp::Sub, dt, per_row_plan(rows, cols), x, mean, xhat.get());
+  b.binary(BinaryOp::Mul, dt, per_row_plan(rows, cols), xhat.get(), rstd, xhat.get());
+  b.binary(BinaryOp::Mul, dt, per_col_plan(rows, cols), dy, weight, dxhat.get());
   // Column sums into dweight and dbias: ones (1 x rows) @ M (rows x C), C += the product.
   const GemmArgs colsum = contiguous_gemm_args(false, false, 1, cols, rows, /*batch=*/1, /*alpha=*/1.0, /*beta=*/1.0);
-  binary(BinaryOp::Mul, dt, same_plan(rows, cols), dy, xhat.get(), tmp.get());
-  gemm(dt, colsum, ones.get(), tmp.get(), dweight);
-  gemm(dt, colsum, ones.get(), dy, dbias);
-  sum_rows(dt, dxhat.get(), mean_dxhat.get(), rows, cols);
-  binary(BinaryOp::Div, dt, scalar_plan(rows), mean_dxhat.get(), count.get(), mean_dxhat.get());
-  binary(BinaryOp::Mul, dt, same_plan(rows, cols), dxhat.get(), xhat.get(), tmp.get());
-  sum_rows(dt, tmp.get(), mean_dxhat_xhat.get(), rows, cols);
-  binary(BinaryOp::Div, dt, scalar_plan(rows), mean_dxhat_xhat.get(), count.get(), mean_dxhat_xhat.get());
-  binary(BinaryOp::Sub, dt, per_row_plan(rows, cols), dxhat.get(), mean_dxhat.get(), dx);
-  binary(BinaryOp::Mul, dt, per_row_plan(rows, cols), xhat.get(), mean_dxhat_xhat.get(), tmp.get());
-  binary(BinaryOp::Sub, dt, same_plan(rows, cols), dx, tmp.get(), dx);
-  binary(BinaryOp::Mul, dt, per_row_plan(rows, cols), dx, rstd, dx);
+  b.binary(BinaryOp::Mul, dt, same_plan(rows, cols), dy, xhat.get(), tmp.get());
+  b.gemm(dt, colsum, ones.get(), tmp.get(), dweight);
+  b.gemm(dt, colsum, ones.get(), dy, dbias);
+  b.sum_rows(dt, dxhat.get(), mean_dxhat.get(), rows, cols);
+  b.binary(BinaryOp::Div, dt, scalar_plan(rows), mean_dxhat.get(), count.get(), mean_dxhat.get());
+  b.binary(BinaryOp::Mul, dt, same_plan(rows, cols), dxhat.get(), xhat.get(), tmp.get());
+  b.sum_rows(dt, tmp.get(), mean_dxhat_xhat.get(), rows, cols);
+  b.binary(BinaryOp::Div, dt, scalar_plan(rows), mean_dxhat_xhat.get(), count.get(), mean_dxhat_xhat.get());
+  b.binary(BinaryOp::Sub, dt, per_row_plan(rows, cols), dxhat.get(), mean_dxhat.get(), dx);
+  b.binary(BinaryOp::Mul, dt, per_row_plan(rows, cols), xhat.get(), mean_dxhat_xhat.get(), tmp.get());
+  b.binary(BinaryOp::Sub, dt, same_plan(rows, cols), dx, tmp.get(), dx);
+  b.binary(BinaryOp::Mul, dt, per_row_plan(rows, cols), dx, rstd, dx);
 }
 
 }  // namespace runway

@@ -2,8 +2,9 @@
 // (x @ W + b in one op).
 //
 // Per op: the forward, the backward beside it with its formula, then the family's
-// gradcheck rows and its CPU kernels (CpuBackend::gemm, gemm_group: OpenBLAS, one
-// single-threaded product per thread's share). CUDA: cuda/ops/linear.cu (cuBLAS).
+// gradcheck rows and its CPU kernels (CpuBackend::gemm and the fused kernel gemm_group,
+// engine/fused_kernel.h: OpenBLAS, one single-threaded product per thread's share). CUDA:
+// cuda/ops/linear.cu (cuBLAS).
 // Map: docs/architecture.md.
 
 #include <cblas.h>
@@ -17,6 +18,7 @@
 #include "engine/cpu_backend.h"
 #include "engine/cpu_kernels.h"
 #include "engine/cpu_reference.h"
+#include "engine/fused_kernel.h"
 #include "engine/ops.h"
 #include "engine/ops/op_helpers.h"
 #include "engine/ops/op_samples.h"
@@ -176,6 +178,17 @@ GemmCall gemm_call(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const void
 }
 }  // namespace
 
+// The fused kernel gemm_group (engine/fused_kernel.h): independent products (no call reads
+// what another writes), in any order. The CPU implementation (below) runs them in one
+// parallel region, one wake-up of its threads instead of one per product; the default
+// runs them one by one. CUDA registers none: it runs the default (one cuBLAS call each).
+static void gemm_group_default(Backend& b, DType dt, const std::vector<GemmCall>& calls) {
+  for (const GemmCall& c : calls) b.gemm(dt, c.args, c.a, c.b, c.c);
+}
+static void cpu_gemm_group(Backend&, DType dt, const std::vector<GemmCall>& calls);
+static const FusedKernel<DType, const std::vector<GemmCall>&> gemm_group_kernel("gemm_group", &gemm_group_default,
+                                                                                &cpu_gemm_group);
+
 static const OpName kLinear = declare_op("linear");
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   require_same(x, weight, "linear");
@@ -233,7 +246,7 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
                     calls.push_back(gemm_call(false, false, 1, n, rows, ones.raw_data(), rows, gc.raw_data(), n,
                                               grads[2].raw_data(), false));
                   }
-                  be(xc).gemm_group(xc.dtype(), calls);
+                  gemm_group_kernel(be(xc), xc.dtype(), calls);
                   return grads;
                 });
 }
@@ -349,14 +362,14 @@ GemmArgs contiguous_gemm_args(bool trans_a, bool trans_b, int64_t m, int64_t n, 
 // between calls and fought the OpenMP threads of the elementwise kernels for the two
 // cores; single-threaded OpenBLAS can also be called inside OpenMP regions.
 void CpuBackend::gemm(DType dt, const GemmArgs& g, const void* a, const void* b, void* c) {
-  gemm_group(dt, {GemmCall{g, a, b, c}});
+  cpu_gemm_group(*this, dt, {GemmCall{g, a, b, c}});
 }
 
 // All the products in one parallel region: each thread does its share of each in turn
 // (a region costs a thread wake-up, ~60 us on a 2-vCPU VM under the PASSIVE wait policy,
 // as much as a small product itself). Products too small to split go whole to one
-// thread, taking turns.
-void CpuBackend::gemm_group(DType dt, const std::vector<GemmCall>& calls) {
+// thread, taking turns. (gemm_group's CPU implementation.)
+static void cpu_gemm_group(Backend&, DType dt, const std::vector<GemmCall>& calls) {
   for (const GemmCall& call : calls) check_row_init(call.args);
   dispatch_float(dt, "gemm", [&](auto t) {
     using T = decltype(t);

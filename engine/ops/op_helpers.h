@@ -70,7 +70,7 @@ Tensor along_dim(const Tensor& x, int64_t dim, RowKernel kernel) {
   return dim_to_last(out, dim);
 }
 
-// ---- for the fused kernels' defaults (Backend::layernorm_forward, ...) -------------------
+// ---- for the fused kernels' defaults (engine/fused_kernel.h: layernorm_forward's, ...) ---
 // They are composed from a backend's primitives and see only device pointers.
 
 // Scratch device memory: n elements of dt from b.allocate, released on scope exit.

@@ -1,7 +1,8 @@
 // Reductions and scans over dims: sum, mean (sum * 1/n), max, cumsum.
 //
 // Per op: the forward, the backward beside it with its formula, then the family's
-// gradcheck rows and its CPU kernels (CpuBackend::sum_rows, max_rows, cumsum_rows).
+// gradcheck rows and its CPU kernels (CpuBackend::sum_rows, max_rows; the fused kernel
+// cumsum_rows, engine/fused_kernel.h, with its CPU implementation and its default).
 // CUDA: cuda/ops/reduce.cu. Map: docs/architecture.md.
 
 #include <fmt/format.h>
@@ -15,6 +16,7 @@
 #include "engine/cpu_backend.h"
 #include "engine/cpu_kernels.h"
 #include "engine/cpu_reference.h"
+#include "engine/fused_kernel.h"
 #include "engine/ops.h"
 #include "engine/ops/op_helpers.h"
 #include "engine/ops/op_samples.h"
@@ -29,6 +31,21 @@ using cpu::for_each_run;
 // =====================================================================================
 // Reductions.
 // =====================================================================================
+
+// The fused kernel cumsum_rows (engine/fused_kernel.h): its default composed from the Backend
+// primitives and its CPU implementation, defined below; other devices register theirs under
+// the same name. Layout: engine/backend.h, at Backend::cumsum_rows.
+static void cumsum_rows_default(Backend& b, DType, const void*, void*, int64_t, int64_t, bool, bool);
+static void cpu_cumsum_rows(Backend&, DType, const void*, void*, int64_t, int64_t, bool, bool);
+static const FusedKernel<DType, const void*, void*, int64_t, int64_t, bool, bool>
+    cumsum_rows_kernel("cumsum_rows", &cumsum_rows_default, &cpu_cumsum_rows);
+
+// Backend's non-virtual shorthand for it (engine/backend.h): attention's defaults
+// (engine/ops/attention.cpp) compose with it.
+void Backend::cumsum_rows(DType dt, const void* x, void* y, int64_t rows, int64_t cols, bool exclusive,
+                          bool reverse) {
+  cumsum_rows_kernel(*this, dt, x, y, rows, cols, exclusive, reverse);
+}
 
 static const OpName kSum = declare_op("sum");
 Tensor sum(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim) {
@@ -79,7 +96,7 @@ Tensor max(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim) {
 namespace {
 Tensor cumsum_raw(const Tensor& x, int64_t d, bool exclusive, bool reverse) {
   return along_dim(x, d, [&](const Tensor& in, Tensor& o, int64_t rows, int64_t cols) {
-    be(x).cumsum_rows(x.dtype(), in.raw_data(), o.raw_data(), rows, cols, exclusive, reverse);
+    cumsum_rows_kernel(be(x), x.dtype(), in.raw_data(), o.raw_data(), rows, cols, exclusive, reverse);
   });
 }
 }  // namespace
@@ -187,8 +204,8 @@ void CpuBackend::max_rows(DType dt, const void* x, void* y, int64_t rows, int64_
   });
 }
 
-void CpuBackend::cumsum_rows(DType dt, const void* x, void* y, int64_t rows, int64_t cols, bool exclusive,
-                 bool reverse) {
+static void cpu_cumsum_rows(Backend&, DType dt, const void* x, void* y, int64_t rows, int64_t cols, bool exclusive,
+                            bool reverse) {
   dispatch_float(dt, "cumsum", [&](auto t) {
     using T = decltype(t);
     const T* in = static_cast<const T*>(x);
@@ -211,15 +228,15 @@ void CpuBackend::cumsum_rows(DType dt, const void* x, void* y, int64_t rows, int
 }
 
 // =====================================================================================
-// Backend defaults (engine/backend.h): cumsum composed from the primitives,
-// for a backend that does not fuse them. tests/test_backend_defaults.cpp holds them equal
-// to the CPU kernels above.
+// The cumsum_rows kernel's default, composed from the Backend primitives, for a backend
+// with no implementation registered. tests/test_backend_defaults.cpp holds it equal to the
+// CPU implementation above.
 // =====================================================================================
 
 // One product with a (C x C) triangle of ones: y = x @ U, U[j][c] = 1 where x[j] counts
 // towards y[c] (j <= c inclusive, j < c exclusive; mirrored for reverse).
-void Backend::cumsum_rows(DType dt, const void* x, void* y, int64_t rows, int64_t cols, bool exclusive,
-                          bool reverse) {
+static void cumsum_rows_default(Backend& b, DType dt, const void* x, void* y, int64_t rows, int64_t cols,
+                                bool exclusive, bool reverse) {
   if (rows * cols == 0) return;
   std::vector<double> triangle(static_cast<size_t>(cols * cols), 0.0);
   for (int64_t j = 0; j < cols; ++j)
@@ -227,8 +244,8 @@ void Backend::cumsum_rows(DType dt, const void* x, void* y, int64_t rows, int64_
       const bool counts = reverse ? (exclusive ? j > c : j >= c) : (exclusive ? j < c : j <= c);
       triangle[static_cast<size_t>(j * cols + c)] = counts ? 1.0 : 0.0;
     }
-  Scratch u(*this, dt, cols * cols);
-  from_host_f64(*this, dt, triangle, u.get());
+  Scratch u(b, dt, cols * cols);
+  from_host_f64(b, dt, triangle, u.get());
   GemmArgs g;
   g.m = rows;
   g.n = cols;
@@ -236,7 +253,7 @@ void Backend::cumsum_rows(DType dt, const void* x, void* y, int64_t rows, int64_
   g.lda = cols;
   g.ldb = cols;
   g.ldc = cols;
-  gemm(dt, g, x, u.get(), y);
+  b.gemm(dt, g, x, u.get(), y);
 }
 
 }  // namespace runway

@@ -1,9 +1,10 @@
 // rmsnorm over the last dim, with weight (no bias, no mean subtracted).
 //
-// The worked example of docs/adding-an-op.md: the forward, the backward beside it with its
-// formula, then the gradcheck rows, the plain reference kernel, the CPU kernels
-// (CpuBackend::rmsnorm_forward, rmsnorm_backward) and the Backend defaults composed from the
-// primitives. CUDA: cuda/ops/rmsnorm.cu. Map: docs/architecture.md.
+// The worked example of docs/adding-an-op.md: the two fused kernels (engine/fused_kernel.h),
+// the forward, the backward beside it with its formula, then the gradcheck rows, the plain
+// reference kernel, the CPU implementations and the defaults composed from the Backend
+// primitives. CUDA registers its implementations by name: cuda/ops/rmsnorm.cu.
+// Map: docs/architecture.md.
 
 #include <fmt/format.h>
 #include <omp.h>
@@ -14,9 +15,8 @@
 #include <Eigen/Core>
 
 #include "engine/autograd.h"
-#include "engine/cpu_backend.h"
 #include "engine/cpu_kernels.h"
-#include "engine/cpu_reference.h"
+#include "engine/fused_kernel.h"
 #include "engine/ops.h"
 #include "engine/ops/op_helpers.h"
 #include "engine/ops/op_samples.h"
@@ -25,6 +25,25 @@ namespace runway {
 
 using namespace op_helpers;
 using cpu::dispatch_float;
+
+// The kernels: a default and a CPU implementation each, defined below; other devices
+// register theirs under the same names.
+// x (rows, C), weight (C,) -> y (rows, C), rstd (rows,): y = x * rstd * weight with
+// rstd = 1 / sqrt(mean(x^2) + eps) per row.
+static void rmsnorm_forward_default(Backend& b, DType dt, const void* x, const void* weight, void* y, void* rstd,
+                                    int64_t rows, int64_t cols, double eps);
+static void cpu_rmsnorm_forward(Backend& b, DType dt, const void* x, const void* weight, void* y, void* rstd,
+                                int64_t rows, int64_t cols, double eps);
+static const FusedKernel<DType, const void*, const void*, void*, void*, int64_t, int64_t, double>
+    rmsnorm_forward_kernel("rmsnorm_forward", &rmsnorm_forward_default, &cpu_rmsnorm_forward);
+// (dy, x, weight, rstd) -> dx (rows, C), written; dweight (C,), accumulated (+=). Uses x and
+// the forward's rstd.
+static void rmsnorm_backward_default(Backend& b, DType dt, const void* dy, const void* x, const void* weight,
+                                     const void* rstd, void* dx, void* dweight, int64_t rows, int64_t cols);
+static void cpu_rmsnorm_backward(Backend& b, DType dt, const void* dy, const void* x, const void* weight,
+                                 const void* rstd, void* dx, void* dweight, int64_t rows, int64_t cols);
+static const FusedKernel<DType, const void*, const void*, const void*, const void*, void*, void*, int64_t, int64_t>
+    rmsnorm_backward_kernel("rmsnorm_backward", &rmsnorm_backward_default, &cpu_rmsnorm_backward);
 
 static const OpName kRmsnorm = declare_op("rmsnorm");
 Tensor rmsnorm(const Tensor& x, const Tensor& weight, double eps) {
@@ -38,21 +57,21 @@ Tensor rmsnorm(const Tensor& x, const Tensor& weight, double eps) {
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
   Tensor rstd_t = Tensor::empty({rows}, x.dtype(), x.device());
   if (rows)
-    be(x).rmsnorm_forward(x.dtype(), xc.raw_data(), w.raw_data(), out.raw_data(), rstd_t.raw_data(), rows, cols,
-                          eps);
+    rmsnorm_forward_kernel(be(x), x.dtype(), xc.raw_data(), w.raw_data(), out.raw_data(), rstd_t.raw_data(), rows,
+                           cols, eps);
   // x (rows, C), weight (C,); saved: rstd (rows,) = 1 / sqrt(mean(x^2) + eps). Per row, with
   // xhat = x * rstd and dxhat = g * weight (y = xhat * weight):
   //   d rstd / dx = -rstd^3 * x / C, so
   //   dx = rstd * dxhat - x * rstd^3 * mean(dxhat * x)
   //      = rstd * (dxhat - xhat * mean(dxhat * xhat))   (layernorm's, less its mean(dxhat) term)
   //   dweight = sum over rows of g * xhat
-  // (the kernels: CpuBackend::rmsnorm_backward and Backend's default, below).
+  // (the kernels: cpu_rmsnorm_backward and rmsnorm_backward_default, below).
   return record(kRmsnorm, out, {x, weight}, [xc, w, rstd_t, rows, cols](const Tensor& g) -> Grads {
     Tensor gc = g.contiguous();
     Tensor dx = Tensor::empty(xc.shape(), xc.dtype(), xc.device());
     Tensor dw = Tensor::zeros({cols}, xc.dtype(), xc.device());
     if (rows)
-      be(xc).rmsnorm_backward(xc.dtype(), gc.raw_data(), xc.raw_data(), w.raw_data(), rstd_t.raw_data(),
+      rmsnorm_backward_kernel(be(xc), xc.dtype(), gc.raw_data(), xc.raw_data(), w.raw_data(), rstd_t.raw_data(),
                               dx.raw_data(), dw.raw_data(), rows, cols);
     return {dx, dw};
   });
@@ -78,8 +97,8 @@ std::vector<OpEntry> rmsnorm_op_entries() {
 }
 
 // =====================================================================================
-// Reference CPU kernels (engine/cpu_reference.h): plain loops in double, the math of the
-// tuned kernels below; tests/test_threaded_kernels.cpp holds the two equal.
+// Reference CPU kernels (declared where they are used, in tests/test_threaded_kernels.cpp):
+// plain loops in double, the math of the tuned kernels below; that test holds the two equal.
 // =====================================================================================
 
 namespace cpu::reference {
@@ -116,11 +135,12 @@ void rmsnorm_backward(const double* dy, const double* x, const double* weight, c
 }  // namespace cpu::reference
 
 // =====================================================================================
-// CPU kernels (CpuBackend, engine/cpu_backend.h), threaded over rows like layernorm's.
+// CPU implementations of the kernels, threaded over rows like layernorm's. They use no
+// backend state: the Backend& is there because every implementation takes one.
 // =====================================================================================
 
-void CpuBackend::rmsnorm_forward(DType dt, const void* x, const void* weight, void* y, void* rstd, int64_t rows,
-                                 int64_t cols, double eps) {
+static void cpu_rmsnorm_forward(Backend&, DType dt, const void* x, const void* weight, void* y, void* rstd,
+                                int64_t rows, int64_t cols, double eps) {
   dispatch_float(dt, "rmsnorm", [&](auto t) {
     using T = decltype(t);
     const T* px = static_cast<const T*>(x);
@@ -140,8 +160,8 @@ void CpuBackend::rmsnorm_forward(DType dt, const void* x, const void* weight, vo
   });
 }
 
-void CpuBackend::rmsnorm_backward(DType dt, const void* dy, const void* x, const void* weight, const void* rstd,
-                                  void* dx, void* dweight, int64_t rows, int64_t cols) {
+static void cpu_rmsnorm_backward(Backend&, DType dt, const void* dy, const void* x, const void* weight,
+                                 const void* rstd, void* dx, void* dweight, int64_t rows, int64_t cols) {
   dispatch_float(dt, "rmsnorm_backward", [&](auto t) {
     using T = decltype(t);
     const T* pdy = static_cast<const T*>(dy);
@@ -181,52 +201,52 @@ void CpuBackend::rmsnorm_backward(DType dt, const void* dy, const void* x, const
 }
 
 // =====================================================================================
-// Backend defaults (engine/backend.h): rmsnorm composed from the primitives, for a
-// backend that does not fuse it. tests/test_backend_defaults.cpp holds them equal to the
-// CPU kernels above.
+// The kernels' defaults: rmsnorm composed from the Backend primitives, for a backend with
+// no implementation registered. tests/test_backend_defaults.cpp holds them equal to the
+// CPU implementations above.
 // =====================================================================================
 
 // rstd = 1 / sqrt(sum(x^2) / C + eps); y = x * rstd * weight.
-void Backend::rmsnorm_forward(DType dt, const void* x, const void* weight, void* y, void* rstd, int64_t rows,
-                              int64_t cols, double eps) {
+static void rmsnorm_forward_default(Backend& b, DType dt, const void* x, const void* weight, void* y, void* rstd,
+                                    int64_t rows, int64_t cols, double eps) {
   if (rows * cols == 0) return;
-  Scratch n(*this, dt, 1), one(*this, dt, 1);
-  fill(dt, n.get(), 1, static_cast<double>(cols));
-  fill(dt, one.get(), 1, 1.0);
-  binary(BinaryOp::Mul, dt, same_plan(rows, cols), x, x, y);  // y as scratch: x^2
-  sum_rows(dt, y, rstd, rows, cols);
-  binary(BinaryOp::Div, dt, scalar_plan(rows), rstd, n.get(), rstd);  // mean(x^2)
-  unary(UnaryOp::AddScalar, dt, rstd, rstd, rows, eps);
-  unary(UnaryOp::Sqrt, dt, rstd, rstd, rows, 0.0);
-  binary(BinaryOp::Div, dt, BroadcastPlan{{rows}, {0}, {1}}, one.get(), rstd, rstd);
-  binary(BinaryOp::Mul, dt, per_row_plan(rows, cols), x, rstd, y);
-  binary(BinaryOp::Mul, dt, per_col_plan(rows, cols), y, weight, y);
+  Scratch n(b, dt, 1), one(b, dt, 1);
+  b.fill(dt, n.get(), 1, static_cast<double>(cols));
+  b.fill(dt, one.get(), 1, 1.0);
+  b.binary(BinaryOp::Mul, dt, same_plan(rows, cols), x, x, y);  // y as scratch: x^2
+  b.sum_rows(dt, y, rstd, rows, cols);
+  b.binary(BinaryOp::Div, dt, scalar_plan(rows), rstd, n.get(), rstd);  // mean(x^2)
+  b.unary(UnaryOp::AddScalar, dt, rstd, rstd, rows, eps);
+  b.unary(UnaryOp::Sqrt, dt, rstd, rstd, rows, 0.0);
+  b.binary(BinaryOp::Div, dt, BroadcastPlan{{rows}, {0}, {1}}, one.get(), rstd, rstd);
+  b.binary(BinaryOp::Mul, dt, per_row_plan(rows, cols), x, rstd, y);
+  b.binary(BinaryOp::Mul, dt, per_col_plan(rows, cols), y, weight, y);
 }
 
 // The formula of rmsnorm's backward (see the op above), from the saved rstd:
 // xhat = x * rstd, dxhat = dy * weight; dweight += sum over rows of dy * xhat (a
 // (1, rows) @ (rows, C) product with ones, accumulated with beta = 1);
 // dx = rstd * (dxhat - xhat * mean(dxhat * xhat)).
-void Backend::rmsnorm_backward(DType dt, const void* dy, const void* x, const void* weight, const void* rstd,
-                               void* dx, void* dweight, int64_t rows, int64_t cols) {
+static void rmsnorm_backward_default(Backend& b, DType dt, const void* dy, const void* x, const void* weight,
+                                     const void* rstd, void* dx, void* dweight, int64_t rows, int64_t cols) {
   if (rows * cols == 0) return;
   const int64_t n = rows * cols;
-  Scratch count(*this, dt, 1), ones(*this, dt, rows), xhat(*this, dt, n), dxhat(*this, dt, n), tmp(*this, dt, n),
-      mean_dxhat_xhat(*this, dt, rows);
-  fill(dt, count.get(), 1, static_cast<double>(cols));
-  fill(dt, ones.get(), rows, 1.0);
-  binary(BinaryOp::Mul, dt, per_row_plan(rows, cols), x, rstd, xhat.get());
-  binary(BinaryOp::Mul, dt, per_col_plan(rows, cols), dy, weight, dxhat.get());
+  Scratch count(b, dt, 1), ones(b, dt, rows), xhat(b, dt, n), dxhat(b, dt, n), tmp(b, dt, n),
+      mean_dxhat_xhat(b, dt, rows);
+  b.fill(dt, count.get(), 1, static_cast<double>(cols));
+  b.fill(dt, ones.get(), rows, 1.0);
+  b.binary(BinaryOp::Mul, dt, per_row_plan(rows, cols), x, rstd, xhat.get());
+  b.binary(BinaryOp::Mul, dt, per_col_plan(rows, cols), dy, weight, dxhat.get());
   // Column sums into dweight: ones (1 x rows) @ (dy * xhat) (rows x C), C += the product.
   const GemmArgs colsum = contiguous_gemm_args(false, false, 1, cols, rows, /*batch=*/1, /*alpha=*/1.0, /*beta=*/1.0);
-  binary(BinaryOp::Mul, dt, same_plan(rows, cols), dy, xhat.get(), tmp.get());
-  gemm(dt, colsum, ones.get(), tmp.get(), dweight);
-  binary(BinaryOp::Mul, dt, same_plan(rows, cols), dxhat.get(), xhat.get(), tmp.get());
-  sum_rows(dt, tmp.get(), mean_dxhat_xhat.get(), rows, cols);
-  binary(BinaryOp::Div, dt, scalar_plan(rows), mean_dxhat_xhat.get(), count.get(), mean_dxhat_xhat.get());
-  binary(BinaryOp::Mul, dt, per_row_plan(rows, cols), xhat.get(), mean_dxhat_xhat.get(), tmp.get());
-  binary(BinaryOp::Sub, dt, same_plan(rows, cols), dxhat.get(), tmp.get(), dx);
-  binary(BinaryOp::Mul, dt, per_row_plan(rows, cols), dx, rstd, dx);
+  b.binary(BinaryOp::Mul, dt, same_plan(rows, cols), dy, xhat.get(), tmp.get());
+  b.gemm(dt, colsum, ones.get(), tmp.get(), dweight);
+  b.binary(BinaryOp::Mul, dt, same_plan(rows, cols), dxhat.get(), xhat.get(), tmp.get());
+  b.sum_rows(dt, tmp.get(), mean_dxhat_xhat.get(), rows, cols);
+  b.binary(BinaryOp::Div, dt, scalar_plan(rows), mean_dxhat_xhat.get(), count.get(), mean_dxhat_xhat.get());
+  b.binary(BinaryOp::Mul, dt, per_row_plan(rows, cols), xhat.get(), mean_dxhat_xhat.get(), tmp.get());
+  b.binary(BinaryOp::Sub, dt, same_plan(rows, cols), dxhat.get(), tmp.get(), dx);
+  b.binary(BinaryOp::Mul, dt, per_row_plan(rows, cols), dx, rstd, dx);
 }
 
 }  // namespace runway

@@ -1,7 +1,8 @@
 // Rotary position embedding (RoPE, rotate-half) and the q/k/v layout of the packed
-// projection (qkv_to_heads / heads_to_qkv, behind the op qkv_attention): the differentiable rope op with its backward, its gradcheck rows, the CPU
-// kernels and the CPU backend's methods, and Backend's default layout kernels composed
-// from primitives. The CUDA kernels: cuda/ops/attention.cu. Math: docs/attention.md (a).
+// projection (the fused kernels qkv_to_heads / heads_to_qkv, behind the op qkv_attention):
+// the differentiable rope op with its backward, its gradcheck rows, the CPU kernels, the CPU
+// backend's rope, and the layout kernels' CPU implementations and defaults composed from
+// primitives. The CUDA kernels: cuda/ops/attention.cu. Math: docs/attention.md (a).
 //
 // For each c < D/2 the pair (x[c], x[c + D/2]) at position t is rotated by
 // theta = (t + offset) * base^(-2c/D):
@@ -21,6 +22,7 @@
 #include "engine/backend.h"
 #include "engine/cpu_backend.h"
 #include "engine/cpu_kernels.h"
+#include "engine/fused_kernel.h"
 #include "engine/ops.h"
 #include "engine/ops/op_samples.h"
 
@@ -39,6 +41,30 @@ Tensor rope_raw(const Tensor& x, double base, int64_t offset, bool inverse) {
   return y;
 }
 }  // namespace
+
+// The fused kernels qkv_to_heads and heads_to_qkv (engine/fused_kernel.h; layouts at
+// Backend::qkv_to_heads in engine/backend.h): a default composed from the Backend primitives
+// (a gather and the rope kernel) and a one-pass CPU implementation each, defined below.
+// CUDA registers none: it runs the defaults.
+static void qkv_to_heads_default(Backend& b, DType, const void*, void*, int64_t, int64_t, int64_t, int64_t, double);
+static void cpu_qkv_to_heads(Backend&, DType, const void*, void*, int64_t, int64_t, int64_t, int64_t, double);
+static const FusedKernel<DType, const void*, void*, int64_t, int64_t, int64_t, int64_t, double> qkv_to_heads_kernel(
+    "qkv_to_heads", &qkv_to_heads_default, &cpu_qkv_to_heads);
+static void heads_to_qkv_default(Backend& b, DType, void*, void*, int64_t, int64_t, int64_t, int64_t, double);
+static void cpu_heads_to_qkv(Backend&, DType, void*, void*, int64_t, int64_t, int64_t, int64_t, double);
+static const FusedKernel<DType, void*, void*, int64_t, int64_t, int64_t, int64_t, double> heads_to_qkv_kernel(
+    "heads_to_qkv", &heads_to_qkv_default, &cpu_heads_to_qkv);
+
+// Backend's non-virtual shorthands for them (engine/backend.h): attention
+// (engine/ops/attention.cpp) calls them.
+void Backend::qkv_to_heads(DType dt, const void* qkv, void* heads, int64_t B, int64_t T, int64_t H, int64_t D,
+                           double rope_base) {
+  qkv_to_heads_kernel(*this, dt, qkv, heads, B, T, H, D, rope_base);
+}
+void Backend::heads_to_qkv(DType dt, void* dheads, void* dqkv, int64_t B, int64_t T, int64_t H, int64_t D,
+                           double rope_base) {
+  heads_to_qkv_kernel(*this, dt, dheads, dqkv, B, T, H, D, rope_base);
+}
 
 static const OpName kRope = declare_op("rope");
 Tensor rope(const Tensor& x, double base, int64_t position_offset) {
@@ -136,8 +162,8 @@ void CpuBackend::rope(DType dt, const void* x, void* y, int64_t rows, int64_t se
   });
 }
 
-void CpuBackend::qkv_to_heads(DType dt, const void* qkv, void* heads, int64_t batch, int64_t seq, int64_t n_heads,
-                  int64_t head_dim, double rope_base) {
+static void cpu_qkv_to_heads(Backend&, DType dt, const void* qkv, void* heads, int64_t batch, int64_t seq,
+                             int64_t n_heads, int64_t head_dim, double rope_base) {
   dispatch_float(dt, "qkv_to_heads", [&](auto t) {
     using T = decltype(t);
     cpu::qkv_heads<T>(static_cast<const T*>(qkv), static_cast<T*>(heads), batch, seq, n_heads, head_dim,
@@ -145,8 +171,8 @@ void CpuBackend::qkv_to_heads(DType dt, const void* qkv, void* heads, int64_t ba
   });
 }
 
-void CpuBackend::heads_to_qkv(DType dt, void* dheads, void* dqkv, int64_t batch, int64_t seq, int64_t n_heads,
-                  int64_t head_dim, double rope_base) {
+static void cpu_heads_to_qkv(Backend&, DType dt, void* dheads, void* dqkv, int64_t batch, int64_t seq,
+                             int64_t n_heads, int64_t head_dim, double rope_base) {
   dispatch_float(dt, "heads_to_qkv", [&](auto t) {
     using T = decltype(t);
     cpu::qkv_heads<T>(static_cast<const T*>(dheads), static_cast<T*>(dqkv), batch, seq, n_heads, head_dim,
@@ -154,22 +180,22 @@ void CpuBackend::heads_to_qkv(DType dt, void* dheads, void* dqkv, int64_t batch,
   });
 }
 
-// ---- Backend's defaults: a gather (strided_copy) and the rope kernel ------------------------
+// ---- the kernels' defaults: a gather (strided_copy) and the rope kernel ---------------------
 
-void Backend::qkv_to_heads(DType dt, const void* qkv, void* heads, int64_t B, int64_t T, int64_t H, int64_t D,
-                           double rope_base) {
+static void qkv_to_heads_default(Backend& b, DType dt, const void* qkv, void* heads, int64_t B, int64_t T, int64_t H,
+                                 int64_t D, double rope_base) {
   const int64_t C = H * D;
   if (B * T * C == 0) return;
-  strided_copy(dt, StridedView{qkv, {3, B, H, T, D}, {C, T * 3 * C, D, 3 * C, 1}, 0}, heads);
-  if (rope_base > 0) rope(dt, heads, heads, 2 * B * H, T, D, rope_base, 0, false);
+  b.strided_copy(dt, StridedView{qkv, {3, B, H, T, D}, {C, T * 3 * C, D, 3 * C, 1}, 0}, heads);
+  if (rope_base > 0) b.rope(dt, heads, heads, 2 * B * H, T, D, rope_base, 0, false);
 }
 
-void Backend::heads_to_qkv(DType dt, void* dheads, void* dqkv, int64_t B, int64_t T, int64_t H, int64_t D,
-                           double rope_base) {
+static void heads_to_qkv_default(Backend& b, DType dt, void* dheads, void* dqkv, int64_t B, int64_t T, int64_t H,
+                                 int64_t D, double rope_base) {
   const int64_t C = H * D, part = B * T * C;
   if (part == 0) return;
-  if (rope_base > 0) rope(dt, dheads, dheads, 2 * B * H, T, D, rope_base, 0, true);
-  strided_copy(dt, StridedView{dheads, {B, T, 3, H, D}, {H * T * D, D, part, T * D, 1}, 0}, dqkv);
+  if (rope_base > 0) b.rope(dt, dheads, dheads, 2 * B * H, T, D, rope_base, 0, true);
+  b.strided_copy(dt, StridedView{dheads, {B, T, 3, H, D}, {H * T * D, D, part, T * D, 1}, 0}, dqkv);
 }
 
 // ---- gradcheck rows -------------------------------------------------------------------------

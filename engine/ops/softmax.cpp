@@ -2,9 +2,10 @@
 // the target's negative log-likelihood, fused).
 //
 // Per op: the forward, the backward beside it with its formula, then the family's
-// gradcheck rows and its CPU kernels (CpuBackend::softmax_rows, softmax_backward_rows,
-// causal_mask, cross_entropy_forward, cross_entropy_backward). CUDA:
-// cuda/ops/softmax.cu. Map: docs/architecture.md.
+// gradcheck rows, the reference kernels, and the CPU implementations and defaults of its
+// fused kernels (engine/fused_kernel.h: softmax_rows, softmax_backward_rows, causal_mask,
+// cross_entropy_forward, cross_entropy_backward). CUDA registers its implementations by
+// name: cuda/ops/softmax.cu. Map: docs/architecture.md.
 
 #include <fmt/format.h>
 
@@ -19,6 +20,7 @@
 #include "engine/cpu_backend.h"
 #include "engine/cpu_kernels.h"
 #include "engine/cpu_reference.h"
+#include "engine/fused_kernel.h"
 #include "engine/ops.h"
 #include "engine/ops/op_helpers.h"
 #include "engine/ops/op_samples.h"
@@ -30,18 +32,64 @@ using cpu::dispatch_any;
 using cpu::dispatch_float;
 using cpu::for_each_run;
 
+// The fused kernels (engine/fused_kernel.h): a default composed from the Backend
+// primitives and a CPU implementation each, defined below; other devices register theirs
+// under the same names. Layouts: engine/backend.h, at Backend::softmax_rows & co.
+static void softmax_rows_default(Backend& b, DType, const void*, void*, int64_t, int64_t, bool);
+static void cpu_softmax_rows(Backend&, DType, const void*, void*, int64_t, int64_t, bool);
+static const FusedKernel<DType, const void*, void*, int64_t, int64_t, bool> softmax_rows_kernel(
+    "softmax_rows", &softmax_rows_default, &cpu_softmax_rows);
+static void softmax_backward_rows_default(Backend& b, DType, const void*, const void*, void*, int64_t, int64_t, bool);
+static void cpu_softmax_backward_rows(Backend&, DType, const void*, const void*, void*, int64_t, int64_t, bool);
+static const FusedKernel<DType, const void*, const void*, void*, int64_t, int64_t, bool> softmax_backward_rows_kernel(
+    "softmax_backward_rows", &softmax_backward_rows_default, &cpu_softmax_backward_rows);
+static void causal_mask_default(Backend& b, DType, const void*, void*, int64_t, int64_t, int64_t, double);
+static void cpu_causal_mask(Backend&, DType, const void*, void*, int64_t, int64_t, int64_t, double);
+static const FusedKernel<DType, const void*, void*, int64_t, int64_t, int64_t, double> causal_mask_kernel(
+    "causal_mask", &causal_mask_default, &cpu_causal_mask);
+// (logits, targets) -> loss, lse (rows): per row loss[r] = logsumexp(logits[r]) -
+// logits[r, target[r]], 0 where ignored; lse[r] is saved for the backward.
+static void cross_entropy_forward_default(Backend& b, DType, const void*, const int64_t*, void*, void*, int64_t,
+                                          int64_t, int64_t);
+static void cpu_cross_entropy_forward(Backend&, DType, const void*, const int64_t*, void*, void*, int64_t, int64_t,
+                                      int64_t);
+static const FusedKernel<DType, const void*, const int64_t*, void*, void*, int64_t, int64_t, int64_t>
+    cross_entropy_forward_kernel("cross_entropy_forward", &cross_entropy_forward_default,
+                                 &cpu_cross_entropy_forward);
+// dlogits[r] = scale * (softmax(logits[r]) - onehot(target[r])), 0 rows where ignored.
+static void cross_entropy_backward_default(Backend& b, DType, const void*, const int64_t*, const void*, void*,
+                                           int64_t, int64_t, int64_t, double);
+static void cpu_cross_entropy_backward(Backend&, DType, const void*, const int64_t*, const void*, void*, int64_t,
+                                       int64_t, int64_t, double);
+static const FusedKernel<DType, const void*, const int64_t*, const void*, void*, int64_t, int64_t, int64_t, double>
+    cross_entropy_backward_kernel("cross_entropy_backward", &cross_entropy_backward_default,
+                                  &cpu_cross_entropy_backward);
+
+// Backend's non-virtual shorthands for three of them (engine/backend.h): attention's
+// defaults (engine/ops/attention.cpp) compose with them.
+void Backend::softmax_rows(DType dt, const void* x, void* y, int64_t rows, int64_t cols, bool log) {
+  softmax_rows_kernel(*this, dt, x, y, rows, cols, log);
+}
+void Backend::softmax_backward_rows(DType dt, const void* y, const void* dy, void* dx, int64_t rows, int64_t cols,
+                                    bool log) {
+  softmax_backward_rows_kernel(*this, dt, y, dy, dx, rows, cols, log);
+}
+void Backend::causal_mask(DType dt, const void* x, void* y, int64_t batch, int64_t t_q, int64_t t_k, double value) {
+  causal_mask_kernel(*this, dt, x, y, batch, t_q, t_k, value);
+}
+
 static const OpName kSoftmax = declare_op("softmax");
 Tensor softmax(const Tensor& x, int64_t dim) {
   require_float(x, "softmax");
   const int64_t d = normalize_dim(dim, x.dim(), "softmax");
   Tensor out = along_dim(x, d, [&](const Tensor& in, Tensor& o, int64_t rows, int64_t cols) {
-    be(x).softmax_rows(x.dtype(), in.raw_data(), o.raw_data(), rows, cols, false);
+    softmax_rows_kernel(be(x), x.dtype(), in.raw_data(), o.raw_data(), rows, cols, false);
   });
   // dx = y * (g - sum(g * y)): uses the forward output y
   return record(kSoftmax, out, {x}, [d, y = out.detach()](const Tensor& g) -> Grads {
     Tensor yl = dim_to_last(y, d).contiguous();
     return {along_dim(g, d, [&](const Tensor& gl, Tensor& o, int64_t rows, int64_t cols) {
-      be(g).softmax_backward_rows(g.dtype(), yl.raw_data(), gl.raw_data(), o.raw_data(), rows, cols, false);
+      softmax_backward_rows_kernel(be(g), g.dtype(), yl.raw_data(), gl.raw_data(), o.raw_data(), rows, cols, false);
     })};
   });
 }
@@ -51,13 +99,13 @@ Tensor log_softmax(const Tensor& x, int64_t dim) {
   require_float(x, "log_softmax");
   const int64_t d = normalize_dim(dim, x.dim(), "log_softmax");
   Tensor out = along_dim(x, d, [&](const Tensor& in, Tensor& o, int64_t rows, int64_t cols) {
-    be(x).softmax_rows(x.dtype(), in.raw_data(), o.raw_data(), rows, cols, true);
+    softmax_rows_kernel(be(x), x.dtype(), in.raw_data(), o.raw_data(), rows, cols, true);
   });
   // dx = g - exp(y) * sum(g): uses the forward output y = log_softmax(x)
   return record(kLogSoftmax, out, {x}, [d, y = out.detach()](const Tensor& g) -> Grads {
     Tensor yl = dim_to_last(y, d).contiguous();
     return {along_dim(g, d, [&](const Tensor& gl, Tensor& o, int64_t rows, int64_t cols) {
-      be(g).softmax_backward_rows(g.dtype(), yl.raw_data(), gl.raw_data(), o.raw_data(), rows, cols, true);
+      softmax_backward_rows_kernel(be(g), g.dtype(), yl.raw_data(), gl.raw_data(), o.raw_data(), rows, cols, true);
     })};
   });
 }
@@ -73,7 +121,7 @@ Tensor causal_mask_raw(const Tensor& x, double value) {
   Tensor in = x.contiguous();
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
   if (x.numel())
-    be(x).causal_mask(x.dtype(), in.raw_data(), out.raw_data(), x.numel() / (tq * tk), tq, tk, value);
+    causal_mask_kernel(be(x), x.dtype(), in.raw_data(), out.raw_data(), x.numel() / (tq * tk), tq, tk, value);
   return out;
 }
 }  // namespace
@@ -103,8 +151,9 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore
   Tensor losses = Tensor::empty({rows}, logits.dtype(), logits.device());
   Tensor lse = Tensor::empty({rows}, logits.dtype(), logits.device());
   if (rows)
-    be(logits).cross_entropy_forward(logits.dtype(), lc.raw_data(), static_cast<const int64_t*>(tc.raw_data()),
-                                     losses.raw_data(), lse.raw_data(), rows, vocab, ignore_index);
+    cross_entropy_forward_kernel(be(logits), logits.dtype(), lc.raw_data(),
+                                 static_cast<const int64_t*>(tc.raw_data()), losses.raw_data(), lse.raw_data(), rows,
+                                 vocab, ignore_index);
   // Mean over the targets that count; 0 (with zero gradient) when none do.
   const double scale = count ? 1.0 / static_cast<double>(count) : 0.0;
   Tensor out;
@@ -117,8 +166,9 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore
                 [lc, tc, lse, rows, vocab, ignore_index, scale](const Tensor& g) -> Grads {
                   Tensor d = Tensor::empty(lc.shape(), lc.dtype(), lc.device());
                   if (rows)
-                    be(lc).cross_entropy_backward(lc.dtype(), lc.raw_data(), static_cast<const int64_t*>(tc.raw_data()),
-                                                  lse.raw_data(), d.raw_data(), rows, vocab, ignore_index, scale);
+                    cross_entropy_backward_kernel(be(lc), lc.dtype(), lc.raw_data(),
+                                                  static_cast<const int64_t*>(tc.raw_data()), lse.raw_data(),
+                                                  d.raw_data(), rows, vocab, ignore_index, scale);
                   return {mul(d, g), Tensor()};
                 });
 }
@@ -229,11 +279,10 @@ void cross_entropy_backward(const double* logits, const int64_t* targets, const 
 }  // namespace cpu::reference
 
 // =====================================================================================
-// CPU kernels (CpuBackend, engine/cpu_backend.h).
+// CPU implementations of the kernels (no backend state: the Backend& is unused).
 // =====================================================================================
 
-void CpuBackend::softmax_rows(DType dt, const void* x, void* y, int64_t rows, int64_t cols,
-                  bool log) {
+static void cpu_softmax_rows(Backend&, DType dt, const void* x, void* y, int64_t rows, int64_t cols, bool log) {
   dispatch_float(dt, "softmax", [&](auto t) {
     using T = decltype(t);
     const T* in = static_cast<const T*>(x);
@@ -262,8 +311,8 @@ void CpuBackend::softmax_rows(DType dt, const void* x, void* y, int64_t rows, in
   });
 }
 
-void CpuBackend::softmax_backward_rows(DType dt, const void* y, const void* dy, void* dx, int64_t rows,
-                           int64_t cols, bool log) {
+static void cpu_softmax_backward_rows(Backend&, DType dt, const void* y, const void* dy, void* dx, int64_t rows,
+                                      int64_t cols, bool log) {
   dispatch_float(dt, "softmax_backward", [&](auto t) {
     using T = decltype(t);
     const T* py = static_cast<const T*>(y);
@@ -286,8 +335,8 @@ void CpuBackend::softmax_backward_rows(DType dt, const void* y, const void* dy, 
   });
 }
 
-void CpuBackend::causal_mask(DType dt, const void* x, void* y, int64_t batch, int64_t t_q, int64_t t_k,
-                 double value) {
+static void cpu_causal_mask(Backend&, DType dt, const void* x, void* y, int64_t batch, int64_t t_q, int64_t t_k,
+                            double value) {
   dispatch_float(dt, "causal_mask", [&](auto t) {
     using T = decltype(t);
     const T* in = static_cast<const T*>(x);
@@ -302,8 +351,8 @@ void CpuBackend::causal_mask(DType dt, const void* x, void* y, int64_t batch, in
   });
 }
 
-void CpuBackend::cross_entropy_forward(DType dt, const void* logits, const int64_t* targets, void* loss,
-                           void* lse, int64_t rows, int64_t cols, int64_t ignore_index) {
+static void cpu_cross_entropy_forward(Backend&, DType dt, const void* logits, const int64_t* targets, void* loss,
+                                      void* lse, int64_t rows, int64_t cols, int64_t ignore_index) {
   dispatch_float(dt, "cross_entropy", [&](auto t) {
     using T = decltype(t);
     const T* pl = static_cast<const T*>(logits);
@@ -327,9 +376,9 @@ void CpuBackend::cross_entropy_forward(DType dt, const void* logits, const int64
   });
 }
 
-void CpuBackend::cross_entropy_backward(DType dt, const void* logits, const int64_t* targets, const void* lse,
-                            void* dlogits, int64_t rows, int64_t cols, int64_t ignore_index,
-                            double scale) {
+static void cpu_cross_entropy_backward(Backend&, DType dt, const void* logits, const int64_t* targets,
+                                       const void* lse, void* dlogits, int64_t rows, int64_t cols,
+                                       int64_t ignore_index, double scale) {
   dispatch_float(dt, "cross_entropy_backward", [&](auto t) {
     using T = decltype(t);
     const T* pl = static_cast<const T*>(logits);
@@ -351,113 +400,115 @@ void CpuBackend::cross_entropy_backward(DType dt, const void* logits, const int6
 }
 
 // =====================================================================================
-// Backend defaults (engine/backend.h): softmax, causal_mask and cross_entropy composed from the primitives,
-// for a backend that does not fuse them. tests/test_backend_defaults.cpp holds them equal
-// to the CPU kernels above.
+// The kernels' defaults: softmax, causal_mask and cross_entropy composed from the Backend
+// primitives, for a backend with no implementation registered.
+// tests/test_backend_defaults.cpp holds them equal to the CPU implementations above.
 // =====================================================================================
 
 // y = exp(x - m) / sum(exp(x - m)) with m the row max, or for log:
 // y = x - (m + log(sum(exp(x - m)))). A fully masked row (all -inf) has m = 0 (the CPU
 // kernel's convention): its exp(x - m) are 0, not NaN.
-void Backend::softmax_rows(DType dt, const void* x, void* y, int64_t rows, int64_t cols, bool log) {
+static void softmax_rows_default(Backend& b, DType dt, const void* x, void* y, int64_t rows, int64_t cols, bool log) {
   if (rows * cols == 0) return;
-  Scratch m(*this, dt, rows), total(*this, dt, rows);
-  max_rows(dt, x, m.get(), rows, cols);
-  std::vector<double> host_m = to_host_f64(*this, dt, m.get(), rows);
+  Scratch m(b, dt, rows), total(b, dt, rows);
+  b.max_rows(dt, x, m.get(), rows, cols);
+  std::vector<double> host_m = to_host_f64(b, dt, m.get(), rows);
   bool masked_row = false;
   for (double& v : host_m)
     if (v == -std::numeric_limits<double>::infinity()) v = 0, masked_row = true;
-  if (masked_row) from_host_f64(*this, dt, host_m, m.get());
-  binary(BinaryOp::Sub, dt, per_row_plan(rows, cols), x, m.get(), y);  // y = x - m
+  if (masked_row) from_host_f64(b, dt, host_m, m.get());
+  b.binary(BinaryOp::Sub, dt, per_row_plan(rows, cols), x, m.get(), y);  // y = x - m
   if (!log) {
-    unary(UnaryOp::Exp, dt, y, y, rows * cols, 0.0);
-    sum_rows(dt, y, total.get(), rows, cols);
-    binary(BinaryOp::Div, dt, per_row_plan(rows, cols), y, total.get(), y);
+    b.unary(UnaryOp::Exp, dt, y, y, rows * cols, 0.0);
+    b.sum_rows(dt, y, total.get(), rows, cols);
+    b.binary(BinaryOp::Div, dt, per_row_plan(rows, cols), y, total.get(), y);
     return;
   }
-  Scratch e(*this, dt, rows * cols);
-  unary(UnaryOp::Exp, dt, y, e.get(), rows * cols, 0.0);
-  sum_rows(dt, e.get(), total.get(), rows, cols);
-  unary(UnaryOp::Log, dt, total.get(), total.get(), rows, 0.0);
-  binary(BinaryOp::Add, dt, BroadcastPlan{{rows}, {1}, {1}}, m.get(), total.get(), total.get());  // logsumexp
-  binary(BinaryOp::Sub, dt, per_row_plan(rows, cols), x, total.get(), y);
+  Scratch e(b, dt, rows * cols);
+  b.unary(UnaryOp::Exp, dt, y, e.get(), rows * cols, 0.0);
+  b.sum_rows(dt, e.get(), total.get(), rows, cols);
+  b.unary(UnaryOp::Log, dt, total.get(), total.get(), rows, 0.0);
+  b.binary(BinaryOp::Add, dt, BroadcastPlan{{rows}, {1}, {1}}, m.get(), total.get(), total.get());  // logsumexp
+  b.binary(BinaryOp::Sub, dt, per_row_plan(rows, cols), x, total.get(), y);
 }
 
 // softmax: dx = y * (dy - sum(dy * y)); log_softmax: dx = dy - exp(y) * sum(dy).
-void Backend::softmax_backward_rows(DType dt, const void* y, const void* dy, void* dx, int64_t rows, int64_t cols,
-                                    bool log) {
+static void softmax_backward_rows_default(Backend& b, DType dt, const void* y, const void* dy, void* dx, int64_t rows,
+                                          int64_t cols, bool log) {
   if (rows * cols == 0) return;
-  Scratch dot(*this, dt, rows), tmp(*this, dt, rows * cols);
+  Scratch dot(b, dt, rows), tmp(b, dt, rows * cols);
   if (log) {
-    sum_rows(dt, dy, dot.get(), rows, cols);
-    unary(UnaryOp::Exp, dt, y, tmp.get(), rows * cols, 0.0);
-    binary(BinaryOp::Mul, dt, per_row_plan(rows, cols), tmp.get(), dot.get(), tmp.get());
-    binary(BinaryOp::Sub, dt, same_plan(rows, cols), dy, tmp.get(), dx);
+    b.sum_rows(dt, dy, dot.get(), rows, cols);
+    b.unary(UnaryOp::Exp, dt, y, tmp.get(), rows * cols, 0.0);
+    b.binary(BinaryOp::Mul, dt, per_row_plan(rows, cols), tmp.get(), dot.get(), tmp.get());
+    b.binary(BinaryOp::Sub, dt, same_plan(rows, cols), dy, tmp.get(), dx);
     return;
   }
-  binary(BinaryOp::Mul, dt, same_plan(rows, cols), dy, y, tmp.get());
-  sum_rows(dt, tmp.get(), dot.get(), rows, cols);
-  binary(BinaryOp::Sub, dt, per_row_plan(rows, cols), dy, dot.get(), dx);
-  binary(BinaryOp::Mul, dt, same_plan(rows, cols), dx, y, dx);
+  b.binary(BinaryOp::Mul, dt, same_plan(rows, cols), dy, y, tmp.get());
+  b.sum_rows(dt, tmp.get(), dot.get(), rows, cols);
+  b.binary(BinaryOp::Sub, dt, per_row_plan(rows, cols), dy, dot.get(), dx);
+  b.binary(BinaryOp::Mul, dt, same_plan(rows, cols), dx, y, dx);
 }
 
 // A copy, then each row's tail j > i + (t_k - t_q) filled with value.
-void Backend::causal_mask(DType dt, const void* x, void* y, int64_t batch, int64_t t_q, int64_t t_k, double value) {
+static void causal_mask_default(Backend& b, DType dt, const void* x, void* y, int64_t batch, int64_t t_q, int64_t t_k,
+                                double value) {
   const int64_t n = batch * t_q * t_k;
   if (n == 0) return;
-  if (x != y) copy_within(y, x, static_cast<size_t>(n) * dtype_size(dt));
+  if (x != y) b.copy_within(y, x, static_cast<size_t>(n) * dtype_size(dt));
   const int64_t shift = t_k - t_q;
-  for (int64_t b = 0; b < batch; ++b)
+  for (int64_t m = 0; m < batch; ++m)
     for (int64_t i = 0; i < t_q; ++i) {
       const int64_t first = std::max<int64_t>(i + shift + 1, 0);
-      if (first < t_k) fill(dt, at(y, dt, (b * t_q + i) * t_k + first), t_k - first, value);
+      if (first < t_k) b.fill(dt, at(y, dt, (m * t_q + i) * t_k + first), t_k - first, value);
     }
 }
 
 // lse = m + log(sum(exp(logits - m))) with m the row max; loss = lse - logits[r, target]
 // (the picked logits gathered row by row), 0 where ignored.
-void Backend::cross_entropy_forward(DType dt, const void* logits, const int64_t* targets, void* loss, void* lse,
-                                    int64_t rows, int64_t cols, int64_t ignore_index) {
+static void cross_entropy_forward_default(Backend& b, DType dt, const void* logits, const int64_t* targets,
+                                          void* loss, void* lse, int64_t rows, int64_t cols, int64_t ignore_index) {
   if (rows == 0) return;
   if (cols == 0) {  // no classes: only ignored targets can pass the op's checks
-    fill(dt, lse, rows, -std::numeric_limits<double>::infinity());
-    fill(dt, loss, rows, 0.0);
+    b.fill(dt, lse, rows, -std::numeric_limits<double>::infinity());
+    b.fill(dt, loss, rows, 0.0);
     return;
   }
-  Scratch m(*this, dt, rows), shifted(*this, dt, rows * cols), picked(*this, dt, rows);
-  max_rows(dt, logits, m.get(), rows, cols);
-  binary(BinaryOp::Sub, dt, per_row_plan(rows, cols), logits, m.get(), shifted.get());
-  unary(UnaryOp::Exp, dt, shifted.get(), shifted.get(), rows * cols, 0.0);
-  sum_rows(dt, shifted.get(), lse, rows, cols);
-  unary(UnaryOp::Log, dt, lse, lse, rows, 0.0);
-  binary(BinaryOp::Add, dt, BroadcastPlan{{rows}, {1}, {1}}, m.get(), lse, lse);
-  const std::vector<int64_t> target = indices_to_host(*this, targets, rows);
-  fill(dt, picked.get(), rows, 0.0);
+  Scratch m(b, dt, rows), shifted(b, dt, rows * cols), picked(b, dt, rows);
+  b.max_rows(dt, logits, m.get(), rows, cols);
+  b.binary(BinaryOp::Sub, dt, per_row_plan(rows, cols), logits, m.get(), shifted.get());
+  b.unary(UnaryOp::Exp, dt, shifted.get(), shifted.get(), rows * cols, 0.0);
+  b.sum_rows(dt, shifted.get(), lse, rows, cols);
+  b.unary(UnaryOp::Log, dt, lse, lse, rows, 0.0);
+  b.binary(BinaryOp::Add, dt, BroadcastPlan{{rows}, {1}, {1}}, m.get(), lse, lse);
+  const std::vector<int64_t> target = indices_to_host(b, targets, rows);
+  b.fill(dt, picked.get(), rows, 0.0);
   for (int64_t r = 0; r < rows; ++r)
     if (target[r] != ignore_index)
-      copy_within(at(picked.get(), dt, r), at(logits, dt, r * cols + target[r]), dtype_size(dt));
-  binary(BinaryOp::Sub, dt, BroadcastPlan{{rows}, {1}, {1}}, lse, picked.get(), loss);
+      b.copy_within(at(picked.get(), dt, r), at(logits, dt, r * cols + target[r]), dtype_size(dt));
+  b.binary(BinaryOp::Sub, dt, BroadcastPlan{{rows}, {1}, {1}}, lse, picked.get(), loss);
   for (int64_t r = 0; r < rows; ++r)
-    if (target[r] == ignore_index) fill(dt, at(loss, dt, r), 1, 0.0);
+    if (target[r] == ignore_index) b.fill(dt, at(loss, dt, r), 1, 0.0);
 }
 
 // dlogits = scale * exp(logits - lse), then scale subtracted at each target; ignored rows 0.
-void Backend::cross_entropy_backward(DType dt, const void* logits, const int64_t* targets, const void* lse,
-                                     void* dlogits, int64_t rows, int64_t cols, int64_t ignore_index, double scale) {
+static void cross_entropy_backward_default(Backend& b, DType dt, const void* logits, const int64_t* targets,
+                                           const void* lse, void* dlogits, int64_t rows, int64_t cols,
+                                           int64_t ignore_index, double scale) {
   if (rows * cols == 0) return;
-  binary(BinaryOp::Sub, dt, per_row_plan(rows, cols), logits, lse, dlogits);
-  unary(UnaryOp::Exp, dt, dlogits, dlogits, rows * cols, 0.0);
-  unary(UnaryOp::MulScalar, dt, dlogits, dlogits, rows * cols, scale);
-  Scratch s(*this, dt, 1);
-  fill(dt, s.get(), 1, scale);
-  const std::vector<int64_t> target = indices_to_host(*this, targets, rows);
+  b.binary(BinaryOp::Sub, dt, per_row_plan(rows, cols), logits, lse, dlogits);
+  b.unary(UnaryOp::Exp, dt, dlogits, dlogits, rows * cols, 0.0);
+  b.unary(UnaryOp::MulScalar, dt, dlogits, dlogits, rows * cols, scale);
+  Scratch s(b, dt, 1);
+  b.fill(dt, s.get(), 1, scale);
+  const std::vector<int64_t> target = indices_to_host(b, targets, rows);
   for (int64_t r = 0; r < rows; ++r) {
     if (target[r] == ignore_index) {
-      fill(dt, at(dlogits, dt, r * cols), cols, 0.0);
+      b.fill(dt, at(dlogits, dt, r * cols), cols, 0.0);
       continue;
     }
     void* d = at(dlogits, dt, r * cols + target[r]);
-    binary(BinaryOp::Sub, dt, scalar_plan(1), d, s.get(), d);
+    b.binary(BinaryOp::Sub, dt, scalar_plan(1), d, s.get(), d);
   }
 }
 

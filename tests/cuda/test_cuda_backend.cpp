@@ -22,6 +22,8 @@
 #include "tests/cuda/skip_without_gpu.h"
 #include "cuda/cuda_backend.h"
 #include "engine/backend.h"
+#include "engine/fused_kernel.h"
+#include "engine/op_table.h"
 
 namespace {
 
@@ -36,6 +38,55 @@ using runway::UnaryOp;
 
 using Values = std::vector<double>;
 using Outputs = std::vector<Values>;
+
+// A fused kernel registered by name (engine/fused_kernel.h), called as its op calls it: on
+// the CUDA backend its CUDA implementation, on the CPU backend its CPU one (op_table()
+// links every op family's file, and so its kernel objects, into this program).
+template <typename... Args>
+const runway::FusedKernel<Args...>& kernel(const char* name) {
+  (void)runway::op_table();
+  return runway::fused_kernel<Args...>(name);
+}
+// ---- the fused kernels (begin)
+const auto& layernorm_forward_kernel() {
+  return kernel<DType, const void*, const void*, const void*, void*, void*, void*, int64_t, int64_t, double>(
+      "layernorm_forward");
+}
+const auto& layernorm_backward_kernel() {
+  return kernel<DType, const void*, const void*, const void*, const void*, const void*, void*, void*, void*,
+                int64_t, int64_t>(
+      "layernorm_backward");
+}
+const auto& embedding_forward_kernel() {
+  return kernel<DType, const void*, const int64_t*, void*, int64_t, int64_t>(
+      "embedding_forward");
+}
+const auto& embedding_backward_kernel() {
+  return kernel<DType, const void*, const int64_t*, void*, int64_t, int64_t>(
+      "embedding_backward");
+}
+const auto& softmax_rows_kernel() { return kernel<DType, const void*, void*, int64_t, int64_t, bool>("softmax_rows"); }
+const auto& softmax_backward_rows_kernel() {
+  return kernel<DType, const void*, const void*, void*, int64_t, int64_t, bool>(
+      "softmax_backward_rows");
+}
+const auto& causal_mask_kernel() {
+  return kernel<DType, const void*, void*, int64_t, int64_t, int64_t, double>(
+      "causal_mask");
+}
+const auto& cross_entropy_forward_kernel() {
+  return kernel<DType, const void*, const int64_t*, void*, void*, int64_t, int64_t, int64_t>(
+      "cross_entropy_forward");
+}
+const auto& cross_entropy_backward_kernel() {
+  return kernel<DType, const void*, const int64_t*, const void*, void*, int64_t, int64_t, int64_t, double>(
+      "cross_entropy_backward");
+}
+const auto& cumsum_rows_kernel() {
+  return kernel<DType, const void*, void*, int64_t, int64_t, bool, bool>(
+      "cumsum_rows");
+}
+// ---- (end)
 
 const double kInf = std::numeric_limits<double>::infinity();
 const DType kFloatTypes[] = {DType::Float32, DType::Float64};
@@ -552,7 +603,7 @@ void test_softmax(Runner& t) {
                     }
                     const void* x = b.upload(dt, v);
                     void* y = b.alloc(dt, s.rows * s.cols);
-                    b.backend().softmax_rows(dt, x, y, s.rows, s.cols, log);
+                    softmax_rows_kernel()(b.backend(), dt, x, y, s.rows, s.cols, log);
                     return Outputs{b.download(dt, y, s.rows * s.cols)};
                   });
         t.compare(row_tag(log ? "log_softmax_backward_rows" : "softmax_backward_rows", s, dt),
@@ -562,7 +613,7 @@ void test_softmax(Runner& t) {
                     const void* y = b.upload(dt, host_softmax(rng.uniform(n, -3, 3), s, log));
                     const void* dy = b.upload(dt, rng.uniform(n, -1, 1));
                     void* dx = b.alloc(dt, n);
-                    b.backend().softmax_backward_rows(dt, y, dy, dx, s.rows, s.cols, log);
+                    softmax_backward_rows_kernel()(b.backend(), dt, y, dy, dx, s.rows, s.cols, log);
                     return Outputs{b.download(dt, dx, n)};
                   });
       }
@@ -583,7 +634,7 @@ void test_cumsum(Runner& t) {
             const int64_t n = s.rows * s.cols;
             const void* x = b.upload(dt, rng.uniform(n, -1, 1));
             void* y = b.alloc(dt, n);
-            b.backend().cumsum_rows(dt, x, y, s.rows, s.cols, exclusive, reverse);
+            cumsum_rows_kernel()(b.backend(), dt, x, y, s.rows, s.cols, exclusive, reverse);
             return Outputs{b.download(dt, y, n)};
           });
         }
@@ -609,7 +660,7 @@ void test_causal_mask(Runner& t) {
         const int64_t n = m.batch * m.t_q * m.t_k;
         const void* x = b.upload(dt, rng.uniform(n, -1, 1));
         void* y = b.alloc(dt, n);
-        b.backend().causal_mask(dt, x, y, m.batch, m.t_q, m.t_k, m.value);
+        causal_mask_kernel()(b.backend(), dt, x, y, m.batch, m.t_q, m.t_k, m.value);
         return Outputs{b.download(dt, y, n)};
       });
     }
@@ -631,7 +682,7 @@ void test_layernorm(Runner& t) {
         void* y = b.alloc(dt, n);
         void* mean = b.alloc(dt, s.rows);
         void* rstd = b.alloc(dt, s.rows);
-        b.backend().layernorm_forward(dt, x, w, bias, y, mean, rstd, s.rows, s.cols, 1e-5);
+        layernorm_forward_kernel()(b.backend(), dt, x, w, bias, y, mean, rstd, s.rows, s.cols, 1e-5);
         return Outputs{b.download(dt, y, n), b.download(dt, mean, s.rows),
                        b.download(dt, rstd, s.rows)};
       });
@@ -648,8 +699,8 @@ void test_layernorm(Runner& t) {
         void* mean = b.alloc(dt, s.rows);
         void* rstd = b.alloc(dt, s.rows);
         void* dx = b.alloc(dt, n);
-        b.backend().layernorm_forward(dt, x, w, bias, y, mean, rstd, s.rows, s.cols, 1e-5);
-        b.backend().layernorm_backward(dt, dy, x, w, mean, rstd, dx, dweight, dbias, s.rows,
+        layernorm_forward_kernel()(b.backend(), dt, x, w, bias, y, mean, rstd, s.rows, s.cols, 1e-5);
+        layernorm_backward_kernel()(b.backend(), dt, dy, x, w, mean, rstd, dx, dweight, dbias, s.rows,
                                        s.cols);
         return Outputs{b.download(dt, dx, n), b.download(dt, dweight, s.cols),
                        b.download(dt, dbias, s.cols)};
@@ -666,7 +717,7 @@ void test_embedding(Runner& t) {
       const void* w = b.upload(dt, rng.uniform(vocab * dim, -1, 1));
       const int64_t* ids = b.upload_ids(rng.indices(n, vocab));
       void* out = b.alloc(dt, n * dim);
-      b.backend().embedding_forward(dt, w, ids, out, n, dim);
+      embedding_forward_kernel()(b.backend(), dt, w, ids, out, n, dim);
       return Outputs{b.download(dt, out, n * dim)};
     });
     t.compare(tag("embedding_backward (+=, repeated ids)", dt), dt, [dt](Buffers& b) {
@@ -674,7 +725,7 @@ void test_embedding(Runner& t) {
       void* dw = b.upload(dt, rng.uniform(vocab * dim, -1, 1));
       const int64_t* ids = b.upload_ids(rng.indices(n, vocab));
       const void* dout = b.upload(dt, rng.uniform(n * dim, -1, 1));
-      b.backend().embedding_backward(dt, dout, ids, dw, n, dim);
+      embedding_backward_kernel()(b.backend(), dt, dout, ids, dw, n, dim);
       return Outputs{b.download(dt, dw, vocab * dim)};
     });
   }
@@ -696,7 +747,7 @@ void test_cross_entropy(Runner& t) {
                   const int64_t* tg = b.upload_ids(targets);
                   void* loss = b.alloc(dt, s.rows);
                   void* lse = b.alloc(dt, s.rows);
-                  b.backend().cross_entropy_forward(dt, logits, tg, loss, lse, s.rows, s.cols,
+                  cross_entropy_forward_kernel()(b.backend(), dt, logits, tg, loss, lse, s.rows, s.cols,
                                                     ignore);
                   return Outputs{b.download(dt, loss, s.rows), b.download(dt, lse, s.rows)};
                 });
@@ -709,9 +760,9 @@ void test_cross_entropy(Runner& t) {
                   void* loss = b.alloc(dt, s.rows);
                   void* lse = b.alloc(dt, s.rows);
                   void* dlogits = b.alloc(dt, n);
-                  b.backend().cross_entropy_forward(dt, logits, tg, loss, lse, s.rows, s.cols,
+                  cross_entropy_forward_kernel()(b.backend(), dt, logits, tg, loss, lse, s.rows, s.cols,
                                                     ignore);
-                  b.backend().cross_entropy_backward(dt, logits, tg, lse, dlogits, s.rows, s.cols,
+                  cross_entropy_backward_kernel()(b.backend(), dt, logits, tg, lse, dlogits, s.rows, s.cols,
                                                      ignore, 1.0 / 6.0);
                   return Outputs{b.download(dt, dlogits, n)};
                 });
