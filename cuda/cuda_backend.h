@@ -69,23 +69,26 @@ class CudaBackend : public Backend {
   // The fused kernels' CUDA implementations are not methods: each cuda/ops/<family>.cu
   // registers its own by name (engine/fused_kernel.h) in register_<family>_cuda_kernels,
   // called by cuda/register_cuda.cpp when the backend is created; they reach the backend
-  // through cuda_backend_of() and the accessors below (stream(), cublas()). Attention is
-  // still a virtual (engine/backend.h says why).
+  // through cuda_backend_of() and the accessors below (stream(), cublas()); attention's
+  // through the *_cuda members below.
 
-  // ---- attention and positions ------------------------------------------------------
-  void attention_forward(DType dt, const AttentionArgs& args, const void* q, const void* k,
-                         const void* v, void* y, void* attn, void* p, void* r) override;
-  void attention_backward(DType dt, const AttentionArgs& args, const void* q, const void* k,
-                          const void* v, const void* attn, const void* p, const void* dy,
-                          void* dq, void* dk, void* dv) override;
-  // Blockwise (memory-linear) attention: cuda/ops/attention_blockwise.cu. Standard and
-  // absorption run tiled kernels; two_hop (and a head_dim too large for shared memory)
-  // runs the Backend default, the materialised kernels with the maps in scratch.
-  void attention_blockwise_forward(DType dt, const AttentionArgs& args, const void* q, const void* k,
-                                   const void* v, void* y, void* lse, void* runway_lse) override;
-  void attention_blockwise_backward(DType dt, const AttentionArgs& args, const void* q, const void* k,
-                                    const void* v, const void* y, const void* lse, const void* runway_lse,
-                                    const void* dy, void* dq, void* dk, void* dv) override;
+  // ---- attention: the CUDA implementations of the four attention kernels, registered
+  // (engine/fused_kernel.h) by register_attention_cuda_kernels (cuda/ops/attention.cu) and
+  // register_attention_blockwise_cuda_kernels (cuda/ops/attention_blockwise.cu). Blockwise:
+  // standard and absorption run tiled kernels; two_hop (and a head_dim too large for
+  // shared memory) runs the kernel's default, the materialised kernels with the maps in
+  // scratch.
+  void attention_forward_cuda(DType dt, const AttentionArgs& args, const void* q, const void* k, const void* v,
+                              void* y, void* attn, void* p, void* r);
+  void attention_backward_cuda(DType dt, const AttentionArgs& args, const void* q, const void* k, const void* v,
+                               const void* attn, const void* p, const void* dy, void* dq, void* dk, void* dv);
+  void attention_blockwise_forward_cuda(DType dt, const AttentionArgs& args, const void* q, const void* k,
+                                        const void* v, void* y, void* lse, void* runway_lse);
+  void attention_blockwise_backward_cuda(DType dt, const AttentionArgs& args, const void* q, const void* k,
+                                         const void* v, const void* y, const void* lse, const void* runway_lse,
+                                         const void* dy, void* dq, void* dk, void* dv);
+
+  // ---- positions ------------------------------------------------------------------------
   void rope(DType dt, const void* x, void* y, int64_t rows, int64_t seq, int64_t dim, double base,
             int64_t position_offset, bool inverse) override;
 

@@ -22,6 +22,8 @@ void register_rmsnorm_cuda_kernels();
 void register_reduce_cuda_kernels();
 void register_softmax_cuda_kernels();
 void register_embedding_cuda_kernels();
+void register_attention_cuda_kernels();
+void register_attention_blockwise_cuda_kernels();
 
 namespace {
 
@@ -31,6 +33,8 @@ void register_cuda_kernels() {
   register_reduce_cuda_kernels();
   register_softmax_cuda_kernels();
   register_embedding_cuda_kernels();
+  register_attention_cuda_kernels();
+  register_attention_blockwise_cuda_kernels();
 }
 
 void load_cuda_backend() {

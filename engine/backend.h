@@ -164,11 +164,10 @@ class Backend {
                     int64_t head_dim, double rope_base);
 
   // ---- attention and positions ------------------------------------------------------
-  // Attention is still a virtual: engine/ops/attention*.cpp and cuda/ops/attention*.cu
-  // were being changed while the other fused kernels moved to engine/fused_kernel.h;
-  // attention_forward/backward and attention_blockwise_forward/backward move next, the
-  // same way (their defaults become the kernels' defaults, CpuBackend's and CudaBackend's
-  // overrides their registered implementations).
+  // The four attention kernels are fused kernels too (engine/fused_kernel.h): defined with
+  // their defaults in engine/ops/attention.cpp and engine/ops/attention_cpu_blockwise.cpp,
+  // the CPU's implementations beside them, CUDA's registered from cuda/ops/attention*.cu.
+  // These members are shorthands that run them on this backend.
   //
   // Forward: writes y (B,H,T,D) and saves attn (B,H,T,T), the attention applied to V
   // (A for standard, A' for rewired); rewired also saves p and r (B,T,T), the runway
@@ -176,15 +175,13 @@ class Backend {
   // The default composes the primitives above (gemm, causal_mask, softmax_rows,
   // cumsum_rows, binary, ...; engine/ops/attention.cpp), so a backend that implements
   // only the primitives runs attention; the CPU and CUDA backends fuse it.
-  virtual void attention_forward(DType dt, const AttentionArgs& args, const void* q,
-                                 const void* k, const void* v, void* y, void* attn, void* p,
-                                 void* r);
+  void attention_forward(DType dt, const AttentionArgs& args, const void* q, const void* k, const void* v, void* y,
+                         void* attn, void* p, void* r);
   // Backward from dy (B,H,T,D), using q, k, v and the saved attn (and p when rewired; R's
   // value is not needed: each summary is linear or bilinear in P); writes (overwrites)
   // dq, dk, dv. The default composes the primitives, like the forward's.
-  virtual void attention_backward(DType dt, const AttentionArgs& args, const void* q,
-                                  const void* k, const void* v, const void* attn, const void* p,
-                                  const void* dy, void* dq, void* dk, void* dv);
+  void attention_backward(DType dt, const AttentionArgs& args, const void* q, const void* k, const void* v,
+                          const void* attn, const void* p, const void* dy, void* dq, void* dk, void* dv);
   // Blockwise (memory-linear) attention (engine/ops/attention_cpu_blockwise.cpp): the same y
   // as attention_forward, but no (T x T) map is saved. Saves lse (B,H,T), the log-sum-exp
   // of every row of S'_h (S_h when standard), and, rewired, runway_lse (B,T), that of the
@@ -192,12 +189,12 @@ class Backend {
   // them and the forward's output y. The default runs attention_forward/backward with
   // the maps in scratch for the duration of the call (same numbers, no memory saving;
   // it leaves lse and runway_lse at 0, which its backward does not read).
-  virtual void attention_blockwise_forward(DType dt, const AttentionArgs& args, const void* q, const void* k,
-                                           const void* v, void* y, void* lse, void* runway_lse);
+  void attention_blockwise_forward(DType dt, const AttentionArgs& args, const void* q, const void* k, const void* v,
+                                   void* y, void* lse, void* runway_lse);
   // Writes (overwrites) dq, dk, dv from dy (B,H,T,D) and what the forward saved.
-  virtual void attention_blockwise_backward(DType dt, const AttentionArgs& args, const void* q, const void* k,
-                                            const void* v, const void* y, const void* lse, const void* runway_lse,
-                                            const void* dy, void* dq, void* dk, void* dv);
+  void attention_blockwise_backward(DType dt, const AttentionArgs& args, const void* q, const void* k,
+                                    const void* v, const void* y, const void* lse, const void* runway_lse,
+                                    const void* dy, void* dq, void* dk, void* dv);
   // Rotary position embedding over `rows` sequences of `seq` positions of width `dim`
   // (even), "rotate-half" convention: pairs (x[c], x[c + dim/2]) at position t are
   // rotated by angle (t + position_offset) * base^(-2c/dim); inverse rotates back.

@@ -55,17 +55,7 @@ class CpuBackend final : public Backend {
   void sum_rows(DType dt, const void* x, void* y, int64_t rows, int64_t cols) override;
   void max_rows(DType dt, const void* x, void* y, int64_t rows, int64_t cols) override;
 
-  // ---- attention and positions ------------------------------------------------------
-  void attention_forward(DType dt, const AttentionArgs& args, const void* q, const void* k,
-                         const void* v, void* y, void* attn, void* p, void* r) override;
-  void attention_backward(DType dt, const AttentionArgs& args, const void* q, const void* k,
-                          const void* v, const void* attn, const void* p, const void* dy,
-                          void* dq, void* dk, void* dv) override;
-  void attention_blockwise_forward(DType dt, const AttentionArgs& args, const void* q, const void* k, const void* v,
-                                   void* y, void* lse, void* runway_lse) override;
-  void attention_blockwise_backward(DType dt, const AttentionArgs& args, const void* q, const void* k,
-                                    const void* v, const void* y, const void* lse, const void* runway_lse,
-                                    const void* dy, void* dq, void* dk, void* dv) override;
+  // ---- positions ------------------------------------------------------------------------
   void rope(DType dt, const void* x, void* y, int64_t rows, int64_t seq, int64_t dim, double base,
             int64_t position_offset, bool inverse) override;
 

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "engine/backend.h"
+#include "engine/fused_kernel.h"
 #include "engine/ops/attention.h"
 #include "engine/ops.h"
 #include "engine/random.h"
@@ -406,11 +407,15 @@ TEST_CASE("fast CPU kernels and the default composed from backend primitives equ
                             fast.p.data(), fast.r.data());
       cpu.attention_backward(DType::Float64, a, q.data(), k.data(), v.data(), fast.attn.data(), fast.p.data(),
                              dy.data(), fast.dq.data(), fast.dk.data(), fast.dv.data());
-      cpu.Backend::attention_forward(DType::Float64, a, q.data(), k.data(), v.data(), composed.y.data(),
-                                     composed.attn.data(), composed.p.data(), composed.r.data());
-      cpu.Backend::attention_backward(DType::Float64, a, q.data(), k.data(), v.data(), composed.attn.data(),
-                                      composed.p.data(), dy.data(), composed.dq.data(), composed.dk.data(),
-                                      composed.dv.data());
+      // The kernels' defaults, composed from the primitives (engine/fused_kernel.h).
+      fused_kernel<DType, const AttentionArgs&, const void*, const void*, const void*, void*, void*, void*, void*>(
+          "attention_forward")
+          .default_fn()(cpu, DType::Float64, a, q.data(), k.data(), v.data(), composed.y.data(), composed.attn.data(),
+                        composed.p.data(), composed.r.data());
+      fused_kernel<DType, const AttentionArgs&, const void*, const void*, const void*, const void*, const void*,
+                   const void*, void*, void*, void*>("attention_backward")
+          .default_fn()(cpu, DType::Float64, a, q.data(), k.data(), v.data(), composed.attn.data(), composed.p.data(),
+                        dy.data(), composed.dq.data(), composed.dk.data(), composed.dv.data());
       for (const Out* got : {&fast, &composed}) {
         INFO((got == &fast ? "fast CPU kernels" : "default from primitives"));
         require_close(got->y, want.y, 1e-12, "y");

@@ -14,6 +14,7 @@
 #include <type_traits>
 
 #include "cuda/cuda_backend.h"
+#include "engine/fused_kernel.h"
 #include "cuda/cuda_check.h"
 #include "cuda/cuda_common.cuh"
 #include "cuda/cuda_kernels.cuh"
@@ -334,7 +335,7 @@ void CudaBackend::attention_backward_impl(const AttentionArgs& a, const T* q, co
   gemm(dt, contiguous_gemm_args(true, false, N, D, N, B * H, a.scale, 0.0), ds, q, dk);
 }
 
-void CudaBackend::attention_forward(DType dt, const AttentionArgs& args, const void* q,
+void CudaBackend::attention_forward_cuda(DType dt, const AttentionArgs& args, const void* q,
                                     const void* k, const void* v, void* y, void* attn, void* p,
                                     void* r) {
   check_attention_args("attention_forward", args);
@@ -346,7 +347,7 @@ void CudaBackend::attention_forward(DType dt, const AttentionArgs& args, const v
   });
 }
 
-void CudaBackend::attention_backward(DType dt, const AttentionArgs& args, const void* q,
+void CudaBackend::attention_backward_cuda(DType dt, const AttentionArgs& args, const void* q,
                                      const void* k, const void* v, const void* attn,
                                      const void* p, const void* dy, void* dq, void* dk,
                                      void* dv) {
@@ -375,6 +376,24 @@ void CudaBackend::rope(DType dt, const void* x, void* y, int64_t rows, int64_t s
         inverse ? -1.0 : 1.0);
     RUNWAY_CUDA_LAUNCH_CHECK("rope_kernel");
   });
+}
+
+// The registered implementations (engine/fused_kernel.h) of the kernels attention_forward
+// and attention_backward (engine/ops/attention.cpp).
+static void cuda_attention_forward(Backend& b, DType dt, const AttentionArgs& args, const void* q, const void* k,
+                                   const void* v, void* y, void* attn, void* p, void* r) {
+  cuda_backend_of(b, "attention_forward").attention_forward_cuda(dt, args, q, k, v, y, attn, p, r);
+}
+
+static void cuda_attention_backward(Backend& b, DType dt, const AttentionArgs& args, const void* q, const void* k,
+                                    const void* v, const void* attn, const void* p, const void* dy, void* dq,
+                                    void* dk, void* dv) {
+  cuda_backend_of(b, "attention_backward").attention_backward_cuda(dt, args, q, k, v, attn, p, dy, dq, dk, dv);
+}
+
+void register_attention_cuda_kernels() {
+  register_fused_kernel("attention_forward", Device::CUDA, &cuda_attention_forward);
+  register_fused_kernel("attention_backward", Device::CUDA, &cuda_attention_backward);
 }
 
 }  // namespace runway

@@ -1,5 +1,5 @@
 // Blockwise (memory-linear, "flash-style") causal attention on CUDA: the kernels behind
-// CudaBackend::attention_blockwise_forward/backward (engine/backend.h), which run the ops
+// the kernels attention_blockwise_forward/backward (engine/ops/attention_cpu_blockwise.cpp), which run the ops
 // attention_blockwise, rewired_attention_blockwise and qkv_attention_blockwise; equal in what
 // they compute and save to the CPU kernels (engine/ops/attention_cpu_blockwise.cpp); the
 // math and names are those of engine/ops/attention.h and docs/attention.md.
@@ -63,6 +63,8 @@
 #include <string>
 
 #include "cuda/cuda_backend.h"
+#include "engine/ops/attention_blockwise.h"
+#include "engine/fused_kernel.h"
 #include "cuda/cuda_check.h"
 #include "cuda/cuda_common.cuh"
 #include "cuda/cuda_kernels.cuh"
@@ -930,17 +932,18 @@ void CudaBackend::blockwise_runway_backward_impl(const AttentionArgs& a, KernelA
   RUNWAY_CUDA_LAUNCH_CHECK("absorption_runway_dk_kernel");
 }
 
-void CudaBackend::attention_blockwise_forward(DType dt, const AttentionArgs& args, const void* q, const void* k,
+void CudaBackend::attention_blockwise_forward_cuda(DType dt, const AttentionArgs& args, const void* q,
+                                                   const void* k,
                                               const void* v, void* y, void* lse, void* runway_lse) {
   check_attention_args("attention_blockwise_forward", args);
   // two_hop: R[i,j] = sum_{j<k<i} P[i,k] P[k,j] is O(T^3) by definition and its backward
   // needs dP = L(L(P)^T dR), a sum over every later row; the CPU materialises its
-  // backward too. The Backend default runs the materialised kernels with the maps in
+  // backward too. The kernel's default runs the materialised kernels with the maps in
   // scratch for the duration of the call (leaving lse and runway_lse at 0, which its
   // backward does not read). Likewise when no tile fits the shared memory.
   const int tile = args.two_hop && args.rewired ? 0 : blockwise_tile(dt, args);
   if (tile == 0) {
-    Backend::attention_blockwise_forward(dt, args, q, k, v, y, lse, runway_lse);
+    attention_blockwise_forward_default(*this, dt, args, q, k, v, y, lse, runway_lse);
     return;
   }
   dispatch_float(dt, "attention_blockwise_forward", [&](auto tag) {
@@ -951,7 +954,8 @@ void CudaBackend::attention_blockwise_forward(DType dt, const AttentionArgs& arg
   });
 }
 
-void CudaBackend::attention_blockwise_backward(DType dt, const AttentionArgs& args, const void* q, const void* k,
+void CudaBackend::attention_blockwise_backward_cuda(DType dt, const AttentionArgs& args, const void* q,
+                                                    const void* k,
                                                const void* v, const void* y, const void* lse,
                                                const void* runway_lse, const void* dy, void* dq, void* dk,
                                                void* dv) {
@@ -960,7 +964,7 @@ void CudaBackend::attention_blockwise_backward(DType dt, const AttentionArgs& ar
   // a forward that fell back saved no lse, and its backward falls back too.
   const int tile = args.two_hop && args.rewired ? 0 : blockwise_tile(dt, args);
   if (tile == 0) {
-    Backend::attention_blockwise_backward(dt, args, q, k, v, y, lse, runway_lse, dy, dq, dk, dv);
+    attention_blockwise_backward_default(*this, dt, args, q, k, v, y, lse, runway_lse, dy, dq, dk, dv);
     return;
   }
   dispatch_float(dt, "attention_blockwise_backward", [&](auto tag) {
@@ -970,6 +974,25 @@ void CudaBackend::attention_blockwise_backward(DType dt, const AttentionArgs& ar
                                static_cast<const T*>(runway_lse), static_cast<const T*>(dy), static_cast<T*>(dq),
                                static_cast<T*>(dk), static_cast<T*>(dv));
   });
+}
+
+// The registered implementations (engine/fused_kernel.h) of the blockwise kernels.
+static void cuda_blockwise_forward(Backend& b, DType dt, const AttentionArgs& args, const void* q, const void* k,
+                                   const void* v, void* y, void* lse, void* runway_lse) {
+  cuda_backend_of(b, "attention_blockwise_forward").attention_blockwise_forward_cuda(dt, args, q, k, v, y, lse,
+                                                                                     runway_lse);
+}
+
+static void cuda_blockwise_backward(Backend& b, DType dt, const AttentionArgs& args, const void* q, const void* k,
+                                    const void* v, const void* y, const void* lse, const void* runway_lse,
+                                    const void* dy, void* dq, void* dk, void* dv) {
+  cuda_backend_of(b, "attention_blockwise_backward")
+      .attention_blockwise_backward_cuda(dt, args, q, k, v, y, lse, runway_lse, dy, dq, dk, dv);
+}
+
+void register_attention_blockwise_cuda_kernels() {
+  register_fused_kernel("attention_blockwise_forward", Device::CUDA, &cuda_blockwise_forward);
+  register_fused_kernel("attention_blockwise_backward", Device::CUDA, &cuda_blockwise_backward);
 }
 
 }  // namespace runway

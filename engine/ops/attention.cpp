@@ -15,6 +15,8 @@
 
 #include "engine/autograd.h"
 #include "engine/backend.h"
+#include "engine/fused_kernel.h"
+#include "engine/ops/attention_cpu_fast.h"
 #include "engine/ops.h"
 #include "engine/ops/op_samples.h"
 
@@ -632,109 +634,131 @@ void strictly_lower(Backend& be, DType dt, int64_t T, void* out) {
 
 }  // namespace
 
-void Backend::attention_forward(DType dt, const AttentionArgs& a, const void* q, const void* k, const void* v,
-                                void* y, void* attn, void* p, void* r) {
+static void attention_forward_default(Backend& be, DType dt, const AttentionArgs& a, const void* q, const void* k,
+                               const void* v, void* y, void* attn, void* p, void* r) {
   const int64_t B = a.batch, H = a.heads, T = a.seq, D = a.head_dim, BH = B * H, TT = T * T;
   if (B * H * T * D == 0) return;
   const size_t es = dtype_size(dt);
   const double inf = std::numeric_limits<double>::infinity();
   // S_h = Q_h K_h^T * scale - slope_h (i - j)                      s: (B, H, T, T)
-  Scratch s(*this, dt, BH * TT);
-  batched_gemm(*this, dt, BH, false, true, T, T, D, a.scale, q, k, s.ptr);
+  Scratch s(be, dt, BH * TT);
+  batched_gemm(be, dt, BH, false, true, T, T, D, a.scale, q, k, s.ptr);
   if (!a.alibi_slopes.empty()) {
     std::vector<double> bias(H * TT);
     for (int64_t h = 0; h < H; ++h)
       for (int64_t i = 0; i < T; ++i)
         for (int64_t j = 0; j < T; ++j) bias[(h * T + i) * T + j] = -a.alibi_slopes[h] * static_cast<double>(i - j);
-    Scratch bias_dev(*this, dt, H * TT);
-    upload(*this, dt, bias, bias_dev.ptr);
-    Scratch biased(*this, dt, BH * TT);
-    broadcast(*this, BinaryOp::Add, dt, {B, H, T, T}, {H * TT, TT, T, 1}, {0, TT, T, 1}, s.ptr, bias_dev.ptr,
+    Scratch bias_dev(be, dt, H * TT);
+    upload(be, dt, bias, bias_dev.ptr);
+    Scratch biased(be, dt, BH * TT);
+    broadcast(be, BinaryOp::Add, dt, {B, H, T, T}, {H * TT, TT, T, 1}, {0, TT, T, 1}, s.ptr, bias_dev.ptr,
               biased.ptr);
-    copy_within(s.ptr, biased.ptr, static_cast<size_t>(BH * TT) * es);
+    be.copy_within(s.ptr, biased.ptr, static_cast<size_t>(BH * TT) * es);
   }
-  Scratch masked(*this, dt, BH * TT);
+  Scratch masked(be, dt, BH * TT);
   if (a.rewired) {
     // P = causal softmax of the runway head's logits S_r              p: (B, T, T)
-    Scratch s_r(*this, dt, B * TT);
-    strided_copy(dt, StridedView{s.ptr, {B, T, T}, {H * TT, T, 1}, a.runway_head * TT}, s_r.ptr);
-    causal_mask(dt, s_r.ptr, masked.ptr, B, T, T, -inf);
-    softmax_rows(dt, masked.ptr, p, B * T, T, false);
+    Scratch s_r(be, dt, B * TT);
+    be.strided_copy(dt, StridedView{s.ptr, {B, T, T}, {H * TT, T, 1}, a.runway_head * TT}, s_r.ptr);
+    be.causal_mask(dt, s_r.ptr, masked.ptr, B, T, T, -inf);
+    be.softmax_rows(dt, masked.ptr, p, B * T, T, false);
     // L(P) = P * L
-    Scratch lower(*this, dt, TT), lp(*this, dt, B * TT);
-    strictly_lower(*this, dt, T, lower.ptr);
-    broadcast(*this, BinaryOp::Mul, dt, {B, T, T}, {TT, T, 1}, {0, T, 1}, p, lower.ptr, lp.ptr);
+    Scratch lower(be, dt, TT), lp(be, dt, B * TT);
+    strictly_lower(be, dt, T, lower.ptr);
+    broadcast(be, BinaryOp::Mul, dt, {B, T, T}, {TT, T, 1}, {0, T, 1}, p, lower.ptr, lp.ptr);
     if (a.two_hop) {
       // R = L(P) L(P): R[i,j] = sum_{j<m<i} P[i,m] P[m,j]
-      batched_gemm(*this, dt, B, false, false, T, T, T, 1.0, lp.ptr, lp.ptr, r);
+      batched_gemm(be, dt, B, false, false, T, T, T, 1.0, lp.ptr, lp.ptr, r);
     } else {
       // R[i,j] = sum_{m<i} L(P)[m,j], masked to j < i: an exclusive scan down column j,
       // i.e. a row scan of L(P)^T, transposed back.
-      Scratch lpt(*this, dt, B * TT), scan(*this, dt, B * TT), scan_t(*this, dt, B * TT);
-      transpose_tt(*this, dt, lp.ptr, lpt.ptr, B, T);
-      cumsum_rows(dt, lpt.ptr, scan.ptr, B * T, T, /*exclusive=*/true, /*reverse=*/false);
-      transpose_tt(*this, dt, scan.ptr, scan_t.ptr, B, T);
-      broadcast(*this, BinaryOp::Mul, dt, {B, T, T}, {TT, T, 1}, {0, T, 1}, scan_t.ptr, lower.ptr, r);
+      Scratch lpt(be, dt, B * TT), scan(be, dt, B * TT), scan_t(be, dt, B * TT);
+      transpose_tt(be, dt, lp.ptr, lpt.ptr, B, T);
+      be.cumsum_rows(dt, lpt.ptr, scan.ptr, B * T, T, /*exclusive=*/true, /*reverse=*/false);
+      transpose_tt(be, dt, scan.ptr, scan_t.ptr, B, T);
+      broadcast(be, BinaryOp::Mul, dt, {B, T, T}, {TT, T, 1}, {0, T, 1}, scan_t.ptr, lower.ptr, r);
     }
     // S' = S - beta R, R shared by the heads of a batch item
-    Scratch beta_r(*this, dt, B * TT), rewired(*this, dt, BH * TT);
-    unary(UnaryOp::MulScalar, dt, r, beta_r.ptr, B * TT, a.beta);
-    broadcast(*this, BinaryOp::Sub, dt, {B, H, T, T}, {H * TT, TT, T, 1}, {TT, 0, T, 1}, s.ptr, beta_r.ptr,
+    Scratch beta_r(be, dt, B * TT), rewired(be, dt, BH * TT);
+    be.unary(UnaryOp::MulScalar, dt, r, beta_r.ptr, B * TT, a.beta);
+    broadcast(be, BinaryOp::Sub, dt, {B, H, T, T}, {H * TT, TT, T, 1}, {TT, 0, T, 1}, s.ptr, beta_r.ptr,
               rewired.ptr);
-    copy_within(s.ptr, rewired.ptr, static_cast<size_t>(BH * TT) * es);
+    be.copy_within(s.ptr, rewired.ptr, static_cast<size_t>(BH * TT) * es);
   }
   // A' = causal softmax of S' (exact zeros above the diagonal); y = A' V
-  causal_mask(dt, s.ptr, masked.ptr, BH, T, T, -inf);
-  softmax_rows(dt, masked.ptr, attn, BH * T, T, false);
-  batched_gemm(*this, dt, BH, false, false, T, D, T, 1.0, attn, v, y);
+  be.causal_mask(dt, s.ptr, masked.ptr, BH, T, T, -inf);
+  be.softmax_rows(dt, masked.ptr, attn, BH * T, T, false);
+  batched_gemm(be, dt, BH, false, false, T, D, T, 1.0, attn, v, y);
 }
 
-void Backend::attention_backward(DType dt, const AttentionArgs& a, const void* q, const void* k, const void* v,
-                                 const void* attn, const void* p, const void* dy, void* dq, void* dk, void* dv) {
+static void attention_backward_default(Backend& be, DType dt, const AttentionArgs& a, const void* q, const void* k,
+                                const void* v, const void* attn, const void* p, const void* dy, void* dq, void* dk,
+                                void* dv) {
   const int64_t B = a.batch, H = a.heads, T = a.seq, D = a.head_dim, BH = B * H, TT = T * T;
   if (B * H * T * D == 0) return;
   const size_t es = dtype_size(dt);
   // dV = A'^T dY;  dA' = dY V^T;  dS' = A' * (dA' - rowsum(dA' * A'))      ds: (B, H, T, T)
-  batched_gemm(*this, dt, BH, true, false, T, D, T, 1.0, attn, dy, dv);
-  Scratch da(*this, dt, BH * TT), ds(*this, dt, BH * TT);
-  batched_gemm(*this, dt, BH, false, true, T, T, D, 1.0, dy, v, da.ptr);
-  softmax_backward_rows(dt, attn, da.ptr, ds.ptr, BH * T, T, false);
+  batched_gemm(be, dt, BH, true, false, T, D, T, 1.0, attn, dy, dv);
+  Scratch da(be, dt, BH * TT), ds(be, dt, BH * TT);
+  batched_gemm(be, dt, BH, false, true, T, T, D, 1.0, dy, v, da.ptr);
+  be.softmax_backward_rows(dt, attn, da.ptr, ds.ptr, BH * T, T, false);
   if (a.rewired && !a.detach && a.beta != 0.0) {
     if (p == nullptr) throw Error("attention_backward: the rewired backward needs the saved p");
     // dR = -beta sum_h dS'_h: a row sum of dS' laid out (B, T, T, H)
-    Scratch by_head(*this, dt, BH * TT), dr(*this, dt, B * TT);
-    strided_copy(dt, StridedView{ds.ptr, {B, T, T, H}, {H * TT, T, 1, TT}, 0}, by_head.ptr);
-    sum_rows(dt, by_head.ptr, dr.ptr, B * TT, H);
-    unary(UnaryOp::MulScalar, dt, dr.ptr, dr.ptr, B * TT, -a.beta);
-    Scratch lower(*this, dt, TT), dp(*this, dt, B * TT);
-    strictly_lower(*this, dt, T, lower.ptr);
+    Scratch by_head(be, dt, BH * TT), dr(be, dt, B * TT);
+    be.strided_copy(dt, StridedView{ds.ptr, {B, T, T, H}, {H * TT, T, 1, TT}, 0}, by_head.ptr);
+    be.sum_rows(dt, by_head.ptr, dr.ptr, B * TT, H);
+    be.unary(UnaryOp::MulScalar, dt, dr.ptr, dr.ptr, B * TT, -a.beta);
+    Scratch lower(be, dt, TT), dp(be, dt, B * TT);
+    strictly_lower(be, dt, T, lower.ptr);
     if (a.two_hop) {
       // dP = L(dR L(P)^T + L(P)^T dR)
-      Scratch lp(*this, dt, B * TT), sum(*this, dt, B * TT);
-      broadcast(*this, BinaryOp::Mul, dt, {B, T, T}, {TT, T, 1}, {0, T, 1}, p, lower.ptr, lp.ptr);
-      batched_gemm(*this, dt, B, false, true, T, T, T, 1.0, dr.ptr, lp.ptr, sum.ptr);
-      batched_gemm(*this, dt, B, true, false, T, T, T, 1.0, lp.ptr, dr.ptr, sum.ptr, /*beta=*/1.0);
-      broadcast(*this, BinaryOp::Mul, dt, {B, T, T}, {TT, T, 1}, {0, T, 1}, sum.ptr, lower.ptr, dp.ptr);
+      Scratch lp(be, dt, B * TT), sum(be, dt, B * TT);
+      broadcast(be, BinaryOp::Mul, dt, {B, T, T}, {TT, T, 1}, {0, T, 1}, p, lower.ptr, lp.ptr);
+      batched_gemm(be, dt, B, false, true, T, T, T, 1.0, dr.ptr, lp.ptr, sum.ptr);
+      batched_gemm(be, dt, B, true, false, T, T, T, 1.0, lp.ptr, dr.ptr, sum.ptr, /*beta=*/1.0);
+      broadcast(be, BinaryOp::Mul, dt, {B, T, T}, {TT, T, 1}, {0, T, 1}, sum.ptr, lower.ptr, dp.ptr);
     } else {
       // dP[m,j] = sum_{i>m} dR[i,j] for j < m: a reverse exclusive scan down column j.
-      Scratch drt(*this, dt, B * TT), scan(*this, dt, B * TT), scan_t(*this, dt, B * TT);
-      transpose_tt(*this, dt, dr.ptr, drt.ptr, B, T);
-      cumsum_rows(dt, drt.ptr, scan.ptr, B * T, T, /*exclusive=*/true, /*reverse=*/true);
-      transpose_tt(*this, dt, scan.ptr, scan_t.ptr, B, T);
-      broadcast(*this, BinaryOp::Mul, dt, {B, T, T}, {TT, T, 1}, {0, T, 1}, scan_t.ptr, lower.ptr, dp.ptr);
+      Scratch drt(be, dt, B * TT), scan(be, dt, B * TT), scan_t(be, dt, B * TT);
+      transpose_tt(be, dt, dr.ptr, drt.ptr, B, T);
+      be.cumsum_rows(dt, drt.ptr, scan.ptr, B * T, T, /*exclusive=*/true, /*reverse=*/true);
+      transpose_tt(be, dt, scan.ptr, scan_t.ptr, B, T);
+      broadcast(be, BinaryOp::Mul, dt, {B, T, T}, {TT, T, 1}, {0, T, 1}, scan_t.ptr, lower.ptr, dp.ptr);
     }
     // dS_r += P * (dP - rowsum(dP * P)), written back into head r of each batch item
-    Scratch dsr(*this, dt, B * TT), total(*this, dt, B * TT);
-    softmax_backward_rows(dt, p, dp.ptr, dsr.ptr, B * T, T, false);
-    broadcast(*this, BinaryOp::Add, dt, {B, T, T}, {H * TT, T, 1}, {TT, T, 1},
+    Scratch dsr(be, dt, B * TT), total(be, dt, B * TT);
+    be.softmax_backward_rows(dt, p, dp.ptr, dsr.ptr, B * T, T, false);
+    broadcast(be, BinaryOp::Add, dt, {B, T, T}, {H * TT, T, 1}, {TT, T, 1},
               static_cast<const char*>(ds.ptr) + a.runway_head * TT * es, dsr.ptr, total.ptr);
     for (int64_t b = 0; b < B; ++b)
-      copy_within(static_cast<char*>(ds.ptr) + ((b * H + a.runway_head) * TT) * es,
+      be.copy_within(static_cast<char*>(ds.ptr) + ((b * H + a.runway_head) * TT) * es,
                   static_cast<const char*>(total.ptr) + b * TT * es, static_cast<size_t>(TT) * es);
   }
   // dQ = dS K * scale;  dK = dS^T Q * scale
-  batched_gemm(*this, dt, BH, false, false, T, D, T, a.scale, ds.ptr, k, dq);
-  batched_gemm(*this, dt, BH, true, false, T, D, T, a.scale, ds.ptr, q, dk);
+  batched_gemm(be, dt, BH, false, false, T, D, T, a.scale, ds.ptr, k, dq);
+  batched_gemm(be, dt, BH, true, false, T, D, T, a.scale, ds.ptr, q, dk);
+}
+
+// ---- the kernels (engine/fused_kernel.h) -------------------------------------------------
+// Their defaults are above; the CPU's implementations are in
+// engine/ops/attention_cpu_fast.cpp, CUDA's in cuda/ops/attention.cu.
+
+static const FusedKernel<DType, const AttentionArgs&, const void*, const void*, const void*, void*, void*, void*,
+                         void*>
+    attention_forward_kernel("attention_forward", &attention_forward_default, &cpu::cpu_attention_forward);
+static const FusedKernel<DType, const AttentionArgs&, const void*, const void*, const void*, const void*,
+                         const void*, const void*, void*, void*, void*>
+    attention_backward_kernel("attention_backward", &attention_backward_default, &cpu::cpu_attention_backward);
+
+void Backend::attention_forward(DType dt, const AttentionArgs& args, const void* q, const void* k, const void* v,
+                                void* y, void* attn, void* p, void* r) {
+  attention_forward_kernel(*this, dt, args, q, k, v, y, attn, p, r);
+}
+
+void Backend::attention_backward(DType dt, const AttentionArgs& args, const void* q, const void* k, const void* v,
+                                 const void* attn, const void* p, const void* dy, void* dq, void* dk, void* dv) {
+  attention_backward_kernel(*this, dt, args, q, k, v, attn, p, dy, dq, dk, dv);
 }
 
 // ---- gradcheck rows (runway gradcheck, tests/test_op_table.cpp) -----------------------

@@ -37,6 +37,7 @@
 
 #include "engine/cpu_backend.h"
 #include "engine/cpu_kernels.h"
+#include "engine/fused_kernel.h"
 #include "engine/ops/cpu_gemm.h"
 #include "engine/ops/attention_cpu_fast.h"
 #include "engine/ops/op_helpers.h"
@@ -528,8 +529,9 @@ void blockwise_backward(const AttentionArgs& a, const T* q, const T* k, const T*
 
 }  // namespace cpu
 
-void CpuBackend::attention_blockwise_forward(DType dt, const AttentionArgs& a, const void* q, const void* k,
-                                             const void* v, void* y, void* lse, void* runway_lse) {
+// The CPU backend's implementations of the kernels below.
+static void cpu_blockwise_forward(Backend&, DType dt, const AttentionArgs& a, const void* q, const void* k,
+                                  const void* v, void* y, void* lse, void* runway_lse) {
   cpu::dispatch_float(dt, "attention_blockwise_forward", [&](auto t) {
     using T = decltype(t);
     cpu::blockwise_forward<T>(a, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
@@ -537,10 +539,9 @@ void CpuBackend::attention_blockwise_forward(DType dt, const AttentionArgs& a, c
   });
 }
 
-void CpuBackend::attention_blockwise_backward(DType dt, const AttentionArgs& a, const void* q, const void* k,
-                                              const void* v, const void* y, const void* lse,
-                                              const void* runway_lse, const void* dy, void* dq, void* dk,
-                                              void* dv) {
+static void cpu_blockwise_backward(Backend&, DType dt, const AttentionArgs& a, const void* q, const void* k,
+                                   const void* v, const void* y, const void* lse, const void* runway_lse,
+                                   const void* dy, void* dq, void* dk, void* dv) {
   cpu::dispatch_float(dt, "attention_blockwise_backward", [&](auto t) {
     using T = decltype(t);
     cpu::blockwise_backward<T>(a, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
@@ -556,24 +557,45 @@ void CpuBackend::attention_blockwise_backward(DType dt, const AttentionArgs& a, 
 // correct everywhere, memory-linear only where a backend implements the pair. Its lse and
 // runway_lse are not computed (filled with 0): its backward recomputes the forward.
 
-void Backend::attention_blockwise_forward(DType dt, const AttentionArgs& a, const void* q, const void* k,
-                                          const void* v, void* y, void* lse, void* runway_lse) {
+void attention_blockwise_forward_default(Backend& b, DType dt, const AttentionArgs& a, const void* q, const void* k,
+                                         const void* v, void* y, void* lse, void* runway_lse) {
   const int64_t TT = a.seq * a.seq;
-  op_helpers::Scratch attn(*this, dt, a.batch * a.heads * TT), p(*this, dt, a.rewired ? a.batch * TT : 0),
-      r(*this, dt, a.rewired ? a.batch * TT : 0);
-  attention_forward(dt, a, q, k, v, y, attn.get(), p.get(), r.get());
-  fill(dt, lse, a.batch * a.heads * a.seq, 0.0);
-  if (a.rewired) fill(dt, runway_lse, a.batch * a.seq, 0.0);
+  op_helpers::Scratch attn(b, dt, a.batch * a.heads * TT), p(b, dt, a.rewired ? a.batch * TT : 0),
+      r(b, dt, a.rewired ? a.batch * TT : 0);
+  b.attention_forward(dt, a, q, k, v, y, attn.get(), p.get(), r.get());
+  b.fill(dt, lse, a.batch * a.heads * a.seq, 0.0);
+  if (a.rewired) b.fill(dt, runway_lse, a.batch * a.seq, 0.0);
 }
 
-void Backend::attention_blockwise_backward(DType dt, const AttentionArgs& a, const void* q, const void* k,
-                                           const void* v, const void*, const void*, const void*, const void* dy,
-                                           void* dq, void* dk, void* dv) {
+void attention_blockwise_backward_default(Backend& b, DType dt, const AttentionArgs& a, const void* q, const void* k,
+                                          const void* v, const void*, const void*, const void*, const void* dy,
+                                          void* dq, void* dk, void* dv) {
   const int64_t TT = a.seq * a.seq;
-  op_helpers::Scratch y(*this, dt, a.batch * a.heads * a.seq * a.head_dim), attn(*this, dt, a.batch * a.heads * TT),
-      p(*this, dt, a.rewired ? a.batch * TT : 0), r(*this, dt, a.rewired ? a.batch * TT : 0);
-  attention_forward(dt, a, q, k, v, y.get(), attn.get(), p.get(), r.get());
-  attention_backward(dt, a, q, k, v, attn.get(), p.get(), dy, dq, dk, dv);
+  op_helpers::Scratch y(b, dt, a.batch * a.heads * a.seq * a.head_dim), attn(b, dt, a.batch * a.heads * TT),
+      p(b, dt, a.rewired ? a.batch * TT : 0), r(b, dt, a.rewired ? a.batch * TT : 0);
+  b.attention_forward(dt, a, q, k, v, y.get(), attn.get(), p.get(), r.get());
+  b.attention_backward(dt, a, q, k, v, attn.get(), p.get(), dy, dq, dk, dv);
+}
+
+// ---- the kernels (engine/fused_kernel.h); CUDA's implementations: cuda/ops/attention_blockwise.cu
+
+static const FusedKernel<DType, const AttentionArgs&, const void*, const void*, const void*, void*, void*, void*>
+    blockwise_forward_kernel("attention_blockwise_forward", &attention_blockwise_forward_default,
+                             &cpu_blockwise_forward);
+static const FusedKernel<DType, const AttentionArgs&, const void*, const void*, const void*, const void*,
+                         const void*, const void*, const void*, void*, void*, void*>
+    blockwise_backward_kernel("attention_blockwise_backward", &attention_blockwise_backward_default,
+                              &cpu_blockwise_backward);
+
+void Backend::attention_blockwise_forward(DType dt, const AttentionArgs& args, const void* q, const void* k,
+                                          const void* v, void* y, void* lse, void* runway_lse) {
+  blockwise_forward_kernel(*this, dt, args, q, k, v, y, lse, runway_lse);
+}
+
+void Backend::attention_blockwise_backward(DType dt, const AttentionArgs& args, const void* q, const void* k,
+                                           const void* v, const void* y, const void* lse, const void* runway_lse,
+                                           const void* dy, void* dq, void* dk, void* dv) {
+  blockwise_backward_kernel(*this, dt, args, q, k, v, y, lse, runway_lse, dy, dq, dk, dv);
 }
 
 }  // namespace runway

@@ -381,26 +381,28 @@ using cpu::dispatch_float;
 
 // ---- the CPU backend's attention methods: dispatch to the kernels above ----------------
 
-void CpuBackend::attention_forward(DType dt, const AttentionArgs& args, const void* q, const void* k,
-                       const void* v, void* y, void* attn, void* p, void* r) {
+namespace cpu {
+
+void cpu_attention_forward(Backend&, DType dt, const AttentionArgs& args, const void* q, const void* k, const void* v,
+                           void* y, void* attn, void* p, void* r) {
   dispatch_float(dt, "attention", [&](auto t) {
     using T = decltype(t);
-    cpu::attention_forward<T>(args, static_cast<const T*>(q), static_cast<const T*>(k),
-                              static_cast<const T*>(v), static_cast<T*>(y), static_cast<T*>(attn),
-                              static_cast<T*>(p), static_cast<T*>(r));
+    attention_forward<T>(args, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
+                         static_cast<T*>(y), static_cast<T*>(attn), static_cast<T*>(p), static_cast<T*>(r));
   });
 }
 
-void CpuBackend::attention_backward(DType dt, const AttentionArgs& args, const void* q, const void* k,
-                        const void* v, const void* attn, const void* p, const void* dy,
-                        void* dq, void* dk, void* dv) {
+void cpu_attention_backward(Backend&, DType dt, const AttentionArgs& args, const void* q, const void* k,
+                            const void* v, const void* attn, const void* p, const void* dy, void* dq, void* dk,
+                            void* dv) {
   dispatch_float(dt, "attention_backward", [&](auto t) {
     using T = decltype(t);
-    cpu::attention_backward<T>(args, static_cast<const T*>(q), static_cast<const T*>(k),
-                               static_cast<const T*>(v), static_cast<const T*>(attn),
-                               static_cast<const T*>(p), static_cast<const T*>(dy), static_cast<T*>(dq), static_cast<T*>(dk),
-                               static_cast<T*>(dv));
+    attention_backward<T>(args, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
+                          static_cast<const T*>(attn), static_cast<const T*>(p), static_cast<const T*>(dy),
+                          static_cast<T*>(dq), static_cast<T*>(dk), static_cast<T*>(dv));
   });
 }
+
+}  // namespace cpu
 
 }  // namespace runway

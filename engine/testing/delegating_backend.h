@@ -5,7 +5,7 @@
 // without a GPU) and, with Forward::PrimitivesOnly, forwards only the primitives of
 // engine/backend.h (memory, layout, elementwise, gemm, row reductions): every fused
 // kernel then runs its default composed from those primitives (has_fused_kernels() is
-// false, so engine/fused_kernel.h picks the defaults; attention's virtuals run Backend's),
+// false, so engine/fused_kernel.h picks the defaults),
 // which is how tests/test_backend_defaults.cpp proves that a backend implementing only the
 // primitives runs every op. With Forward::All the fused kernels registered for the
 // target's device run (kernel_device() is the target's).
@@ -67,29 +67,6 @@ class DelegatingBackend : public Backend {
   }
   void max_rows(DType dt, const void* x, void* y, int64_t rows, int64_t cols) override {
     target_.max_rows(dt, x, y, rows, cols);
-  }
-
-  // ---- attention (still virtuals): forwarded, or Backend's default -----------------------
-  void attention_forward(DType dt, const AttentionArgs& args, const void* q, const void* k, const void* v, void* y,
-                         void* attn, void* p, void* r) override {
-    if (all()) return target_.attention_forward(dt, args, q, k, v, y, attn, p, r);
-    Backend::attention_forward(dt, args, q, k, v, y, attn, p, r);
-  }
-  void attention_backward(DType dt, const AttentionArgs& args, const void* q, const void* k, const void* v,
-                          const void* attn, const void* p, const void* dy, void* dq, void* dk, void* dv) override {
-    if (all()) return target_.attention_backward(dt, args, q, k, v, attn, p, dy, dq, dk, dv);
-    Backend::attention_backward(dt, args, q, k, v, attn, p, dy, dq, dk, dv);
-  }
-  void attention_blockwise_forward(DType dt, const AttentionArgs& args, const void* q, const void* k, const void* v,
-                                   void* y, void* lse, void* runway_lse) override {
-    if (all()) return target_.attention_blockwise_forward(dt, args, q, k, v, y, lse, runway_lse);
-    Backend::attention_blockwise_forward(dt, args, q, k, v, y, lse, runway_lse);
-  }
-  void attention_blockwise_backward(DType dt, const AttentionArgs& args, const void* q, const void* k,
-                                    const void* v, const void* y, const void* lse, const void* runway_lse,
-                                    const void* dy, void* dq, void* dk, void* dv) override {
-    if (all()) return target_.attention_blockwise_backward(dt, args, q, k, v, y, lse, runway_lse, dy, dq, dk, dv);
-    Backend::attention_blockwise_backward(dt, args, q, k, v, y, lse, runway_lse, dy, dq, dk, dv);
   }
 
   // No default yet: always the target's.
