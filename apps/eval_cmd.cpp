@@ -14,6 +14,7 @@
 #include <exception>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -132,7 +133,10 @@ int run_eval(const EvalArgs& args) {
   // The memory a forward pass at the longest length needs, before the model is built.
   nn::TrainConfig config;
   config.update_from_file((fs::path(args.checkpoint) / "config.json").string());
-  if (!args.attention_impl.empty()) config.model.attention_impl = parse_attention_impl(args.attention_impl);
+  // --attention-impl overrides the checkpoint's choice, for the memory estimate and the model.
+  const std::optional<AttentionImpl> impl =
+      args.attention_impl.empty() ? std::nullopt : std::optional<AttentionImpl>(parse_attention_impl(args.attention_impl));
+  if (impl) config.model.attention_impl = *impl;
   {
     const int64_t L = config.model.seq_len;
     int64_t longest = args.lengths.empty() ? 8 * L : 0;
@@ -144,9 +148,9 @@ int run_eval(const EvalArgs& args) {
                              "choose a smaller --batch-size or shorter --lengths / --passkey-lengths");
   }
   std::unique_ptr<nn::GPT> model = nn::load_model(args.checkpoint, device, &config);
-  if (!args.attention_impl.empty()) {
-    config.model.attention_impl = parse_attention_impl(args.attention_impl);
-    model->set_attention_impl(config.model.attention_impl);
+  if (impl) {  // load_model read config.json again
+    config.model.attention_impl = *impl;
+    model->set_attention_impl(*impl);
   }
   const nn::GPTConfig& m = config.model;
   const int64_t L = m.seq_len;
@@ -224,8 +228,10 @@ void add_eval_command(CLI::App& app, int* exit_code) {
   cmd->add_option("--data", args->data, "Text file or folder to take the validation split from (default: the checkpoint's)");
   add_device_option(cmd, &args->device);
   add_choice_option(cmd, "--attention-impl", &args->attention_impl,
-                    "Attention kernels (default: the checkpoint's attention_impl): auto = blockwise from 1024 "
-                    "positions, materialized keeps the T x T maps, blockwise O(T) memory",
+                    fmt::format("Attention kernels (default: the checkpoint's attention_impl): auto = blockwise "
+                                "from {} positions ({} for a rewired model on one sequence), materialized keeps the "
+                                "T x T maps, blockwise O(T) memory",
+                                kBlockwiseAutoFrom, kBlockwiseAutoFromRewiredOneItem),
                     {"auto", "materialized", "blockwise"});
   cmd->callback([args, exit_code] { *exit_code = run_eval(*args); });  // errors: main() reports them
 }
