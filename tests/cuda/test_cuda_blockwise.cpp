@@ -37,6 +37,7 @@
 #include "cuda/cuda_backend.h"
 #include "engine/backend.h"
 #include "engine/dtype.h"
+#include "engine/ops/attention.h"  // alibi_slopes
 #include "tests/cuda/skip_without_gpu.h"
 
 namespace {
@@ -108,9 +109,7 @@ AttentionArgs make_args(const Case& c, int64_t seq) {
   a.seq = seq;
   a.head_dim = kDim;
   a.scale = 1.0 / std::sqrt(static_cast<double>(kDim));
-  if (c.alibi) {
-    for (int64_t h = 0; h < kHeads; ++h) a.alibi_slopes.push_back(std::pow(2.0, -8.0 * static_cast<double>(h + 1) / kHeads));
-  }
+  if (c.alibi) a.alibi_slopes = runway::alibi_slopes(kHeads);
   a.rewired = c.rewired;
   a.runway_head = c.runway_head;
   a.beta = c.beta;
