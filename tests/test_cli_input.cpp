@@ -95,6 +95,9 @@ TEST_CASE("bad flag values are usage errors: exit code 2, one line naming the fl
       {"eval --checkpoint c --passkey-lengths 64,-1", "--passkey-lengths must be in [1, 16777216], got -1"},
       {"eval --checkpoint c --max-windows -3", "--max-windows must be in [0, 1073741824], got -3"},
       {"eval --checkpoint c --seed 1e3", "--seed: '1e3' is not an integer"},
+      {"eval --checkpoint c --attention-impl flash", "--attention-impl: 'flash' is not allowed: allowed values are auto, materialized, blockwise"},
+      {"train --out o --attention-impl flash", "--attention-impl: 'flash' is not allowed: allowed values are auto, materialized, blockwise"},
+      {"compare --config a.json --config-set s.json", "--config excludes --config-set"},
       {"generate --checkpoint c --prompt x --tokens 1e3", "--tokens: '1e3' is not an integer"},
       {"generate --checkpoint c --prompt x --temperature -0.5", "--temperature must be >= 0, got -0.5"},
       {"generate --checkpoint c --prompt x --temperature nan", "--temperature: 'nan' is not a finite number"},
@@ -220,6 +223,21 @@ TEST_CASE("a checkpoint trained from a config.json of the previous version, then
   CHECK_THAT(r.err, Contains("evaluating this model on batches of 1048576 x 16777216 bytes") &&
                         Contains("more than this machine's") && Contains("--batch-size"));
   CHECK_FALSE(fs::exists(ckpt + "/eval.json"));
+  // eval --attention-impl: the same bits per byte from either kernels (rewired, ALiBi, to 8L),
+  // the kernels named in the header line.
+  std::vector<double> bpb;
+  for (const char* impl : {"materialized", "blockwise"}) {
+    r = run(dir, fmt::format("eval --checkpoint {} --lengths 16,128 --passkey-trials 0 --recall-trials 0 "
+                             "--attention-impl {}", ckpt, impl));
+    INFO(r.out << r.err);
+    REQUIRE(r.status == 0);
+    CHECK_THAT(r.out, Contains(fmt::format("; {} kernels", impl)));
+    const nlohmann::json eval = nlohmann::json::parse(slurp(ckpt + "/eval.json"));
+    for (const auto& p : eval["bits_per_byte"]["points"]) bpb.push_back(p["bits_per_byte"].get<double>());
+  }
+  REQUIRE(bpb.size() == 4);
+  CHECK(bpb[2] == Approx(bpb[0]).epsilon(1e-5));  // float32 kernels: equal to rounding
+  CHECK(bpb[3] == Approx(bpb[1]).epsilon(1e-5));
   // generate: the same bytes as before streaming, prompt first, a newline last.
   r = run(dir, fmt::format("generate --checkpoint {} --prompt Entry --tokens 9 --seed 3", ckpt));
   CHECK(r.status == 0);

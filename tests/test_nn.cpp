@@ -3,6 +3,10 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
 
 #include "engine/autograd.h"
 #include "engine/ops.h"
@@ -166,4 +170,41 @@ TEST_CASE("whole-model gradients match directional finite differences in float64
       CHECK(std::fabs(analytic - numeric) <= 1e-5 + 1e-3 * std::fabs(numeric));
     }
   }
+}
+
+namespace {
+// The names of every op on the tape behind t.
+std::set<std::string> tape_ops(const Tensor& t) {
+  std::set<std::string> names;
+  std::vector<std::shared_ptr<Node>> todo;
+  std::set<const Node*> seen;
+  if (t.impl()->grad_fn) todo.push_back(t.impl()->grad_fn);
+  while (!todo.empty()) {
+    std::shared_ptr<Node> n = todo.back();
+    todo.pop_back();
+    if (!seen.insert(n.get()).second) continue;
+    names.insert(n->name);
+    for (const auto& in : n->inputs)
+      if (in && in->grad_fn) todo.push_back(in->grad_fn);
+  }
+  return names;
+}
+}  // namespace
+
+TEST_CASE("attention_impl: the model's layers run the chosen kernels, with the same logits") {
+  Generator g(3);
+  GPT model(tiny(PositionEncoding::Rope, true), g, DType::Float64);
+  const Tensor ids = random_ids(2, 6, 4);
+  model.set_attention_impl(AttentionImpl::Materialized);
+  const Tensor a = model.forward(ids);
+  CHECK(tape_ops(a).count("qkv_attention") == 1);
+  CHECK(tape_ops(a).count("qkv_attention_blockwise") == 0);
+  model.set_attention_impl(AttentionImpl::Blockwise);
+  CHECK(model.config.attention_impl == AttentionImpl::Blockwise);
+  const Tensor b = model.forward(ids);
+  CHECK(tape_ops(b).count("qkv_attention_blockwise") == 1);
+  CHECK(tape_ops(b).count("qkv_attention") == 0);
+  const auto va = a.to_vector(), vb = b.to_vector();
+  REQUIRE(va.size() == vb.size());
+  for (size_t i = 0; i < va.size(); ++i) CHECK(vb[i] == Approx(va[i]).epsilon(1e-12));
 }
