@@ -4,6 +4,10 @@
 // every --save-every-seconds, and when Ctrl-C (SIGINT, exit 130) or SIGTERM (exit 143)
 // stops the run; see docs/reliability.md.
 #include <fmt/format.h>
+#include <cerrno>
+#include <unistd.h>
+#include <fcntl.h>
+#include <sys/ioctl.h>
 
 #include <atomic>
 #include <csignal>
@@ -122,6 +126,40 @@ std::string step_line(const nn::StepReport& r, const nn::TrainConfig& c, bool da
                                  : "");
 }
 
+// Whether `bytes` more fit in the first half of the pipe behind fd (true when fd is not a
+// pipe). mpirun stops reading rank 0's pipe while it tears the job down, and reads what is
+// left in it after the rank has exited: keeping half of it free for the closing line is
+// what lets that line reach the log.
+bool pipe_has_room(int fd, size_t bytes) {
+  int queued = 0;
+  const int capacity = ::fcntl(fd, F_GETPIPE_SZ);
+  if (capacity <= 0 || ::ioctl(fd, FIONREAD, &queued) != 0) return true;
+  return static_cast<size_t>(queued) + bytes <= static_cast<size_t>(capacity) / 2;
+}
+
+// Writes text to stdout (rank 0's pipe to mpirun). A progress line is written only when
+// it fits in the free half of the pipe, and without blocking (dropped otherwise); the
+// closing line may block and use the reserved half. A closed pipe (EPIPE, with SIGPIPE
+// ignored) drops the text. stdout's buffer is flushed first, so the order holds.
+void write_to_pipe(const std::string& text, bool closing) {
+  std::fflush(stdout);
+  const int fd = STDOUT_FILENO;
+  if (!closing && !pipe_has_room(fd, text.size())) return;
+  const int flags = ::fcntl(fd, F_GETFL);
+  if (flags >= 0) ::fcntl(fd, F_SETFL, closing ? (flags & ~O_NONBLOCK) : (flags | O_NONBLOCK));
+  size_t done = 0;
+  while (done < text.size()) {
+    const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
+    if (n > 0) {
+      done += static_cast<size_t>(n);
+    } else if (n < 0 && errno == EINTR) {
+      continue;
+    } else {
+      break;  // EAGAIN: the pipe is full (dropped); EPIPE: mpirun is gone
+    }
+  }
+}
+
 // One process's part of a run: the whole run, or one rank's of a data-parallel run
 // (comm; rank 0 alone prints).
 int train_in_this_process(const TrainArgs& args, nn::Communicator* comm) {
@@ -135,14 +173,16 @@ int train_in_this_process(const TrainArgs& args, nn::Communicator* comm) {
   trainer.set_save_schedule(args.save);
   const nn::TrainConfig& c = trainer.config();
   if (talk) print_run_summary(trainer, args, device, comm);
-  // Rank 0 of a data-parallel run writes its progress through mpirun, which closes that
-  // pipe as it tears the job down after Ctrl-C (SIGCONT, then SIGTERM a second later):
-  // a failed write must not kill the rank (SIGPIPE) or throw before the stop's save.
-  const auto say = [&](const std::string& text) {
+  // Rank 0 of a data-parallel run writes through a pipe to mpirun, which stops reading it
+  // while it tears the job down after Ctrl-C (SIGCONT, SIGTERM a second later, SIGKILL a
+  // second after that), and may close it: a failed write must not kill the rank (SIGPIPE),
+  // a blocking write into the full pipe would hold the rank until it is killed, before
+  // the stop's save, and a full pipe would lose the closing line. So progress lines are
+  // dropped rather than fill more than half the pipe (write_to_pipe).
+  const auto say = [&](const std::string& text, bool closing = false) {
     if (!talk) return;
     if (comm) {
-      std::fputs(text.c_str(), stdout);
-      std::fflush(stdout);
+      write_to_pipe(text, closing);
     } else {
       fmt::print("{}", text);
       std::fflush(stdout);
@@ -156,11 +196,13 @@ int train_in_this_process(const TrainArgs& args, nn::Communicator* comm) {
   if (reached < c.steps) {
     const int signal = g_signal.load();
     say(fmt::format("interrupted at step {} by {}: checkpoint saved in {}\n", reached,
-                    signal == SIGTERM ? "SIGTERM" : "SIGINT", args.out));
+                    signal == SIGTERM ? "SIGTERM" : "SIGINT", args.out),
+        /*closing=*/true);
     return signal == SIGTERM ? 143 : 130;  // the shell's codes for death by these signals
   }
   say(fmt::format("done: checkpoint of step {} in {}/checkpoints/ (with config.json and metrics.jsonl)\n", reached,
-                  args.out));
+                  args.out),
+      /*closing=*/true);
   return 0;
 }
 
