@@ -104,7 +104,7 @@ json evaluate(const nn::GPT& model, const nn::TrainConfig& config, const std::ve
   suite.passkey_lengths = o.passkey_lengths;
   const int64_t L = config.model.seq_len;
   for (int64_t k : o.eval_lengths_in_L) suite.lengths.push_back(k * L);
-  for (int64_t k : o.passkey_lengths_in_L) suite.passkey_lengths.push_back(k * L);
+  for (double k : o.passkey_lengths_in_L) suite.passkey_lengths.push_back(std::llround(k * static_cast<double>(L)));
   suite.recall_trials = o.recall_trials;
   suite.seed = o.eval_seed;
   ProgressObserver observer(progress, name);

@@ -40,8 +40,10 @@ struct StudyOptions {
   int64_t passkey_trials = 8;             // per (length, depth) cell; 0 skips passkey
   std::vector<int64_t> passkey_lengths;   // empty: L and 2L (those >= the passkey minimum)
   // In multiples of each run's training length L (when not empty, they replace the
-  // defaults): bits per byte at k L, passkey documents of k L bytes.
-  std::vector<int64_t> eval_lengths_in_L, passkey_lengths_in_L;
+  // defaults): bits per byte at k L, passkey documents of round(k L) bytes (k may be a
+  // fraction: between L and 2L is where a small model's retrieval fades).
+  std::vector<int64_t> eval_lengths_in_L;
+  std::vector<double> passkey_lengths_in_L;
   int64_t recall_trials = 32;             // 0 skips recall
   uint64_t eval_seed = 1;
   int64_t inspect_length = 64;            // bytes of the shared inspection sample

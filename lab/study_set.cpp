@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
 #include <cstdint>
 #include <fstream>
 #include <set>
@@ -32,6 +33,20 @@ std::vector<int64_t> integers_in(const json& v, int64_t lo, int64_t hi, const st
   return out;
 }
 
+// A non-empty list of finite numbers in [lo, hi] (JSON integers included).
+std::vector<double> numbers_in(const json& v, double lo, double hi, const std::string& where) {
+  if (!v.is_array() || v.empty()) throw Error(fmt::format("{}: must be a non-empty list of numbers", where));
+  std::vector<double> out;
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (!v[i].is_number()) throw Error(fmt::format("{}[{}]: must be a number, got {}", where, i, v[i].dump()));
+    const double x = v[i].get<double>();
+    if (!(std::isfinite(x) && x >= lo && x <= hi))
+      throw Error(fmt::format("{}[{}]: must be in [{}, {}], got {}", where, i, lo, hi, v[i].dump()));
+    out.push_back(x);
+  }
+  return out;
+}
+
 void only_keys(const json& obj, const std::set<std::string>& allowed, const std::string& where) {
   if (!obj.is_object()) throw Error(fmt::format("{}: must be a JSON object", where));
   for (const auto& [key, value] : obj.items())
@@ -46,7 +61,7 @@ void read_eval(const json& e, const std::string& where, StudyOptions& o) {
   only_keys(e, {"lengths_in_L", "passkey_lengths_in_L", "max_windows", "passkey_trials", "recall_trials"}, where);
   if (e.contains("lengths_in_L")) o.eval_lengths_in_L = integers_in(e["lengths_in_L"], 1, 1 << 12, where + ".lengths_in_L");
   if (e.contains("passkey_lengths_in_L"))
-    o.passkey_lengths_in_L = integers_in(e["passkey_lengths_in_L"], 1, 1 << 12, where + ".passkey_lengths_in_L");
+    o.passkey_lengths_in_L = numbers_in(e["passkey_lengths_in_L"], 1, 1 << 12, where + ".passkey_lengths_in_L");
   if (e.contains("max_windows")) o.eval_max_windows = integer_in(e["max_windows"], 1, 1 << 30, where + ".max_windows");
   if (e.contains("passkey_trials")) o.passkey_trials = integer_in(e["passkey_trials"], 0, 1 << 30, where + ".passkey_trials");
   if (e.contains("recall_trials")) o.recall_trials = integer_in(e["recall_trials"], 0, 1 << 30, where + ".recall_trials");

@@ -218,8 +218,8 @@ void fill_windows(const std::vector<uint8_t>& bytes, int64_t T, const std::vecto
 
 const char* const kPasskeyFiller =
     "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. ";
-const char* const kPasskeyNeedle = "The pass key is NNNNN. Remember it. NNNNN is the pass key. ";
-const char* const kPasskeyQuestion = "What is the pass key? The pass key is ";
+const char* const kPasskeyNeedle = "The pass key is <NNNNN>. Remember it. <NNNNN> is the pass key. ";
+const char* const kPasskeyQuestion = "What is the pass key? The pass key is <";
 
 int64_t passkey_min_length() {
   return static_cast<int64_t>(std::string(kPasskeyNeedle).size() + std::string(kPasskeyQuestion).size()) +
@@ -292,12 +292,24 @@ void write_row(std::vector<int64_t>& inputs, std::vector<int64_t>& targets, int6
   }
 }
 
+// Overwrites the first text.size() bytes of row b's T + 1 byte window (inputs[b*T + t] is
+// window byte t, targets[b*T + t] byte t + 1); the rest of the window is kept.
+void write_row_prefix(std::vector<int64_t>& inputs, std::vector<int64_t>& targets, int64_t b, int64_t T,
+                      const std::string& text) {
+  const int64_t n = static_cast<int64_t>(text.size());
+  for (int64_t t = 0; t < n; ++t) {
+    if (t < T) inputs[b * T + t] = static_cast<uint8_t>(text[t]);
+    if (t >= 1) targets[b * T + t - 1] = static_cast<uint8_t>(text[t]);
+  }
+}
+
 }  // namespace
 
 std::vector<int64_t> mix_passkey(std::vector<int64_t>& inputs, std::vector<int64_t>& targets, int64_t batch,
                                  int64_t T, double fraction, Generator& gen) {
   check_batch("mix_passkey", inputs, targets, batch, T, fraction);
-  if (T + 1 < passkey_min_length())
+  const int64_t min_len = passkey_min_length();
+  if (T + 1 < min_len)
     throw Error(fmt::format("mix_passkey: T + 1 = {} is below the minimum passkey length {}", T + 1,
                             passkey_min_length()));
   std::vector<int64_t> replaced;
@@ -305,7 +317,8 @@ std::vector<int64_t> mix_passkey(std::vector<int64_t>& inputs, std::vector<int64
   for (int64_t b = 0; b < batch; ++b) {
     if (!(gen.uniform01() < fraction)) continue;
     const double depth = gen.uniform01();
-    write_row(inputs, targets, b, T, make_passkey(T + 1, depth, gen).text);
+    const int64_t length = min_len + static_cast<int64_t>(gen.below(static_cast<uint64_t>(T + 2 - min_len)));
+    write_row_prefix(inputs, targets, b, T, make_passkey(length, depth, gen).text);
     replaced.push_back(b);
   }
   return replaced;

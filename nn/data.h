@@ -123,11 +123,14 @@ void fill_windows(const std::vector<uint8_t>& bytes, int64_t T,
 
 // The fixed pieces of a passkey document ("NNNNN" marks the key in the needle).
 extern const char* const kPasskeyFiller;    // "The grass is green. ... There and back again. "
-extern const char* const kPasskeyNeedle;    // "The pass key is NNNNN. Remember it. NNNNN is the pass key. "
-extern const char* const kPasskeyQuestion;  // "What is the pass key? The pass key is "
+// The key sits between '<' and '>', and the question ends with '<': a byte that occurs
+// only right before a key, so a single-byte induction head can find where the key starts
+// (with a space there, "key is " would have to be matched in full; docs/results.md).
+extern const char* const kPasskeyNeedle;    // "The pass key is <NNNNN>. Remember it. <NNNNN> is the pass key. "
+extern const char* const kPasskeyQuestion;  // "What is the pass key? The pass key is <"
 constexpr int64_t kPasskeyDigits = 5;
 
-// Minimum length of a passkey document: needle + question + answer, no filler (102).
+// Minimum length of a passkey document: needle + question + answer, no filler (107).
 int64_t passkey_min_length();
 
 struct PasskeyExample {
@@ -148,12 +151,17 @@ struct PasskeyExample {
 // the minimum) or depth is outside [0, 1].
 PasskeyExample make_passkey(int64_t length, double depth, Generator& gen);
 
-// Replaces rows of a row-major (batch, T) training batch by passkey documents of length
-// T + 1 (inputs = text[0:T], targets = text[1:T+1], so the answer digits are the last 5
-// targets). For each row in order: when fraction > 0, u = gen.uniform01(); the row is
-// replaced iff u < fraction, with depth = gen.uniform01() and then the key from gen.
-// fraction 0 draws nothing. Returns the replaced rows. Error when T + 1 is below
-// passkey_min_length(), fraction is outside [0, 1] or the vectors are not batch * T.
+// Starts rows of a row-major (batch, T) training batch with passkey documents (row b's
+// T + 1 byte window is w[0] = inputs[b*T], w[t + 1] = targets[b*T + t]). For each row in
+// order: when fraction > 0, u = gen.uniform01(); the row is replaced iff u < fraction,
+// with depth = gen.uniform01(), length = passkey_min_length() + gen.below(T + 2 -
+// passkey_min_length()) (uniform in [passkey_min_length(), T + 1]) and then the key from
+// gen; the document fills w[0:length] and the rest of the window keeps its bytes. The
+// length varies so that the answer's position does: with every document T + 1 bytes
+// long, a model learned to copy from a fixed position and failed on any other length
+// (100% at T + 1, 0% at T; docs/results.md). fraction 0 draws nothing. Returns the
+// replaced rows. Error when T + 1 is below passkey_min_length(), fraction is outside
+// [0, 1] or the vectors are not batch * T.
 std::vector<int64_t> mix_passkey(std::vector<int64_t>& inputs, std::vector<int64_t>& targets,
                                  int64_t batch, int64_t T, double fraction, Generator& gen);
 

@@ -176,7 +176,8 @@ TEST_CASE("compare --config-set: one file gives the configurations, seeds, steps
                               {{"label", "absorption NoPE"}, {"set", {{"attention", "rewired"}, {"pos", "none"}}}}}},
                  {"seeds", {3}},
                  {"steps", 3},
-                 {"eval", {{"lengths_in_L", {1, 2, 4}}, {"max_windows", 1}, {"passkey_trials", 0}, {"recall_trials", 0}}}};
+                 {"eval", {{"lengths_in_L", {1, 2, 4}}, {"passkey_lengths_in_L", {1.75, 2}}, {"max_windows", 1},
+                           {"passkey_trials", 1}, {"recall_trials", 0}}}};
   std::ofstream(s.dir + "/set.json") << set.dump();
   REQUIRE(run(fmt::format("compare --config-set {0}/set.json --out {1} --device cpu", s.dir, out), s.dir + "/set.log") == 0);
   INFO(slurp(s.dir + "/set.log"));
@@ -189,6 +190,10 @@ TEST_CASE("compare --config-set: one file gives the configurations, seeds, steps
   std::vector<int64_t> lengths;
   for (const json& p : results["configs"][0]["bits_per_byte"]) lengths.push_back(p["T"].get<int64_t>());
   CHECK(lengths == std::vector<int64_t>{64, 128, 256});  // L = 64
+  std::vector<std::string> passkey_lengths;  // round(k L) bytes, k = 1.75 and 2
+  for (const auto& [T, accuracy] : results["configs"][0]["passkey_mean_accuracy_by_length"].items())
+    passkey_lengths.push_back(T);
+  CHECK(passkey_lengths == std::vector<std::string>{"112", "128"});
   CHECK(fs::exists(out + "/runs/absorption-NoPE-seed3/study_run.json"));
   CHECK(slurp(out + "/report.html").find("a tiny set") != std::string::npos);
   // --seeds and --steps on the command line override the file's.

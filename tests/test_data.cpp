@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -343,9 +344,9 @@ TEST_CASE("sequential and strided windows cover every target once, as documented
 // ---------------------------------------------------------------------------
 
 TEST_CASE("make_passkey builds documents of exact length with the key twice and as answer") {
-  const std::string question = "What is the pass key? The pass key is ";
-  CHECK(passkey_min_length() == 59 + 38 + 5);
-  for (int64_t length : {102, 103, 150, 256, 1000, 4097}) {
+  const std::string question = "What is the pass key? The pass key is <";
+  CHECK(passkey_min_length() == 63 + 39 + 5);
+  for (int64_t length : {107, 108, 150, 256, 1000, 4097}) {
     for (double depth : {0.0, 0.3, 0.5, 0.99, 1.0}) {
       Generator gen(static_cast<uint64_t>(length) * 31 + static_cast<uint64_t>(depth * 100));
       Generator mirror = gen;
@@ -363,7 +364,8 @@ TEST_CASE("make_passkey builds documents of exact length with the key twice and 
       CHECK(ex.prompt.substr(ex.prompt.size() - question.size()) == question);
       const std::string before_question = ex.prompt.substr(0, ex.prompt.size() - question.size());
       CHECK(count_occurrences(before_question, ex.answer) == 2);
-      const std::string needle = "The pass key is " + ex.answer + ". Remember it. " + ex.answer + " is the pass key. ";
+      const std::string needle =
+          "The pass key is <" + ex.answer + ">. Remember it. <" + ex.answer + "> is the pass key. ";
       CHECK(ex.text.substr(static_cast<size_t>(ex.needle_offset), needle.size()) == needle);
       // Removing the needle leaves a prefix of the repeated filler sentence.
       std::string filler = before_question;
@@ -372,7 +374,7 @@ TEST_CASE("make_passkey builds documents of exact length with the key twice and 
       while (rep.size() < filler.size()) rep += kPasskeyFiller;
       CHECK(filler == rep.substr(0, filler.size()));
       const int64_t F = static_cast<int64_t>(filler.size());
-      CHECK(F == length - 102);
+      CHECK(F == length - 107);
       if (depth == 0.0) CHECK(ex.needle_offset == 0);
       if (depth == 1.0) CHECK(ex.needle_offset + static_cast<int64_t>(needle.size()) ==
                               length - 5 - static_cast<int64_t>(question.size()));
@@ -383,14 +385,14 @@ TEST_CASE("make_passkey builds documents of exact length with the key twice and 
   }
   // The minimum length has no filler at all.
   Generator gen(1);
-  const PasskeyExample tight = make_passkey(102, 0.5, gen);
+  const PasskeyExample tight = make_passkey(107, 0.5, gen);
   CHECK(tight.needle_offset == 0);
-  CHECK(tight.prompt.substr(0, 16) == "The pass key is ");
+  CHECK(tight.prompt.substr(0, 17) == "The pass key is <");
   // Ties go to the smaller boundary: F = 14 ("The grass is g"), depth * F = 7 lies
   // halfway between the boundaries 4 and 10.
-  CHECK(make_passkey(116, 0.5, gen).needle_offset == 4);
-  CHECK(make_passkey(116, 0.6, gen).needle_offset == 10);  // 8.4 -> 10
-  CHECK_THROWS_WITH(make_passkey(101, 0.5, gen), Contains("101") && Contains("102"));
+  CHECK(make_passkey(121, 0.5, gen).needle_offset == 4);
+  CHECK(make_passkey(121, 0.6, gen).needle_offset == 10);  // 8.4 -> 10
+  CHECK_THROWS_WITH(make_passkey(106, 0.5, gen), Contains("106") && Contains("107"));
   CHECK_THROWS_AS(make_passkey(200, 1.5, gen), Error);
   CHECK_THROWS_AS(make_passkey(200, -0.1, gen), Error);
 
@@ -409,7 +411,7 @@ TEST_CASE("make_passkey builds documents of exact length with the key twice and 
   CHECK(make_passkey(300, 0.4, a).text == make_passkey(300, 0.4, b).text);
 }
 
-TEST_CASE("mix_passkey replaces rows with passkey documents of length T + 1") {
+TEST_CASE("mix_passkey starts rows with passkey documents of random length, keeping the rest of the window") {
   const int64_t B = 16, T = 127;
   const std::vector<uint8_t> data = bytes_of(text_of(1000, 'a'));
   WindowSampler sampler(data, T);
@@ -423,15 +425,20 @@ TEST_CASE("mix_passkey replaces rows with passkey documents of length T + 1") {
   CHECK_FALSE(rows.empty());
   CHECK(rows.size() < static_cast<size_t>(B));
   std::vector<int64_t> expect_rows;
+  std::set<int64_t> lengths;
   for (int64_t b = 0; b < B; ++b) {
     const bool replaced = std::find(rows.begin(), rows.end(), b) != rows.end();
     if (mirror.uniform01() < 0.5) {  // the documented draws
       expect_rows.push_back(b);
       const double depth = mirror.uniform01();
-      const PasskeyExample ex = make_passkey(T + 1, depth, mirror);
-      CHECK(row_window(in, tg, b, T) == ex.text);
-      // The answer digits are the last 5 targets; the inputs end with the question + 4 digits.
-      for (int i = 0; i < 5; ++i) CHECK(tg[b * T + T - 5 + i] == ex.answer[i]);
+      const int64_t length = 107 + static_cast<int64_t>(mirror.below(static_cast<uint64_t>(T + 2 - 107)));
+      lengths.insert(length);
+      const PasskeyExample ex = make_passkey(length, depth, mirror);
+      const std::string w = row_window(in, tg, b, T);
+      CHECK(w.substr(0, static_cast<size_t>(length)) == ex.text);
+      CHECK(w.substr(static_cast<size_t>(length)) == row_window(in0, tg0, b, T).substr(static_cast<size_t>(length)));
+      // The answer digits are the targets at positions length - 6 .. length - 2.
+      for (int64_t i = 0; i < 5; ++i) CHECK(tg[b * T + length - 6 + i] == ex.answer[static_cast<size_t>(i)]);
     }
     if (!replaced) {
       for (int64_t t = 0; t < T; ++t) {
@@ -440,6 +447,7 @@ TEST_CASE("mix_passkey replaces rows with passkey documents of length T + 1") {
       }
     }
   }
+  CHECK(lengths.size() >= 2);  // the answer is not always at the same position
   CHECK(rows == expect_rows);
 
   // fraction 1 replaces every row; fraction 0 replaces none and draws nothing.
@@ -454,7 +462,7 @@ TEST_CASE("mix_passkey replaces rows with passkey documents of length T + 1") {
   CHECK(g0.next() == untouched.next());
 
   std::vector<int64_t> small_in(4 * 50), small_tg(4 * 50);
-  CHECK_THROWS_WITH(mix_passkey(small_in, small_tg, 4, 50, 0.5, gen), Contains("102"));
+  CHECK_THROWS_WITH(mix_passkey(small_in, small_tg, 4, 50, 0.5, gen), Contains("107"));
   CHECK_THROWS_AS(mix_passkey(in, tg, B + 1, T, 0.5, gen), Error);
   CHECK_THROWS_AS(mix_passkey(in, tg, B, T, 1.5, gen), Error);
 }
@@ -558,7 +566,7 @@ bool is_passkey_document(const std::string& w) {
   const std::string key = w.substr(w.size() - 5);
   if (!std::all_of(key.begin(), key.end(), [](char c) { return c >= '0' && c <= '9'; })) return false;
   if (w.compare(w.size() - 5 - question.size(), question.size(), question) != 0) return false;
-  const std::string needle = "The pass key is " + key + ". Remember it. " + key + " is the pass key. ";
+  const std::string needle = "The pass key is <" + key + ">. Remember it. <" + key + "> is the pass key. ";
   const std::string body = w.substr(0, w.size() - 5 - question.size());
   const size_t at = body.find(needle);
   if (at == std::string::npos) return false;
@@ -567,6 +575,16 @@ bool is_passkey_document(const std::string& w) {
   while (filler.size() < F) filler += kPasskeyFiller;
   filler.resize(F);
   return body.substr(0, at) + body.substr(at + needle.size()) == filler;
+}
+
+// The length of the passkey document a mixed window starts with (0 when it does not):
+// the document ends 5 digits after the first question.
+size_t passkey_prefix_length(const std::string& w) {
+  const std::string question = kPasskeyQuestion;
+  const size_t at = w.find(question);
+  if (at == std::string::npos || at + question.size() + 5 > w.size()) return 0;
+  const size_t length = at + question.size() + 5;
+  return is_passkey_document(w.substr(0, length)) ? length : 0;
 }
 
 // Whether `tail` is a well-formed recall example of P pairs and Q queries:
@@ -614,6 +632,7 @@ TEST_CASE("mix_passkey and mix_recall replace the configured fraction of rows wi
     INFO("fraction " << f);
     Generator data(5), mix(99);
     int64_t passkey_rows = 0, recall_rows = 0, bad = 0;
+    size_t shortest = SIZE_MAX, longest = 0;
     std::vector<int64_t> in, tg;
     for (int64_t i = 0; i < batches; ++i) {
       sampler.next_batch(B, data, &in, &tg);
@@ -623,7 +642,10 @@ TEST_CASE("mix_passkey and mix_recall replace the configured fraction of rows wi
       for (int64_t b = 0; b < B; ++b) {
         const bool listed = std::find(replaced.begin(), replaced.end(), b) != replaced.end();
         const std::string w = row_window(in, tg, b, T);
-        bad += listed ? !is_passkey_document(w) : w != row_window(in0, tg0, b, T);
+        const std::string before = row_window(in0, tg0, b, T);
+        const size_t length = listed ? passkey_prefix_length(w) : 0;
+        if (length > 0) shortest = std::min(shortest, length), longest = std::max(longest, length);
+        bad += listed ? length == 0 || w.substr(length) != before.substr(length) : w != before;
       }
       in = in0;
       tg = tg0;
@@ -638,6 +660,9 @@ TEST_CASE("mix_passkey and mix_recall replace the configured fraction of rows wi
       }
     }
     CHECK(bad == 0);
+    // Document lengths cover [passkey_min_length(), T + 1].
+    CHECK(shortest == static_cast<size_t>(passkey_min_length()));
+    CHECK(longest == static_cast<size_t>(T + 1));
     check_fraction(passkey_rows, rows, f);
     check_fraction(recall_rows, rows, f);
   }

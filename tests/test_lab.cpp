@@ -111,7 +111,7 @@ TEST_CASE("study set: studies/paper-claims.json describes the study of the paper
   CHECK(o.seeds == std::vector<uint64_t>{1, 2, 3});
   CHECK(o.steps == 2400);
   CHECK(o.eval_lengths_in_L == std::vector<int64_t>{1, 2, 4, 8, 16, 32});
-  CHECK(o.passkey_lengths_in_L == std::vector<int64_t>{1, 2, 4});
+  CHECK(o.passkey_lengths_in_L == std::vector<double>{1, 1.25, 1.5, 2, 4});  // retrieval fades between L and 2L
   std::set<std::string> labels;
   const nn::TrainConfig* absorption = nullptr;
   const nn::TrainConfig* wider = nullptr;
@@ -161,5 +161,13 @@ TEST_CASE("study set: a bad file is refused with its file and key named") {
              Contains("configs[0] (x)") && Contains("n_layers"));
   CHECK_THAT(error_of(R"({"configs": [)" + one + R"(], "eval": {"lengths_in_L": [1, 0]}})"),
              Contains("eval.lengths_in_L[1]: must be in [1,"));
+  CHECK_THAT(error_of(R"({"configs": [)" + one + R"(], "eval": {"lengths_in_L": [1.5]}})"),
+             Contains("eval.lengths_in_L[0]: must be an integer"));
+  CHECK_THAT(error_of(R"({"configs": [)" + one + R"(], "eval": {"passkey_lengths_in_L": [1.5, 0.5]}})"),
+             Contains("eval.passkey_lengths_in_L[1]: must be in [1,"));
+  CHECK_THAT(error_of(R"({"configs": [)" + one + R"(], "eval": {"passkey_lengths_in_L": [1, "2"]}})"),
+             Contains("eval.passkey_lengths_in_L[1]: must be a number"));
+  CHECK_THAT(error_of(R"({"configs": [)" + one + R"(], "eval": {"passkey_lengths_in_L": []}})"),
+             Contains("eval.passkey_lengths_in_L: must be a non-empty list of numbers"));
   CHECK_THAT(error_of(R"({"base": {"lr": -1}, "configs": [)" + one + "]}"), Contains("base") && Contains("lr"));
 }

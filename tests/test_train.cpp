@@ -129,7 +129,7 @@ TEST_CASE("task mixing is validated and changes the training batches") {
   const std::string& dir = tmp.path;
   TrainConfig c = tiny_config(make_corpus(dir));
   c.mix_passkey = 0.5;
-  CHECK_THROWS_WITH(c.validate(), Contains("mix_passkey needs seq_len >= 101"));
+  CHECK_THROWS_WITH(c.validate(), Contains("mix_passkey needs seq_len >= 106"));
   c.mix_passkey = 0;
   c.mix_recall = 0.5;
   c.recall_pairs = 2;

@@ -200,7 +200,7 @@ TEST_CASE("a trainer step clips the mean gradient to grad_clip") {
 TEST_CASE("a trainer step with task mixing trains on the documented mixed batches") {
   TempDir dir;
   TrainConfig c = small_config(write_corpus(dir));
-  c.model.seq_len = 104;  // a passkey document needs 102 bytes
+  c.model.seq_len = 110;  // a passkey document needs 107 bytes
   c.batch_size = 6;
   c.grad_accum = 2;
   c.mix_passkey = 0.4;

@@ -671,7 +671,9 @@ std::string write_report(const std::string& out_dir, const std::vector<ReportRun
       std::any_of(groups.begin(), groups.end(), [](const Group& g) { return g.runs.size() > 1; });
   const std::string spread_note =
       several_seeds ? "Values are means over seeds ± their sample standard deviation; shaded bands span min..max."
-                    : "One seed per configuration.";
+                    : "One seed per configuration: differences of the size seen here can be seed-to-seed noise. "
+                      "The study in docs/results.md (runway compare --config-set studies/paper-claims.json) runs "
+                      "3 seeds per configuration with paired 95% intervals.";
   std::string page = html_page_start(options.title);
   page += title_section(options);
   page += results_section(columns, groups.size(), spread_note);
