@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -100,6 +101,21 @@ TEST_CASE("compare: two configs x two seeds give one report whose references all
     sum += json::parse(last_val)["val_loss"].get<double>() / std::log(2.0);
   }
   CHECK(rew["final_val_bits_per_byte"]["mean"].get<double>() == Approx(sum / 2).epsilon(1e-12));
+  // Passkey at 2L = 128: per seed the mean over the depth cells of its eval.json, then
+  // the mean and sample sd over the two seeds.
+  std::vector<double> per_seed;
+  for (const char* run_dir : {"two-hop-seed1", "two-hop-seed2"}) {
+    const json ev = json::parse(slurp(out + "/runs/" + run_dir + "/eval.json"));
+    double total = 0;
+    int cells = 0;
+    for (const json& c : ev["passkey"]["cells"])
+      if (c["length"] == 128) total += c["accuracy"].get<double>(), ++cells;
+    REQUIRE(cells == 5);
+    per_seed.push_back(total / cells);
+  }
+  const json& pk128 = rew["passkey_accuracy_by_length"]["128"];
+  CHECK(pk128["mean"].get<double>() == Approx((per_seed[0] + per_seed[1]) / 2).margin(1e-12));
+  CHECK(pk128["sd"].get<double>() == Approx(std::fabs(per_seed[0] - per_seed[1]) / std::sqrt(2.0)).margin(1e-12));
   const std::string report = slurp(out + "/report.html");
   CHECK(report.find("±") != std::string::npos);  // spread shown with several seeds
   CHECK(report.find("Passkey retrieval") != std::string::npos);

@@ -382,6 +382,12 @@ json group_results(const Group& grp, size_t g, const GroupNumbers& n, const Meas
   json pk = json::object();
   for (int64_t T : m.passkey_lengths) pk[std::to_string(T)] = spread_of(n.passkey_mean.at(T)).mean;
   r["passkey_mean_accuracy_by_length"] = pk;
+  json pk_spread = json::object();  // the same means, with the sd over seeds
+  for (int64_t T : m.passkey_lengths) {
+    const Spread s = spread_of(n.passkey_mean.at(T));
+    pk_spread[std::to_string(T)] = {{"mean", s.mean}, {"sd", s.sd}};
+  }
+  r["passkey_accuracy_by_length"] = pk_spread;
   json seeds = json::array();
   for (const RunData* d : grp.runs)
     seeds.push_back({{"seed", d->run.seed}, {"dir", relative(d->run.dir, out_dir)}, {"train_seconds", d->run.train_seconds}});
