@@ -169,7 +169,8 @@ std::vector<ConfigField> make_fields() {
                           "clip the global gradient norm to this (0 disables)"));
   // task mixing
   f.push_back(float_field("mix_passkey", RUNWAY_MEMBER(mix_passkey), NumberRange::closed(0, 1),
-                          "fraction of training rows replaced by passkey documents (needs seq_len >= 106)"));
+                          "fraction of training rows that start with a passkey document of random length "
+                          "(needs seq_len >= 106)"));
   f.push_back(float_field("mix_recall", RUNWAY_MEMBER(mix_recall), NumberRange::closed(0, 1),
                           "fraction of training rows ending in an associative-recall example"));
   f.push_back(int_field("recall_pairs", RUNWAY_MEMBER(recall_pairs), NumberRange::closed(1, 676),
