@@ -284,16 +284,8 @@ void check_batch(const char* op, const std::vector<int64_t>& inputs, const std::
     throw Error(fmt::format("{}: fraction must be in [0, 1], got {}", op, fraction));
 }
 
-void write_row(std::vector<int64_t>& inputs, std::vector<int64_t>& targets, int64_t b, int64_t T,
-               const std::string& window) {  // window has T + 1 bytes
-  for (int64_t t = 0; t < T; ++t) {
-    inputs[b * T + t] = static_cast<uint8_t>(window[t]);
-    targets[b * T + t] = static_cast<uint8_t>(window[t + 1]);
-  }
-}
-
-// Overwrites the first text.size() bytes of row b's T + 1 byte window (inputs[b*T + t] is
-// window byte t, targets[b*T + t] byte t + 1); the rest of the window is kept.
+// Overwrites the first text.size() (<= T + 1) bytes of row b's T + 1 byte window
+// (inputs[b*T + t] is window byte t, targets[b*T + t] byte t + 1); the rest is kept.
 void write_row_prefix(std::vector<int64_t>& inputs, std::vector<int64_t>& targets, int64_t b, int64_t T,
                       const std::string& text) {
   const int64_t n = static_cast<int64_t>(text.size());
@@ -310,8 +302,7 @@ std::vector<int64_t> mix_passkey(std::vector<int64_t>& inputs, std::vector<int64
   check_batch("mix_passkey", inputs, targets, batch, T, fraction);
   const int64_t min_len = passkey_min_length();
   if (T + 1 < min_len)
-    throw Error(fmt::format("mix_passkey: T + 1 = {} is below the minimum passkey length {}", T + 1,
-                            passkey_min_length()));
+    throw Error(fmt::format("mix_passkey: T + 1 = {} is below the minimum passkey length {}", T + 1, min_len));
   std::vector<int64_t> replaced;
   if (fraction == 0.0) return replaced;
   for (int64_t b = 0; b < batch; ++b) {
@@ -384,7 +375,7 @@ std::vector<int64_t> mix_recall(std::vector<int64_t>& inputs, std::vector<int64_
     window[0] = static_cast<char>(inputs[b * T]);
     for (int64_t t = 0; t < T; ++t) window[t + 1] = static_cast<char>(targets[b * T + t]);
     window.replace(static_cast<size_t>(T + 1 - len), static_cast<size_t>(len), ex.text);
-    write_row(inputs, targets, b, T, window);
+    write_row_prefix(inputs, targets, b, T, window);
     replaced.push_back(b);
   }
   return replaced;

@@ -379,14 +379,13 @@ json group_results(const Group& grp, size_t g, const GroupNumbers& n, const Meas
   json shares = json::array();
   for (const Spread& s : m.share_spread[g]) shares.push_back({{"mean", s.mean}, {"sd", s.sd}});
   r["runway_share_by_layer"] = shares;
-  json pk = json::object();
-  for (int64_t T : m.passkey_lengths) pk[std::to_string(T)] = spread_of(n.passkey_mean.at(T)).mean;
-  r["passkey_mean_accuracy_by_length"] = pk;
-  json pk_spread = json::object();  // the same means, with the sd over seeds
+  json pk = json::object(), pk_spread = json::object();  // the means alone, and with the sd over seeds
   for (int64_t T : m.passkey_lengths) {
     const Spread s = spread_of(n.passkey_mean.at(T));
+    pk[std::to_string(T)] = s.mean;
     pk_spread[std::to_string(T)] = {{"mean", s.mean}, {"sd", s.sd}};
   }
+  r["passkey_mean_accuracy_by_length"] = pk;
   r["passkey_accuracy_by_length"] = pk_spread;
   json seeds = json::array();
   for (const RunData* d : grp.runs)
