@@ -158,14 +158,6 @@ void write_to_pipe(const std::string& text, bool closing) {
       break;  // EAGAIN: the pipe is full (dropped); EPIPE: mpirun is gone
     }
   }
-  // The closing line waits (at most half a second, within the second mpirun allows before
-  // SIGKILL) until mpirun has read it: a rank that exits with its last line still in the
-  // pipe loses it when mpirun, tearing the job down, stops reading at the rank's exit.
-  int queued = 0;
-  for (int waited_ms = 0; closing && waited_ms < 500; waited_ms += 10) {
-    if (::ioctl(fd, FIONREAD, &queued) != 0 || queued == 0) break;
-    ::usleep(10 * 1000);
-  }
 }
 
 // One process's part of a run: the whole run, or one rank's of a data-parallel run
