@@ -229,9 +229,9 @@ void add_eval_command(CLI::App& app, int* exit_code) {
   add_device_option(cmd, &args->device);
   add_choice_option(cmd, "--attention-impl", &args->attention_impl,
                     fmt::format("Attention kernels (default: the checkpoint's attention_impl): auto = blockwise "
-                                "from {} positions ({} for a rewired model on one sequence), materialized keeps the "
+                                "from {} positions (never for two_hop on one sequence), materialized keeps the "
                                 "T x T maps, blockwise O(T) memory",
-                                kBlockwiseAutoFrom, kBlockwiseAutoFromRewiredOneItem),
+                                kBlockwiseAutoFrom),
                     {"auto", "materialized", "blockwise"});
   cmd->callback([args, exit_code] { *exit_code = run_eval(*args); });  // errors: main() reports them
 }

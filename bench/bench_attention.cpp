@@ -77,9 +77,11 @@ std::vector<int64_t> parse_list(const std::string& text) {
 constexpr int64_t kB = 1, kH = 4, kD = 32;
 
 // --cell KIND IMPL T ROUNDS: one forward + backward (the peak), then ROUNDS timed ones.
+// KIND: standard, absorption or two_hop.
 int run_cell(const std::string& kind, const std::string& impl, int64_t t, int rounds) {
-  RunwayOptions absorption;
-  const AttentionOptions o = (kind == "absorption" ? AttentionOptions::rewired_with(absorption) : AttentionOptions::standard())
+  RunwayOptions runway;
+  if (kind == "two_hop") runway.summary = RunwaySummary::TwoHop;
+  const AttentionOptions o = (kind == "standard" ? AttentionOptions::standard() : AttentionOptions::rewired_with(runway))
                                  .with_impl(parse_attention_impl(impl));
   Generator gen(t);
   Tensor q = Tensor::normal({kB, kH, t, kD}, 0, 1, gen), k = Tensor::normal({kB, kH, t, kD}, 0, 1, gen);

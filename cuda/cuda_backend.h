@@ -83,10 +83,10 @@ class CudaBackend : public Backend {
   void attention_backward_cuda(DType dt, const AttentionArgs& args, const void* q, const void* k, const void* v,
                                const void* attn, const void* p, const void* dy, void* dq, void* dk, void* dv);
   void attention_blockwise_forward_cuda(DType dt, const AttentionArgs& args, const void* q, const void* k,
-                                        const void* v, void* y, void* lse, void* runway_lse);
+                                        const void* v, void* y, void* lse, void* runway_lse, void* runway_acc);
   void attention_blockwise_backward_cuda(DType dt, const AttentionArgs& args, const void* q, const void* k,
                                          const void* v, const void* y, const void* lse, const void* runway_lse,
-                                         const void* dy, void* dq, void* dk, void* dv);
+                                         const void* runway_acc, const void* dy, void* dq, void* dk, void* dv);
 
   // ---- positions ------------------------------------------------------------------------
   void rope(DType dt, const void* x, void* y, int64_t rows, int64_t seq, int64_t dim, double base,

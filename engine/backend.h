@@ -185,16 +185,19 @@ class Backend {
   // Blockwise (memory-linear) attention (engine/ops/attention_cpu_blockwise.cpp): the same y
   // as attention_forward, but no (T x T) map is saved. Saves lse (B,H,T), the log-sum-exp
   // of every row of S'_h (S_h when standard), and, rewired, runway_lse (B,T), that of the
-  // runway head's un-rewired rows S_r; the backward recomputes the maps block by block from
-  // them and the forward's output y. The default runs attention_forward/backward with
-  // the maps in scratch for the duration of the call (same numbers, no memory saving;
-  // it leaves lse and runway_lse at 0, which its backward does not read).
+  // runway head's un-rewired rows S_r, and runway_acc (B,T), always float64: absorption's
+  // decoding state after the last row, acc[j] = sum_{k>j} P[k,j], from which the backward
+  // walks back block by block (a backend whose backward rebuilds it otherwise writes 0).
+  // The backward recomputes the maps block by block from them and the forward's output y.
+  // The default runs attention_forward/backward with the maps in scratch for the duration
+  // of the call (same numbers, no memory saving; it leaves lse, runway_lse and runway_acc
+  // at 0, which its backward does not read).
   void attention_blockwise_forward(DType dt, const AttentionArgs& args, const void* q, const void* k, const void* v,
-                                   void* y, void* lse, void* runway_lse);
+                                   void* y, void* lse, void* runway_lse, void* runway_acc);
   // Writes (overwrites) dq, dk, dv from dy (B,H,T,D) and what the forward saved.
   void attention_blockwise_backward(DType dt, const AttentionArgs& args, const void* q, const void* k,
                                     const void* v, const void* y, const void* lse, const void* runway_lse,
-                                    const void* dy, void* dq, void* dk, void* dv);
+                                    const void* runway_acc, const void* dy, void* dq, void* dk, void* dv);
   // Rotary position embedding over `rows` sequences of `seq` positions of width `dim`
   // (even), "rotate-half" convention: pairs (x[c], x[c + dim/2]) at position t are
   // rotated by angle (t + position_offset) * base^(-2c/dim); inverse rotates back.

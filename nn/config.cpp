@@ -1,6 +1,7 @@
 #include "nn/config.h"
 
 #include <fmt/format.h>
+#include <omp.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -144,8 +145,8 @@ std::vector<ConfigField> make_fields() {
       ""));
   f.back().omitted_when_default = true;
   f.back().help = fmt::format("attention kernels, same numbers: materialized keeps the T x T maps, blockwise O(T) memory, "
-                              "auto = blockwise from {} positions ({} for a rewired layer on one sequence)",
-                              kBlockwiseAutoFrom, kBlockwiseAutoFromRewiredOneItem);
+                              "auto = blockwise from {} positions (never for two_hop on one sequence)",
+                              kBlockwiseAutoFrom);
   // data
   f.push_back(member_field<std::string>(
       "data", FieldType::String, RUNWAY_MEMBER(data), NumberRange{},
@@ -421,14 +422,18 @@ uint64_t model_parameter_count(const GPTConfig& m) { return saturate(parameters(
 bool blockwise_at(const GPTConfig& m, double B, double T) {
   return m.attention_impl == AttentionImpl::Blockwise ||
          (m.attention_impl == AttentionImpl::Auto &&
-          T >= static_cast<double>(blockwise_auto_from(m.rewired, static_cast<int64_t>(B))));
+          T >= static_cast<double>(blockwise_auto_from(m.rewired && m.runway.summary == RunwaySummary::TwoHop,
+                                                       static_cast<int64_t>(B))));
 }
 
-// Blockwise scratch: a (64 x T) stripe per head and per thread for logits and dS', plus a
-// few for the runway head; and two_hop's backward, which materialises one batch item.
+// Blockwise scratch (engine/ops/attention_cpu_blockwise.cpp), a bound: the rewired
+// backward of one batch item holds a stripe of dS' per head, ten for the runway steps and
+// one of logits per thread of its team. One item per thread with 64-row stripes, or one
+// item shared by the team with 128-row stripes. And two_hop's backward, which
+// materialises one batch item.
 double blockwise_scratch(const GPTConfig& m, double T) {
-  const double H = static_cast<double>(m.n_head);
-  double s = static_cast<double>(kBlockwiseQueryBlock) * T * (2 * H + 4);
+  const double H = static_cast<double>(m.n_head), threads = std::max(2, omp_get_max_threads());
+  double s = static_cast<double>(kBlockwiseQueryBlock) * T * threads * (H + 10 + threads);
   if (m.rewired && m.runway.summary == RunwaySummary::TwoHop) s += (H + 3) * T * T;
   return s;
 }

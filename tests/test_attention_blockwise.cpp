@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <functional>
+#include <limits>
 
 #include "engine/autograd.h"
 #include "engine/backend.h"
@@ -148,20 +149,23 @@ TEST_CASE("attention_impl: auto picks blockwise from blockwise_auto_from() posit
   REQUIRE(op_of(kBlockwiseAutoFrom - 1, AttentionImpl::Auto, nullptr) == "attention");
   REQUIRE(op_of(kBlockwiseAutoFrom, AttentionImpl::Auto, nullptr) == "attention_blockwise");
   REQUIRE(op_of(5, AttentionImpl::Blockwise, nullptr) == "attention_blockwise");
-  // A rewired layer on one sequence switches later; with two it follows the standard rule.
+  // Absorption switches at the same length on one sequence or several; two_hop on one
+  // sequence never (its blockwise backward materialises that item's maps).
   REQUIRE(blockwise_auto_from(false, 1) == kBlockwiseAutoFrom);
   REQUIRE(blockwise_auto_from(true, 2) == kBlockwiseAutoFrom);
-  REQUIRE(blockwise_auto_from(true, 1) == kBlockwiseAutoFromRewiredOneItem);
-  REQUIRE(kBlockwiseAutoFromRewiredOneItem > kBlockwiseAutoFrom);
-  auto rewired_op_of = [](int64_t b, int64_t t) {
+  REQUIRE(blockwise_auto_from(true, 1) == std::numeric_limits<int64_t>::max());
+  auto rewired_op_of = [](int64_t b, int64_t t, RunwaySummary summary) {
     Generator g(2);
     Tensor q = Tensor::normal({b, 2, t, 2}, 0, 1, g).set_requires_grad();
     RunwayOptions o;
+    o.summary = summary;
     Tensor y = causal_attention(AttentionInputs::split(q, q, q), AttentionOptions::rewired_with(o));
     return std::string(y.impl()->grad_fn->name);
   };
-  REQUIRE(rewired_op_of(1, kBlockwiseAutoFrom) == "rewired_attention");
-  REQUIRE(rewired_op_of(2, kBlockwiseAutoFrom) == "rewired_attention_blockwise");
+  REQUIRE(rewired_op_of(1, kBlockwiseAutoFrom - 1, RunwaySummary::Absorption) == "rewired_attention");
+  REQUIRE(rewired_op_of(1, kBlockwiseAutoFrom, RunwaySummary::Absorption) == "rewired_attention_blockwise");
+  REQUIRE(rewired_op_of(1, kBlockwiseAutoFrom, RunwaySummary::TwoHop) == "rewired_attention");
+  REQUIRE(rewired_op_of(2, kBlockwiseAutoFrom, RunwaySummary::TwoHop) == "rewired_attention_blockwise");
   AttentionSink sink;
   REQUIRE(op_of(5, AttentionImpl::Blockwise, &sink) == "attention");
   REQUIRE(sink.a_rewired.defined());

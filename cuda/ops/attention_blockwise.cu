@@ -934,7 +934,8 @@ void CudaBackend::blockwise_runway_backward_impl(const AttentionArgs& a, KernelA
 
 void CudaBackend::attention_blockwise_forward_cuda(DType dt, const AttentionArgs& args, const void* q,
                                                    const void* k,
-                                              const void* v, void* y, void* lse, void* runway_lse) {
+                                              const void* v, void* y, void* lse, void* runway_lse,
+                                              void* runway_acc) {
   check_attention_args("attention_blockwise_forward", args);
   // two_hop: R[i,j] = sum_{j<k<i} P[i,k] P[k,j] is O(T^3) by definition and its backward
   // needs dP = L(L(P)^T dR), a sum over every later row; the CPU materialises its
@@ -943,9 +944,12 @@ void CudaBackend::attention_blockwise_forward_cuda(DType dt, const AttentionArgs
   // backward does not read). Likewise when no tile fits the shared memory.
   const int tile = args.two_hop && args.rewired ? 0 : blockwise_tile(dt, args);
   if (tile == 0) {
-    attention_blockwise_forward_default(*this, dt, args, q, k, v, y, lse, runway_lse);
+    attention_blockwise_forward_default(*this, dt, args, q, k, v, y, lse, runway_lse, runway_acc);
     return;
   }
+  // The backward rebuilds acc per tile (column sums and a scan) rather than walking back
+  // from the end state the CPU kernels save, so runway_acc is saved as zeros.
+  if (args.rewired && runway_acc) fill(DType::Float64, runway_acc, args.batch * args.seq, 0.0);
   dispatch_float(dt, "attention_blockwise_forward", [&](auto tag) {
     using T = decltype(tag);
     blockwise_forward_impl<T>(args, tile, static_cast<const T*>(q), static_cast<const T*>(k),
@@ -957,14 +961,14 @@ void CudaBackend::attention_blockwise_forward_cuda(DType dt, const AttentionArgs
 void CudaBackend::attention_blockwise_backward_cuda(DType dt, const AttentionArgs& args, const void* q,
                                                     const void* k,
                                                const void* v, const void* y, const void* lse,
-                                               const void* runway_lse, const void* dy, void* dq, void* dk,
-                                               void* dv) {
+                                               const void* runway_lse, const void* runway_acc, const void* dy,
+                                               void* dq, void* dk, void* dv) {
   check_attention_args("attention_blockwise_backward", args);
   // Same choice as the forward (the tile depends only on dtype, head_dim and rewired):
   // a forward that fell back saved no lse, and its backward falls back too.
   const int tile = args.two_hop && args.rewired ? 0 : blockwise_tile(dt, args);
   if (tile == 0) {
-    attention_blockwise_backward_default(*this, dt, args, q, k, v, y, lse, runway_lse, dy, dq, dk, dv);
+    attention_blockwise_backward_default(*this, dt, args, q, k, v, y, lse, runway_lse, runway_acc, dy, dq, dk, dv);
     return;
   }
   dispatch_float(dt, "attention_blockwise_backward", [&](auto tag) {
@@ -978,16 +982,16 @@ void CudaBackend::attention_blockwise_backward_cuda(DType dt, const AttentionArg
 
 // The registered implementations (engine/fused_kernel.h) of the blockwise kernels.
 static void cuda_blockwise_forward(Backend& b, DType dt, const AttentionArgs& args, const void* q, const void* k,
-                                   const void* v, void* y, void* lse, void* runway_lse) {
+                                   const void* v, void* y, void* lse, void* runway_lse, void* runway_acc) {
   cuda_backend_of(b, "attention_blockwise_forward").attention_blockwise_forward_cuda(dt, args, q, k, v, y, lse,
-                                                                                     runway_lse);
+                                                                                     runway_lse, runway_acc);
 }
 
 static void cuda_blockwise_backward(Backend& b, DType dt, const AttentionArgs& args, const void* q, const void* k,
                                     const void* v, const void* y, const void* lse, const void* runway_lse,
-                                    const void* dy, void* dq, void* dk, void* dv) {
+                                    const void* runway_acc, const void* dy, void* dq, void* dk, void* dv) {
   cuda_backend_of(b, "attention_blockwise_backward")
-      .attention_blockwise_backward_cuda(dt, args, q, k, v, y, lse, runway_lse, dy, dq, dk, dv);
+      .attention_blockwise_backward_cuda(dt, args, q, k, v, y, lse, runway_lse, runway_acc, dy, dq, dk, dv);
 }
 
 void register_attention_blockwise_cuda_kernels() {

@@ -32,8 +32,8 @@ const char* runway_summary_name(RunwaySummary s) {
   return s == RunwaySummary::Absorption ? "absorption" : "two_hop";
 }
 
-int64_t blockwise_auto_from(bool rewired, int64_t batch) {
-  return rewired && batch < 2 ? kBlockwiseAutoFromRewiredOneItem : kBlockwiseAutoFrom;
+int64_t blockwise_auto_from(bool two_hop, int64_t batch) {
+  return two_hop && batch < 2 ? std::numeric_limits<int64_t>::max() : kBlockwiseAutoFrom;
 }
 
 AttentionImpl parse_attention_impl(const std::string& name) {
@@ -75,13 +75,13 @@ void set_runway(AttentionArgs& a, const RunwayOptions& o, const char* op) {
 }
 
 // What the fused forward saves for its backward: materialised, the maps attn = A' and,
-// rewired, P and R; blockwise, the output y and the row statistics lse (B,H,T) and
-// runway_lse (B,T).
+// rewired, P and R; blockwise, the output y, the row statistics lse (B,H,T) and
+// runway_lse (B,T), and runway_acc (B,T, float64), absorption's state after the last row.
 struct Saved {
   Tensor q, k, v;  // contiguous, detached
   bool blockwise = false;
   Tensor attn, p, r;
-  Tensor y, lse, runway_lse;
+  Tensor y, lse, runway_lse, runway_acc;
 };
 
 // Forward, q, k, v (B, H, T, D) -> y (B, H, T, D), through Backend::attention_forward:
@@ -98,10 +98,12 @@ Tensor fused_forward(const AttentionArgs& a, const Tensor& q, const Tensor& k, c
   if (s.blockwise) {
     s.lse = Tensor::empty({a.batch, a.heads, a.seq}, dt, dev);
     s.runway_lse = Tensor::empty({a.batch, a.rewired ? a.seq : 0}, dt, dev);
+    s.runway_acc = Tensor::empty({a.batch, a.rewired ? a.seq : 0}, DType::Float64, dev);
     s.y = y.detach();
     if (q.numel())
       backend_for(dev).attention_blockwise_forward(dt, a, s.q.raw_data(), s.k.raw_data(), s.v.raw_data(),
-                                                   y.raw_data(), s.lse.raw_data(), s.runway_lse.raw_data());
+                                                   y.raw_data(), s.lse.raw_data(), s.runway_lse.raw_data(),
+                                                   s.runway_acc.raw_data());
     return y;
   }
   s.attn = Tensor::empty({a.batch, a.heads, a.seq, a.seq}, dt, dev);
@@ -124,14 +126,15 @@ Tensor fused_forward(const AttentionArgs& a, const Tensor& q, const Tensor& k, c
 //     dS_r += P * (dP - rowsum(dP * P))
 //   dq_h = dS_h k_h * scale;  dk_h = dS_h^T q_h * scale
 // Blockwise, the same formulas on one query block at a time, A' recomputed from the saved
-// lse (and P from runway_lse), rowsum(dA'_h * A'_h) taken as rowsum(dy_h * y_h).
+// lse (and P from runway_lse; absorption's state walked back from runway_acc),
+// rowsum(dA'_h * A'_h) taken as rowsum(dy_h * y_h).
 void backward_into(const AttentionArgs& a, const Saved& s, const Tensor& dy, void* dq, void* dk, void* dv) {
   if (!s.q.numel()) return;
   Backend& backend = backend_for(s.q.device());
   if (s.blockwise)
     backend.attention_blockwise_backward(s.q.dtype(), a, s.q.raw_data(), s.k.raw_data(), s.v.raw_data(),
-                                         s.y.raw_data(), s.lse.raw_data(), s.runway_lse.raw_data(), dy.raw_data(), dq,
-                                         dk, dv);
+                                         s.y.raw_data(), s.lse.raw_data(), s.runway_lse.raw_data(),
+                                         s.runway_acc.raw_data(), dy.raw_data(), dq, dk, dv);
   else
     backend.attention_backward(s.q.dtype(), a, s.q.raw_data(), s.k.raw_data(), s.v.raw_data(), s.attn.raw_data(),
                                a.rewired ? s.p.raw_data() : nullptr, dy.raw_data(), dq, dk, dv);
@@ -150,7 +153,8 @@ Grads fused_backward(const AttentionArgs& a, const Saved& s, const Tensor& g) {
 bool use_blockwise(const AttentionOptions& o, int64_t batch, int64_t seq, const AttentionSink* sink) {
   if (sink) return false;
   if (o.impl == AttentionImpl::Blockwise) return true;
-  return o.impl == AttentionImpl::Auto && seq >= blockwise_auto_from(o.rewired, batch);
+  const bool two_hop = o.rewired && o.runway.summary == RunwaySummary::TwoHop;
+  return o.impl == AttentionImpl::Auto && seq >= blockwise_auto_from(two_hop, batch);
 }
 
 }  // namespace

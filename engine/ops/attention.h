@@ -88,14 +88,14 @@ struct AttentionInputs {
 enum class AttentionImpl { Auto, Materialized, Blockwise };
 AttentionImpl parse_attention_impl(const std::string& name);  // "auto" / "materialized" / "blockwise"
 const char* attention_impl_name(AttentionImpl impl);
-// Measured (docs/performance.md, "Blockwise attention"): from here on blockwise is at
-// least as fast as materialised on the CPU, and its memory is far smaller. A rewired layer
-// with one batch item carries its runway state block by block with the threads sharing
-// each block (barriers, no batch items to spread), so it switches later.
+// Measured (docs/performance.md, "Blockwise attention"): from here on blockwise is faster
+// than materialised on the CPU, standard or absorption, one batch item or several, and
+// its memory is far smaller.
 constexpr int64_t kBlockwiseAutoFrom = 1024;
-constexpr int64_t kBlockwiseAutoFromRewiredOneItem = 2048;
-// The length from which Auto runs blockwise.
-int64_t blockwise_auto_from(bool rewired, int64_t batch);
+// The length from which Auto runs blockwise: kBlockwiseAutoFrom, except for two_hop on a
+// single sequence, where never (its blockwise backward materialises one batch item's maps,
+// so with one item it saves no memory and costs ~1.25x the time).
+int64_t blockwise_auto_from(bool two_hop, int64_t batch);
 
 // How to attend. The defaults are plain causal attention: no RoPE, no ALiBi, not rewired.
 struct AttentionOptions {

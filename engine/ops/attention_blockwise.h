@@ -16,12 +16,12 @@ constexpr int64_t kBlockwiseQueryBlock = 64;
 
 // The kernels' defaults (a backend without its own blockwise kernels, or a case one
 // leaves to the default): the materialised kernels with the maps in scratch for the
-// duration of the call; lse and runway_lse are left at 0 (the default backward does not
-// read them). The signatures of Backend::attention_blockwise_forward/backward.
+// duration of the call; lse, runway_lse and runway_acc are left at 0 (the default backward
+// does not read them). The signatures of Backend::attention_blockwise_forward/backward.
 void attention_blockwise_forward_default(Backend& b, DType dt, const AttentionArgs& a, const void* q, const void* k,
-                                         const void* v, void* y, void* lse, void* runway_lse);
+                                         const void* v, void* y, void* lse, void* runway_lse, void* runway_acc);
 void attention_blockwise_backward_default(Backend& b, DType dt, const AttentionArgs& a, const void* q, const void* k,
                                           const void* v, const void* y, const void* lse, const void* runway_lse,
-                                          const void* dy, void* dq, void* dk, void* dv);
+                                          const void* runway_acc, const void* dy, void* dq, void* dk, void* dv);
 
 }  // namespace runway

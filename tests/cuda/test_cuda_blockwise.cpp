@@ -59,8 +59,10 @@ class Buffers {
   Buffers(const Buffers&) = delete;
   Buffers& operator=(const Buffers&) = delete;
 
-  void* alloc(int64_t n) {
-    void* p = be_.allocate(static_cast<size_t>(std::max<int64_t>(n, 1)) * runway::dtype_size(dt_));
+  // n elements of the buffers' dtype, or of `dt` (runway_acc is float64 in either).
+  void* alloc(int64_t n) { return alloc(n, dt_); }
+  void* alloc(int64_t n, DType dt) {
+    void* p = be_.allocate(static_cast<size_t>(std::max<int64_t>(n, 1)) * runway::dtype_size(dt));
     owned_.push_back(p);
     return p;
   }
@@ -149,9 +151,10 @@ Result run_blockwise(Backend& be, DType dt, const AttentionArgs& a, const Inputs
   const int64_t n = a.batch * a.heads * a.seq * a.head_dim, rows = a.batch * a.heads * a.seq;
   const void *q = b.upload(in.q), *k = b.upload(in.k), *v = b.upload(in.v), *dy = b.upload(in.dy);
   void *y = b.alloc(n), *lse = b.alloc(rows), *runway_lse = a.rewired ? b.alloc(a.batch * a.seq) : nullptr;
+  void* runway_acc = a.rewired ? b.alloc(a.batch * a.seq, DType::Float64) : nullptr;
   void *dq = b.alloc(n), *dk = b.alloc(n), *dv = b.alloc(n);
-  be.attention_blockwise_forward(dt, a, q, k, v, y, lse, runway_lse);
-  be.attention_blockwise_backward(dt, a, q, k, v, y, lse, runway_lse, dy, dq, dk, dv);
+  be.attention_blockwise_forward(dt, a, q, k, v, y, lse, runway_lse, runway_acc);
+  be.attention_blockwise_backward(dt, a, q, k, v, y, lse, runway_lse, runway_acc, dy, dq, dk, dv);
   Result r;
   r.y = b.download(y, n);
   r.lse = b.download(lse, rows);
@@ -290,12 +293,15 @@ void test_memory(Runner& t, runway::CudaBackend& cuda) {
       const int64_t n = a.batch * a.heads * a.seq * a.head_dim, rows = a.batch * a.heads * a.seq;
       const void *q = b.upload(in.q), *k = b.upload(in.k), *v = b.upload(in.v), *dy = b.upload(in.dy);
       void *y = b.alloc(n), *lse = b.alloc(rows), *runway_lse = b.alloc(a.batch * a.seq);
+      void* runway_acc = b.alloc(a.batch * a.seq, DType::Float64);
       void *dq = b.alloc(n), *dk = b.alloc(n), *dv = b.alloc(n);
       cuda.synchronize();
       cuda.empty_cache();
       const size_t live_before = cuda.live_bytes(), held_before = live_before + cuda.cached_bytes();
-      cuda.attention_blockwise_forward(dt, a, q, k, v, y, lse, a.rewired ? runway_lse : nullptr);
-      cuda.attention_blockwise_backward(dt, a, q, k, v, y, lse, a.rewired ? runway_lse : nullptr, dy, dq, dk, dv);
+      cuda.attention_blockwise_forward(dt, a, q, k, v, y, lse, a.rewired ? runway_lse : nullptr,
+                                       a.rewired ? runway_acc : nullptr);
+      cuda.attention_blockwise_backward(dt, a, q, k, v, y, lse, a.rewired ? runway_lse : nullptr,
+                                        a.rewired ? runway_acc : nullptr, dy, dq, dk, dv);
       cuda.synchronize();
       const size_t live_after = cuda.live_bytes(), held_after = live_after + cuda.cached_bytes();
       const size_t growth = held_after - held_before;  // the cache only grows (below OOM)
