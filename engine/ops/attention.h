@@ -94,7 +94,7 @@ const char* attention_impl_name(AttentionImpl impl);
 constexpr int64_t kBlockwiseAutoFrom = 1024;
 // The length from which Auto runs blockwise: kBlockwiseAutoFrom, except for two_hop on a
 // single sequence, where never (its blockwise backward materialises one batch item's maps,
-// so with one item it saves no memory and costs ~1.25x the time).
+// so with one item it saves no memory and was 1.04-1.24x slower).
 int64_t blockwise_auto_from(bool two_hop, int64_t batch);
 
 // How to attend. The defaults are plain causal attention: no RoPE, no ALiBi, not rewired.
