@@ -21,6 +21,7 @@
 #include "apps/commands.h"
 #include "apps/device_option.h"
 #include "apps/parse.h"
+#include "nn/checkpoint.h"
 #include "nn/config.h"
 #include "nn/device.h"
 #include "nn/distributed.h"
@@ -160,6 +161,16 @@ void write_to_pipe(const std::string& text, bool closing) {
   }
 }
 
+// DIR/stop.json (nn/checkpoint.h). The checkpoint is already safe, so a failure to write
+// the record is a warning, not a failed run.
+void record_stop(const std::string& out, int64_t step, const char* reason) {
+  try {
+    nn::write_stop_record(out, step, reason);
+  } catch (const Error& e) {
+    fmt::print(stderr, "runway train: warning: {}\n", e.what());
+  }
+}
+
 // One process's part of a run: the whole run, or one rank's of a data-parallel run
 // (comm; rank 0 alone prints).
 int train_in_this_process(const TrainArgs& args, nn::Communicator* comm) {
@@ -193,12 +204,13 @@ int train_in_this_process(const TrainArgs& args, nn::Communicator* comm) {
     if (r.step % c.log_every == 0 || r.step == c.steps || r.evaluated) say(step_line(r, c, comm != nullptr));
     if (r.checkpointed) say(fmt::format("checkpoint: step {} saved\n", r.step));
   }, &g_stop);
-  if (reached < c.steps) {
-    const int signal = g_signal.load();
-    say(fmt::format("interrupted at step {} by {}: checkpoint saved in {}\n", reached,
-                    signal == SIGTERM ? "SIGTERM" : "SIGINT", args.out),
+  const bool interrupted = reached < c.steps;
+  const char* signal_name = g_signal.load() == SIGTERM ? "SIGTERM" : "SIGINT";
+  if (talk) record_stop(args.out, reached, interrupted ? signal_name : "done");
+  if (interrupted) {
+    say(fmt::format("interrupted at step {} by {}: checkpoint saved in {}\n", reached, signal_name, args.out),
         /*closing=*/true);
-    return signal == SIGTERM ? 143 : 130;  // the shell's codes for death by these signals
+    return g_signal.load() == SIGTERM ? 143 : 130;  // the shell's codes for death by these signals
   }
   say(fmt::format("done: checkpoint of step {} in {}/checkpoints/ (with config.json and metrics.jsonl)\n", reached,
                   args.out),

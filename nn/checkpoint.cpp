@@ -283,6 +283,11 @@ void clean_interrupted_saves(const std::string& run_dir) {
   }
 }
 
+void write_stop_record(const std::string& run_dir, int64_t step, const std::string& reason) {
+  const std::string text = json{{"step", step}, {"reason", reason}}.dump() + "\n";
+  write_file_atomic(run_dir + "/stop.json", "stop record", [&](const ByteSink& sink) { sink(text.data(), text.size()); });
+}
+
 void truncate_metrics(const std::string& path, int64_t step) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return;

@@ -5,6 +5,7 @@
 //   RUN/config.json              the resolved training config (written once, at the start)
 //   RUN/metrics.jsonl            one JSON object per step, cut back to the checkpoint on resume
 //   RUN/.lock                    flock()ed by the training that owns the folder; holds its pid
+//   RUN/stop.json                how the last training session ended: {"step": N, "reason": R}
 //   RUN/checkpoints/step-00000120/{model.safetensors, optimizer.safetensors, state.json, manifest.json}
 //   RUN/checkpoints/step-00000240/...   the newest two complete checkpoints are kept
 // Runs written before checkpoints/ existed keep model.safetensors, optimizer.safetensors and
@@ -56,6 +57,13 @@ void commit_checkpoint(const std::string& run_dir, int64_t step, const std::vect
 // folders and the temporary files of write_file_atomic ("NAME.tmp.PID.N") at the top of
 // the run folder. Call only while holding the run's lock.
 void clean_interrupted_saves(const std::string& run_dir);
+
+// Writes RUN/stop.json atomically: {"step": step, "reason": reason}, reason "done" (the
+// run reached its steps) or the signal that stopped it ("SIGINT", "SIGTERM"), after the
+// checkpoint of that step is saved. The record a script (or a test) can rely on: the
+// closing line on stdout can be lost, e.g. when mpirun stops forwarding a rank's output
+// while it tears a job down after Ctrl-C.
+void write_stop_record(const std::string& run_dir, int64_t step, const std::string& reason);
 
 // Cuts RUN/metrics.jsonl back to the lines with "step" <= step (a torn last line is
 // dropped too), so that a resumed run does not log its steps twice. No file: nothing.

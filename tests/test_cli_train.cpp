@@ -132,11 +132,13 @@ TEST_CASE("Ctrl-C saves a checkpoint that resumes") {
   REQUIRE(::waitpid(child, &status, 0) == child);
   REQUIRE(WIFEXITED(status));
   CHECK(WEXITSTATUS(status) == 130);
-  CHECK(slurp(dir + "/sig.log").find("interrupted at step") != std::string::npos);
   const int64_t saved = newest_checkpoint_step(out);
   CHECK(saved >= 1);
+  CHECK(slurp(dir + "/sig.log").find(fmt::format("interrupted at step {} by SIGINT", saved)) != std::string::npos);
+  CHECK(slurp(out + "/stop.json") == fmt::format("{{\"reason\":\"SIGINT\",\"step\":{}}}\n", saved));
   REQUIRE(run(fmt::format("train --out {} --resume --steps {}", out, saved + 2), dir + "/sig-resume.log") == 0);
   CHECK(newest_checkpoint_step(out) == saved + 2);
+  CHECK(slurp(out + "/stop.json") == fmt::format("{{\"reason\":\"done\",\"step\":{}}}\n", saved + 2));
 }
 
 TEST_CASE("the device flag: cpu runs, and an unknown name or an unusable device is a clear error with exit code 1") {
