@@ -183,6 +183,7 @@ int train_in_this_process(const TrainArgs& args, nn::Communicator* comm) {
   nn::Trainer trainer(config, args.out, args.resume, steps_override, device, args.overwrite, comm);
   trainer.set_save_schedule(args.save);
   const nn::TrainConfig& c = trainer.config();
+  if (talk) nn::clear_stop_record(args.out);
   if (talk) print_run_summary(trainer, args, device, comm);
   // Rank 0 of a data-parallel run writes through a pipe to mpirun, which stops reading it
   // while it tears the job down after Ctrl-C (SIGCONT, SIGTERM a second later, SIGKILL a

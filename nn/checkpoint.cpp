@@ -288,6 +288,12 @@ void write_stop_record(const std::string& run_dir, int64_t step, const std::stri
   write_file_atomic(run_dir + "/stop.json", "stop record", [&](const ByteSink& sink) { sink(text.data(), text.size()); });
 }
 
+void clear_stop_record(const std::string& run_dir) {
+  std::error_code ec;
+  fs::remove(run_dir + "/stop.json", ec);
+  if (ec) throw Error(fmt::format("stop record: '{}/stop.json': cannot remove it: {}", run_dir, ec.message()));
+}
+
 void truncate_metrics(const std::string& path, int64_t step) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return;

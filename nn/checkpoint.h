@@ -64,6 +64,10 @@ void clean_interrupted_saves(const std::string& run_dir);
 // closing line on stdout can be lost, e.g. when mpirun stops forwarding a rank's output
 // while it tears a job down after Ctrl-C.
 void write_stop_record(const std::string& run_dir, int64_t step, const std::string& reason);
+// Removes RUN/stop.json, at the start of a session: a session that dies (SIGKILL, a crash,
+// a diverged loss) then leaves no record rather than the previous session's. Call only
+// while holding the run's lock.
+void clear_stop_record(const std::string& run_dir);
 
 // Cuts RUN/metrics.jsonl back to the lines with "step" <= step (a torn last line is
 // dropped too), so that a resumed run does not log its steps twice. No file: nothing.

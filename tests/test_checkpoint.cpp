@@ -230,9 +230,22 @@ TEST_CASE("periodic saves survive SIGKILL, SIGTERM saves and exits 143, and a se
     const int64_t step = require_checkpoint(run).step;
     CHECK(step == static_cast<int64_t>(metrics_of(run).size()));
     CHECK(step < 300);
+    CHECK(slurp(run + "/stop.json") == fmt::format("{{\"reason\":\"SIGTERM\",\"step\":{}}}\n", step));
+    // A session that dies leaves no stop record, rather than the previous session's.
+    const pid_t killed = spawn({"train", "--out", run, "--resume"}, dir / "killed-resume.log");
+    bool resumed = false;
+    for (int i = 0; i < 20000 && !resumed; ++i) {
+      std::this_thread::sleep_for(std::chrono::microseconds(500));
+      resumed = static_cast<int64_t>(metrics_of(run).size()) > step;
+    }
+    ::kill(killed, SIGKILL);
+    wait_for(killed);
+    REQUIRE(resumed);
+    CHECK(!fs::exists(run + "/stop.json"));
     REQUIRE(run_cli({"train", "--out", run, "--resume"}, dir / "resume.log") == 0);
     check_same_final_state(run, reference);
     CHECK(metrics_of(run) == metrics_of(reference));
+    CHECK(slurp(run + "/stop.json") == "{\"reason\":\"done\",\"step\":300}\n");
   }
 }
 
