@@ -206,12 +206,13 @@ int train_in_this_process(const TrainArgs& args, nn::Communicator* comm) {
     if (r.checkpointed) say(fmt::format("checkpoint: step {} saved\n", r.step));
   }, &g_stop);
   const bool interrupted = reached < c.steps;
-  const char* signal_name = g_signal.load() == SIGTERM ? "SIGTERM" : "SIGINT";
+  const bool terminated = g_signal.load() == SIGTERM;
+  const char* signal_name = terminated ? "SIGTERM" : "SIGINT";
   if (talk) record_stop(args.out, reached, interrupted ? signal_name : "done");
   if (interrupted) {
     say(fmt::format("interrupted at step {} by {}: checkpoint saved in {}\n", reached, signal_name, args.out),
         /*closing=*/true);
-    return g_signal.load() == SIGTERM ? 143 : 130;  // the shell's codes for death by these signals
+    return terminated ? 143 : 130;  // the shell's codes for death by these signals
   }
   say(fmt::format("done: checkpoint of step {} in {}/checkpoints/ (with config.json and metrics.jsonl)\n", reached,
                   args.out),

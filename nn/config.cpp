@@ -422,8 +422,7 @@ uint64_t model_parameter_count(const GPTConfig& m) { return saturate(parameters(
 bool blockwise_at(const GPTConfig& m, double B, double T) {
   return m.attention_impl == AttentionImpl::Blockwise ||
          (m.attention_impl == AttentionImpl::Auto &&
-          T >= static_cast<double>(blockwise_auto_from(m.rewired && m.runway.summary == RunwaySummary::TwoHop,
-                                                       static_cast<int64_t>(B))));
+          T >= static_cast<double>(blockwise_auto_from(m.rewired, m.runway, static_cast<int64_t>(B))));
 }
 
 // Blockwise scratch (engine/ops/attention_cpu_blockwise.cpp), a bound: the rewired

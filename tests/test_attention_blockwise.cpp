@@ -151,9 +151,12 @@ TEST_CASE("attention_impl: auto picks blockwise from blockwise_auto_from() posit
   REQUIRE(op_of(5, AttentionImpl::Blockwise, nullptr) == "attention_blockwise");
   // Absorption switches at the same length on one sequence or several; two_hop on one
   // sequence never (its blockwise backward materialises that item's maps).
-  REQUIRE(blockwise_auto_from(false, 1) == kBlockwiseAutoFrom);
-  REQUIRE(blockwise_auto_from(true, 2) == kBlockwiseAutoFrom);
-  REQUIRE(blockwise_auto_from(true, 1) == std::numeric_limits<int64_t>::max());
+  RunwayOptions absorption, two_hop;
+  two_hop.summary = RunwaySummary::TwoHop;
+  REQUIRE(blockwise_auto_from(true, absorption, 1) == kBlockwiseAutoFrom);
+  REQUIRE(blockwise_auto_from(false, two_hop, 1) == kBlockwiseAutoFrom);  // not rewired: the summary is unused
+  REQUIRE(blockwise_auto_from(true, two_hop, 2) == kBlockwiseAutoFrom);
+  REQUIRE(blockwise_auto_from(true, two_hop, 1) == std::numeric_limits<int64_t>::max());
   auto rewired_op_of = [](int64_t b, int64_t t, RunwaySummary summary) {
     Generator g(2);
     Tensor q = Tensor::normal({b, 2, t, 2}, 0, 1, g).set_requires_grad();

@@ -32,7 +32,8 @@ const char* runway_summary_name(RunwaySummary s) {
   return s == RunwaySummary::Absorption ? "absorption" : "two_hop";
 }
 
-int64_t blockwise_auto_from(bool two_hop, int64_t batch) {
+int64_t blockwise_auto_from(bool rewired, const RunwayOptions& runway, int64_t batch) {
+  const bool two_hop = rewired && runway.summary == RunwaySummary::TwoHop;
   return two_hop && batch < 2 ? std::numeric_limits<int64_t>::max() : kBlockwiseAutoFrom;
 }
 
@@ -153,8 +154,7 @@ Grads fused_backward(const AttentionArgs& a, const Saved& s, const Tensor& g) {
 bool use_blockwise(const AttentionOptions& o, int64_t batch, int64_t seq, const AttentionSink* sink) {
   if (sink) return false;
   if (o.impl == AttentionImpl::Blockwise) return true;
-  const bool two_hop = o.rewired && o.runway.summary == RunwaySummary::TwoHop;
-  return o.impl == AttentionImpl::Auto && seq >= blockwise_auto_from(two_hop, batch);
+  return o.impl == AttentionImpl::Auto && seq >= blockwise_auto_from(o.rewired, o.runway, batch);
 }
 
 }  // namespace

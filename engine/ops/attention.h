@@ -95,7 +95,7 @@ constexpr int64_t kBlockwiseAutoFrom = 1024;
 // The length from which Auto runs blockwise: kBlockwiseAutoFrom, except for two_hop on a
 // single sequence, where never (its blockwise backward materialises one batch item's maps,
 // so with one item it saves no memory and was 1.04-1.24x slower).
-int64_t blockwise_auto_from(bool two_hop, int64_t batch);
+int64_t blockwise_auto_from(bool rewired, const RunwayOptions& runway, int64_t batch);
 
 // How to attend. The defaults are plain causal attention: no RoPE, no ALiBi, not rewired.
 struct AttentionOptions {

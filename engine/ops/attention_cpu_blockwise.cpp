@@ -161,8 +161,8 @@ void subtract_block_columns(const Block& blk, const T* p, double* acc, int64_t c
 // tiles of kTransposedTile output rows, of which a tile [c0, c1) only needs the block's
 // rows i >= c0: OpenBLAS multiplies such a (32 x D x rows) tile with its unpacked
 // small-matrix kernel, where the whole (n x D) product packs the stripe first
-// (docs/performance.md, "Blockwise attention": this made the T = 1024 rewired
-// backward ...).
+// (docs/performance.md, "Blockwise attention": a T = 1024 rewired forward + backward on
+// one thread went from 30.0 to 22.3 ms).
 constexpr int64_t kTransposedTile = 32;
 template <typename T>
 void add_stripe_transposed_times(const Block& blk, const T* m, const T* x_rows, int64_t dim, T alpha, T* out,
@@ -222,13 +222,13 @@ void runway_probabilities(const AttentionArgs& a, const Plan& pl, int64_t b, con
 // the one caller outside any): rows in chunks of kRowChunk.
 template <typename T>
 void team_runway_probabilities(const AttentionArgs& a, const Plan& pl, int64_t b, const Block& blk, const T* q,
-                               const T* k, T* p, T* lse_out, const T* lse_in, T* logits = nullptr) {
+                               const T* k, T* p, T* lse_out, const T* lse_in) {
   const int64_t n = blk.width();
 #pragma omp for schedule(static)
   for (int64_t c = 0; c < chunks(blk.rows(), kRowChunk); ++c) {
     const int64_t r0 = c * kRowChunk;
     runway_probabilities<T>(a, pl, b, blk.part(r0, r0 + kRowChunk), q, k, p + r0 * n, lse_out ? lse_out + r0 : nullptr,
-                            lse_in ? lse_in + r0 : nullptr, logits ? logits + r0 * n : nullptr);
+                            lse_in ? lse_in + r0 : nullptr, nullptr);
   }
 }
 
@@ -374,7 +374,7 @@ void standard_forward(const AttentionArgs& a, const Plan& pl, const T* q, const 
 // threads of one team share each block unless the caller already runs batch items in
 // parallel (then this item has a team of one).
 //
-// Each barrier of a shared team costs a futex wake-up (~50 us under the PASSIVE wait
+// Each barrier of a shared team costs a futex wake-up (50-90 us under the PASSIVE wait
 // policy, docs/performance.md), so the team runs a pipeline with one barrier per step:
 // step t is one list of tasks, the heads of block t, R of block t + 1 (absorption's
 // column chunks, carrying acc) and P of block t + 2 (row chunks, keeping S_r for the
@@ -509,7 +509,7 @@ void runway_ds_rows(const AttentionArgs& a, const Plan& pl, int64_t b, const Blo
 // own column sums (in double) to get back to its start, where its R stripe begins.
 //
 // As in the forward, the team runs a pipeline of steps that each end with one barrier,
-// two per block instead of five. For block I, walking down:
+// two per block instead of nine (seven steps, and two of a first pass that summed acc). For block I, walking down:
 //   step A(I): the heads of I (A' and dS'_h from R(I)), dS_r and dq_r of I + 1 (from
 //              dP(I + 1)), and P and S_r of I - 1 (row chunks);
 //   step B(I): dR and dP of I (from every dS'_h of I), dk_r of I + 1 (from dS_r(I + 1)),
@@ -565,12 +565,12 @@ void absorption_backward_item(const AttentionArgs& a, const Plan& pl, int64_t b,
     const int64_t dp_chunks = through_r && in_range(ib) ? chunks(pl.block(ib).width(), kColumnChunk) : 0;
     const int64_t dk_chunks = through_r && in_range(ib + 1) ? chunks(pl.block(ib + 1).width(), kColumnChunk) : 0;
     const int64_t r_chunks = in_range(ib - 1) ? chunks(pl.block(ib - 1).width(), kColumnChunk) : 0;
+    std::vector<const T*> block_ds;  // every head's dS' of block ib
+    for (int64_t h = 0; h < H && dp_chunks > 0; ++h) block_ds.push_back(ds_of(h, ib));
 #pragma omp for schedule(dynamic)
     for (int64_t task = 0; task < dp_chunks + dk_chunks + r_chunks; ++task) {
       if (task < dp_chunks) {
         const Block blk = pl.block(ib);
-        std::vector<const T*> block_ds(static_cast<size_t>(H));
-        for (int64_t h = 0; h < H; ++h) block_ds[h] = ds_of(h, ib);
         const int64_t c0 = task * kColumnChunk;
         runway_dp_columns<T>(a, blk, block_ds, dacc.data(), dp[0], c0, std::min(blk.width(), c0 + kColumnChunk));
       } else if (task < dp_chunks + dk_chunks) {
