@@ -79,6 +79,10 @@ constexpr int64_t kB = 1, kH = 4, kD = 32;
 // --cell KIND IMPL T ROUNDS: one forward + backward (the peak), then ROUNDS timed ones.
 // KIND: standard, absorption or two_hop.
 int run_cell(const std::string& kind, const std::string& impl, int64_t t, int rounds) {
+  if (kind != "standard" && kind != "absorption" && kind != "two_hop") {
+    fmt::print(stderr, "bench_attention --cell: unknown kind '{}': allowed values are standard, absorption, two_hop\n", kind);
+    return 2;
+  }
   RunwayOptions runway;
   if (kind == "two_hop") runway.summary = RunwaySummary::TwoHop;
   const AttentionOptions o = (kind == "standard" ? AttentionOptions::standard() : AttentionOptions::rewired_with(runway))
@@ -165,8 +169,27 @@ int memory_bench(int argc, char** argv) {
 int main(int argc, char** argv) {
   runway::prefer_passive_omp_wait(argv);
   load_backends();
-  if (argc >= 6 && std::string(argv[1]) == "--cell")
-    return run_cell(argv[2], argv[3], std::atoll(argv[4]), std::atoi(argv[5]));
+  if (argc >= 6 && std::string(argv[1]) == "--cell") {
+    // Usage errors (an unknown IMPL, a T or ROUNDS that is not a positive integer) exit 2.
+    const auto positive = [](const char* text) {
+      char* end = nullptr;
+      const long long v = std::strtoll(text, &end, 10);
+      return end != text && *end == '\0' && v > 0 ? v : 0LL;
+    };
+    const int64_t t = positive(argv[4]), rounds = positive(argv[5]);
+    if (t == 0 || t > (1 << 20) || rounds == 0 || rounds > 100000) {
+      fmt::print(stderr, "bench_attention --cell KIND IMPL T ROUNDS: T (at most 1048576) and ROUNDS (at most 100000) "
+                         "must be positive integers\n");
+      return 2;
+    }
+    try {
+      parse_attention_impl(argv[3]);
+    } catch (const Error& e) {
+      fmt::print(stderr, "bench_attention --cell: {}\n", e.what());
+      return 2;
+    }
+    return run_cell(argv[2], argv[3], t, static_cast<int>(rounds));
+  }
   if (argc >= 2 && std::string(argv[1]) == "--memory") return memory_bench(argc, argv);
   const int rounds = argc > 1 ? std::atoi(argv[1]) : 5;
   std::vector<int64_t> lengths{128, 256, 512, 1024};
